@@ -1,0 +1,1082 @@
+//! The per-peer session machine: `init → ok → closed`, outbound sequencing with
+//! acknowledgement, inbound ordering, and the keep-alive and session-timeout deadlines.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::outbound::{Item, Outbound, Payload};
+use crate::reorder::{Inserted, Reorder};
+use crate::timer::{Timer, Timers};
+
+/// Session options. Every field has a documented default ([`Config::default`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// While a downstream path is attached and nothing has been written on it for this long,
+    /// a keep-alive goes out. Default 20 s (BrowserChannel's; below the Closure client's 45 s
+    /// request watchdog).
+    pub keepalive_interval: Duration,
+    /// While no downstream path is attached for this long, the session closes with
+    /// [`CloseReason::TimedOut`]. Default 30 s.
+    pub session_timeout: Duration,
+    /// How keep-alives travel. Default [`KeepaliveMode::Sequenced`].
+    pub keepalive: KeepaliveMode,
+    /// Bytes of unacknowledged application messages the session retains; past it `send`
+    /// returns [`Error::BufferFull`]. Default 4 MiB.
+    pub max_buffered_bytes: usize,
+    /// How far past a gap inbound messages are held. Beyond it the session closes with a
+    /// protocol error (the peer is misbehaving). Default 4096 positions.
+    pub reorder_window: u64,
+    /// Bytes of out-of-order inbound messages held behind a gap. Default 4 MiB.
+    pub max_held_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            keepalive_interval: Duration::from_secs(20),
+            session_timeout: Duration::from_secs(30),
+            keepalive: KeepaliveMode::Sequenced,
+            max_buffered_bytes: 4 << 20,
+            reorder_window: 4096,
+            max_held_bytes: 4 << 20,
+        }
+    }
+}
+
+/// How a keep-alive travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepaliveMode {
+    /// As a sequenced [`Payload::Keepalive`] item, acknowledged like any other
+    /// (BrowserChannel's `["noop"]` array).
+    Sequenced,
+    /// As a [`Transmit::Ping`] outside the sequence (a WebSocket ping).
+    Ping,
+}
+
+/// Which end of the channel this machine is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Announces the session with [`Payload::Open`] at sequence 0 and becomes `ok` when that
+    /// announcement is transmitted.
+    Server,
+    /// Becomes `ok` when it receives the peer's [`Payload::Open`].
+    Client,
+}
+
+/// The session state. The only transitions are `Init → Ok`, `Init → Closed` and
+/// `Ok → Closed`; `Closed` is terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Created, not yet announced to (server) or by (client) the peer.
+    Init,
+    /// Open.
+    Ok,
+    /// Closed; see [`Session::close_reason`].
+    Closed,
+}
+
+impl State {
+    /// The lowercase name used on the wire and in logs (`init`, `ok`, `closed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Init => "init",
+            State::Ok => "ok",
+            State::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who closed the session and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer ended the session (BrowserChannel `terminate`). Shown as `Disconnected`.
+    PeerClosed,
+    /// No downstream path was attached for the session timeout. Shown as `Timed out`.
+    TimedOut,
+    /// The application closed the session; the peer may reconnect. Shown as the given text,
+    /// or `closed`.
+    Closed(Option<String>),
+    /// The session was stopped: the peer was told not to reconnect. Shown as `Stopped`.
+    Stopped,
+    /// A newer session of the same peer replaced this one (BrowserChannel `OSID`). Shown as
+    /// `Reconnected`.
+    Replaced,
+    /// The peer broke the protocol (for example invalid JSON in a message).
+    Protocol(String),
+}
+
+impl CloseReason {
+    /// Whether the peer is allowed to reconnect after this close.
+    pub fn may_reconnect(&self) -> bool {
+        !matches!(self, CloseReason::Stopped)
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("Disconnected"),
+            CloseReason::TimedOut => f.write_str("Timed out"),
+            CloseReason::Closed(Some(text)) => f.write_str(text),
+            CloseReason::Closed(None) => f.write_str("closed"),
+            CloseReason::Stopped => f.write_str("Stopped"),
+            CloseReason::Replaced => f.write_str("Reconnected"),
+            CloseReason::Protocol(text) => f.write_str(text),
+        }
+    }
+}
+
+/// Identifies one attachment of a downstream path. A replaced or ended path's id never
+/// becomes valid again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathId(pub u64);
+
+/// How a downstream path behaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathMode {
+    /// End the path after its first batch (BrowserChannel `CI=1`, a buffering proxy).
+    pub one_shot: bool,
+    /// End the path after the batch that takes the message bytes written on it past this
+    /// (BrowserChannel: 10 240).
+    pub max_bytes: Option<usize>,
+}
+
+/// Output: something to write on a downstream path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Write these items, in order, as one unit. If `end` is set, finish the path after
+    /// writing: the session has already detached it.
+    Batch {
+        /// Where to write.
+        path: PathId,
+        /// The items, in sequence order.
+        items: Vec<Item>,
+        /// Finish the path after this batch.
+        end: bool,
+    },
+    /// Send an out-of-sequence keep-alive ([`KeepaliveMode::Ping`]).
+    Ping {
+        /// Where to send it.
+        path: PathId,
+    },
+    /// Finish the path normally: it was replaced by a newer one, or the session closed.
+    End {
+        /// The path to finish.
+        path: PathId,
+    },
+}
+
+/// Output: something the application (or the transport) should learn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The state changed. A change to `Closed` is followed at once by [`Event::Closed`].
+    StateChanged {
+        /// The state before.
+        old: State,
+        /// The state now.
+        new: State,
+    },
+    /// The session closed, and why. Every unresolved send fails right after this.
+    Closed(CloseReason),
+    /// The next inbound message, in order, exactly once.
+    Message {
+        /// Its position in the peer's sequence.
+        seq: u64,
+        /// Its bytes.
+        data: Bytes,
+    },
+    /// The peer acknowledged the message that `send` numbered `seq`.
+    Acked {
+        /// The number `send` returned.
+        seq: u64,
+    },
+    /// The message that `send` numbered `seq` will never be acknowledged: the session closed.
+    SendFailed {
+        /// The number `send` returned.
+        seq: u64,
+        /// Why the session closed.
+        reason: CloseReason,
+    },
+}
+
+#[derive(Debug)]
+struct Attached {
+    id: PathId,
+    mode: PathMode,
+    written: usize,
+}
+
+/// One peer's end of a session.
+///
+/// Feed it inputs (`send`, `handle_*`, `attach`, `detach`, `close`, `stop`), each with the
+/// current time; then drain [`poll_transmit`](Self::poll_transmit) and
+/// [`poll_event`](Self::poll_event) until both return `None`, and wake it at
+/// [`poll_timeout`](Self::poll_timeout). It never reads a clock and never touches a socket.
+///
+/// Guarantees, all checked by the deterministic simulator: inbound messages come out in
+/// order, each once, none after close; every `send` that returned `Ok(seq)` is resolved by
+/// exactly one [`Event::Acked`] or [`Event::SendFailed`] for that `seq`; an acknowledged
+/// message was delivered to the peer's application.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    config: Config,
+    state: State,
+    close_reason: Option<CloseReason>,
+    outbound: Outbound,
+    stop_seq: Option<u64>,
+    inbound: Reorder<Payload>,
+    held_bytes: usize,
+    duplicates: u64,
+    path: Option<Attached>,
+    next_path: u64,
+    timers: Timers,
+    events: VecDeque<Event>,
+    transmits: VecDeque<Transmit>,
+    now: Instant,
+}
+
+impl Session {
+    /// A new session in state `Init`. The session timeout starts now: a server-role session
+    /// must see a downstream path attached within it.
+    pub fn new(role: Role, config: Config, now: Instant) -> Session {
+        let mut outbound = Outbound::new(config.max_buffered_bytes);
+        if role == Role::Server {
+            // A control item is never refused by the byte limit.
+            let _ = outbound.push(Payload::Open);
+        }
+        let mut timers = Timers::default();
+        timers.set(Timer::SessionTimeout, now + config.session_timeout);
+        Session {
+            role,
+            inbound: Reorder::new(0, config.reorder_window),
+            config,
+            state: State::Init,
+            close_reason: None,
+            outbound,
+            stop_seq: None,
+            held_bytes: 0,
+            duplicates: 0,
+            path: None,
+            next_path: 0,
+            timers,
+            events: VecDeque::new(),
+            transmits: VecDeque::new(),
+            now,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Why the session closed, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The options the session runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Queues an application message and returns its sequence number; the message goes out on
+    /// the next transmit once a downstream path is attached (and, for a server, after the
+    /// session announcement). Its outcome arrives later as [`Event::Acked`] or
+    /// [`Event::SendFailed`] with this number.
+    pub fn send(&mut self, now: Instant, data: Bytes) -> Result<u64, Error> {
+        self.advance(now);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.outbound.push(Payload::Message(data))
+    }
+
+    /// Tells the peer to give up and not reconnect: queues [`Payload::Stop`] after everything
+    /// already sent. Once it has been transmitted, the session closes with
+    /// [`CloseReason::Stopped`]. Calling it again returns the same sequence number.
+    pub fn stop(&mut self, now: Instant) -> Result<u64, Error> {
+        self.advance(now);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if let Some(seq) = self.stop_seq {
+            return Ok(seq);
+        }
+        let seq = self.outbound.push(Payload::Stop)?;
+        self.stop_seq = Some(seq);
+        Ok(seq)
+    }
+
+    /// Closes the session now. Any attached path is ended normally, every unresolved send
+    /// fails with `reason`, held inbound messages are dropped.
+    pub fn close(&mut self, now: Instant, reason: CloseReason) -> Result<(), Error> {
+        self.advance(now);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.close_now(reason);
+        Ok(())
+    }
+
+    /// The peer ended the session.
+    pub fn handle_peer_close(&mut self, now: Instant) -> Result<(), Error> {
+        self.close(now, CloseReason::PeerClosed)
+    }
+
+    /// Attaches a downstream path. A path already attached is ended ([`Transmit::End`]);
+    /// everything transmitted but not acknowledged is offered again on the new path, in
+    /// order. Apply the peer's acknowledgement that came with the attach request first.
+    pub fn attach(&mut self, now: Instant, mode: PathMode) -> Result<PathId, Error> {
+        self.advance(now);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if let Some(old) = self.path.take() {
+            self.transmits.push_back(Transmit::End { path: old.id });
+        }
+        let id = PathId(self.next_path);
+        self.next_path += 1;
+        self.path = Some(Attached {
+            id,
+            mode,
+            written: 0,
+        });
+        self.outbound.rewind();
+        self.timers.stop(Timer::SessionTimeout);
+        self.timers
+            .set(Timer::Keepalive, now + self.config.keepalive_interval);
+        Ok(id)
+    }
+
+    /// The transport lost the path (the peer went away). Returns whether `path` was the
+    /// attached one; a path the session already ended or replaced is ignored.
+    pub fn detach(&mut self, now: Instant, path: PathId) -> bool {
+        self.advance(now);
+        if self.path.as_ref().is_some_and(|p| p.id == path) {
+            self.detach_current();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether a downstream path is attached.
+    pub fn has_path(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// The peer acknowledged everything up to and including `upto`. Acknowledgements beyond
+    /// what was transmitted are clamped; stale or repeated ones release nothing.
+    pub fn handle_ack(&mut self, now: Instant, upto: u64) -> Result<(), Error> {
+        self.advance(now);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        for seq in self.outbound.ack(upto) {
+            self.events.push_back(Event::Acked { seq });
+        }
+        Ok(())
+    }
+
+    /// An item from the peer at position `seq`. Items are released in order, each once;
+    /// duplicates are dropped and counted. A gap is held up to the configured window and
+    /// byte limit; past either the session closes with a protocol error.
+    pub fn handle_incoming(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        payload: Payload,
+    ) -> Result<(), Error> {
+        self.advance(now);
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let len = payload_len(&payload);
+        match self.inbound.insert(seq, payload) {
+            Inserted::Ready => {
+                self.held_bytes += len;
+                self.release_inbound();
+                Ok(())
+            }
+            Inserted::Held => {
+                self.held_bytes += len;
+                if self.held_bytes > self.config.max_held_bytes {
+                    let limit = self.config.max_held_bytes;
+                    self.close_now(CloseReason::Protocol(
+                        "held out-of-order messages exceed the limit".into(),
+                    ));
+                    return Err(Error::HeldBytesExceeded { limit });
+                }
+                Ok(())
+            }
+            Inserted::Duplicate(_) => {
+                self.duplicates += 1;
+                Ok(())
+            }
+            Inserted::BeyondWindow(_) => {
+                let next = self.inbound.next();
+                self.close_now(CloseReason::Protocol("reorder window exceeded".into()));
+                Err(Error::BeyondWindow {
+                    pos: seq,
+                    next,
+                    window: self.config.reorder_window,
+                })
+            }
+        }
+    }
+
+    /// Convenience for [`handle_incoming`](Self::handle_incoming) with a message payload.
+    pub fn handle_message(&mut self, now: Instant, seq: u64, data: Bytes) -> Result<(), Error> {
+        self.handle_incoming(now, seq, Payload::Message(data))
+    }
+
+    /// Fires the timers that are due at `now`, and only those.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        if self.is_closed() {
+            return;
+        }
+        for timer in self.timers.take_expired(now) {
+            match timer {
+                Timer::Keepalive => self.keepalive(now),
+                Timer::SessionTimeout => {
+                    if self.path.is_none() {
+                        self.close_now(CloseReason::TimedOut);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline at which [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() {
+            None
+        } else {
+            self.timers.next()
+        }
+    }
+
+    /// The next thing to write. Drain until `None` after every input.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        if self.is_closed() || !self.outbound.has_unsent() {
+            return None;
+        }
+        let path = self.path.as_mut()?;
+        let items = self.outbound.take_unsent();
+        path.written += items.iter().map(|i| payload_len(&i.payload)).sum::<usize>();
+        let id = path.id;
+        let stop_sent = items.iter().any(|i| i.payload == Payload::Stop);
+        let end = stop_sent
+            || path.mode.one_shot
+            || path.mode.max_bytes.is_some_and(|max| path.written > max);
+        self.timers
+            .set(Timer::Keepalive, self.now + self.config.keepalive_interval);
+        if self.state == State::Init && items.iter().any(|i| i.payload == Payload::Open) {
+            self.set_state(State::Ok);
+        }
+        if end {
+            self.detach_current();
+        }
+        if stop_sent {
+            self.close_now(CloseReason::Stopped);
+        }
+        Some(Transmit::Batch {
+            path: id,
+            items,
+            end,
+        })
+    }
+
+    /// The next event. Drain until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The highest position up to which every inbound item has been released, if any: the
+    /// acknowledgement to send to the peer.
+    pub fn ack_position(&self) -> Option<u64> {
+        self.inbound.next().checked_sub(1)
+    }
+
+    /// The sequence number of the last item transmitted, if any.
+    pub fn last_sent(&self) -> Option<u64> {
+        self.outbound.last_sent()
+    }
+
+    /// Items transmitted and not yet acknowledged, oldest first.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Item> {
+        self.outbound.in_flight()
+    }
+
+    /// Bytes of application messages retained (queued or unacknowledged).
+    pub fn buffered_bytes(&self) -> usize {
+        self.outbound.buffered_bytes()
+    }
+
+    /// How many inbound items wait behind a gap, and their message bytes.
+    pub fn held(&self) -> (usize, usize) {
+        (self.inbound.held(), self.held_bytes)
+    }
+
+    /// How many inbound duplicates were dropped.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.duplicates
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn keepalive(&mut self, now: Instant) {
+        let Some(path) = &self.path else { return };
+        match self.config.keepalive {
+            KeepaliveMode::Sequenced => {
+                if !self.outbound.has_unsent() {
+                    let _ = self.outbound.push(Payload::Keepalive);
+                }
+            }
+            KeepaliveMode::Ping => {
+                self.transmits.push_back(Transmit::Ping { path: path.id });
+                self.timers
+                    .set(Timer::Keepalive, now + self.config.keepalive_interval);
+            }
+        }
+    }
+
+    fn release_inbound(&mut self) {
+        while let Some((seq, payload)) = self.inbound.pop_ready() {
+            match payload {
+                Payload::Message(data) => {
+                    self.held_bytes -= data.len();
+                    self.events.push_back(Event::Message { seq, data });
+                }
+                Payload::Open => {
+                    if self.role == Role::Client && self.state == State::Init {
+                        self.set_state(State::Ok);
+                    }
+                }
+                Payload::Keepalive => {}
+                Payload::Stop => {
+                    self.close_now(CloseReason::Stopped);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn detach_current(&mut self) {
+        self.path = None;
+        self.timers.stop(Timer::Keepalive);
+        self.timers.set(
+            Timer::SessionTimeout,
+            self.now + self.config.session_timeout,
+        );
+    }
+
+    fn set_state(&mut self, new: State) {
+        let old = self.state;
+        self.state = new;
+        self.events.push_back(Event::StateChanged { old, new });
+    }
+
+    fn close_now(&mut self, reason: CloseReason) {
+        self.set_state(State::Closed);
+        self.events.push_back(Event::Closed(reason.clone()));
+        for seq in self.outbound.drain_messages() {
+            self.events.push_back(Event::SendFailed {
+                seq,
+                reason: reason.clone(),
+            });
+        }
+        self.inbound.clear();
+        self.held_bytes = 0;
+        if let Some(path) = self.path.take() {
+            self.transmits.push_back(Transmit::End { path: path.id });
+        }
+        self.timers.stop_all();
+        self.close_reason = Some(reason);
+    }
+}
+
+fn payload_len(payload: &Payload) -> usize {
+    match payload {
+        Payload::Message(data) => data.len(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn transmits(s: &mut Session) -> Vec<Transmit> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    fn batch_seqs(t: &Transmit) -> Vec<u64> {
+        match t {
+            Transmit::Batch { items, .. } => items.iter().map(|i| i.seq).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn open_server(now: Instant) -> (Session, PathId) {
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        let path = s.attach(now, PathMode::default()).expect("attach");
+        transmits(&mut s);
+        events(&mut s);
+        (s, path)
+    }
+
+    // 1. State machine.
+
+    #[test]
+    fn server_session_becomes_ok_when_its_announcement_is_transmitted() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        assert_eq!(s.state(), State::Init);
+        s.attach(now, PathMode::default()).expect("attach");
+        let t = transmits(&mut s);
+        assert_eq!(batch_seqs(&t[0]), vec![0]);
+        assert_eq!(
+            events(&mut s),
+            vec![Event::StateChanged {
+                old: State::Init,
+                new: State::Ok
+            }]
+        );
+    }
+
+    #[test]
+    fn client_session_becomes_ok_when_the_announcement_arrives() {
+        let now = t0();
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.handle_incoming(now, 0, Payload::Open).expect("open");
+        assert_eq!(c.state(), State::Ok);
+    }
+
+    #[test]
+    fn closing_in_init_goes_straight_to_closed_with_old_and_new_state() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        s.close(now, CloseReason::Closed(None)).expect("close");
+        assert_eq!(
+            events(&mut s),
+            vec![
+                Event::StateChanged {
+                    old: State::Init,
+                    new: State::Closed
+                },
+                Event::Closed(CloseReason::Closed(None)),
+            ]
+        );
+    }
+
+    #[test]
+    fn close_reason_says_who_and_why() {
+        assert_eq!(CloseReason::PeerClosed.to_string(), "Disconnected");
+        assert_eq!(CloseReason::TimedOut.to_string(), "Timed out");
+        assert_eq!(CloseReason::Closed(None).to_string(), "closed");
+        assert_eq!(CloseReason::Closed(Some("foo".into())).to_string(), "foo");
+        assert_eq!(CloseReason::Replaced.to_string(), "Reconnected");
+        assert!(CloseReason::Closed(None).may_reconnect());
+        assert!(!CloseReason::Stopped.may_reconnect());
+    }
+
+    #[test]
+    fn api_misuse_after_close_is_an_error_value() {
+        let now = t0();
+        let (mut s, _) = open_server(now);
+        s.close(now, CloseReason::Closed(None)).expect("close");
+        assert_eq!(s.send(now, b("x")), Err(Error::Closed));
+        assert_eq!(s.stop(now), Err(Error::Closed));
+        assert_eq!(s.close(now, CloseReason::TimedOut), Err(Error::Closed));
+        assert_eq!(s.attach(now, PathMode::default()), Err(Error::Closed));
+        assert_eq!(s.handle_ack(now, 0), Err(Error::Closed));
+        assert_eq!(s.handle_message(now, 0, b("x")), Err(Error::Closed));
+        assert_eq!(s.close_reason(), Some(&CloseReason::Closed(None)));
+    }
+
+    #[test]
+    fn close_ends_the_attached_path() {
+        let now = t0();
+        let (mut s, path) = open_server(now);
+        s.close(now, CloseReason::Closed(None)).expect("close");
+        assert_eq!(transmits(&mut s), vec![Transmit::End { path }]);
+    }
+
+    #[test]
+    fn stop_is_sequenced_after_earlier_sends_and_closes_once_transmitted() {
+        let now = t0();
+        let (mut s, path) = open_server(now);
+        s.send(now, b("last words")).expect("send");
+        let stop = s.stop(now).expect("stop");
+        assert_eq!(s.stop(now), Ok(stop), "stop is idempotent");
+        let t = transmits(&mut s);
+        assert_eq!(t.len(), 1);
+        let Transmit::Batch {
+            path: p,
+            items,
+            end,
+        } = &t[0]
+        else {
+            panic!("{t:?}")
+        };
+        assert_eq!((*p, *end), (path, true));
+        assert_eq!(
+            items[1],
+            Item {
+                seq: stop,
+                payload: Payload::Stop
+            }
+        );
+        assert_eq!(s.close_reason(), Some(&CloseReason::Stopped));
+        assert!(events(&mut s).contains(&Event::SendFailed {
+            seq: 1,
+            reason: CloseReason::Stopped
+        }));
+    }
+
+    // 2. Outbound sequencing with acknowledgement.
+
+    #[test]
+    fn messages_sent_in_init_go_out_once_the_session_is_ok() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        assert_eq!(s.send(now, b("early")), Ok(1));
+        assert!(
+            transmits(&mut s).is_empty(),
+            "nothing goes out without a path"
+        );
+        s.attach(now, PathMode::default()).expect("attach");
+        let t = transmits(&mut s);
+        assert_eq!(
+            batch_seqs(&t[0]),
+            vec![0, 1],
+            "after the announcement, in one batch"
+        );
+        assert_eq!(s.state(), State::Ok);
+    }
+
+    #[test]
+    fn acknowledgement_releases_every_message_up_to_n_and_reports_each() {
+        let now = t0();
+        let (mut s, _) = open_server(now);
+        for m in ["a", "b", "c"] {
+            s.send(now, b(m)).expect("send");
+        }
+        transmits(&mut s);
+        s.handle_ack(now, 2).expect("ack");
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Acked { seq: 1 }, Event::Acked { seq: 2 }]
+        );
+        assert_eq!(s.buffered_bytes(), 1);
+        s.handle_ack(now, 2).expect("ack");
+        assert!(events(&mut s).is_empty(), "a repeated ack releases nothing");
+    }
+
+    #[test]
+    fn a_replaced_path_gets_every_unacknowledged_message_again_in_order() {
+        let now = t0();
+        let (mut s, first) = open_server(now);
+        for m in ["a", "b", "c"] {
+            s.send(now, b(m)).expect("send");
+        }
+        transmits(&mut s);
+        s.handle_ack(now, 1).expect("ack");
+        let second = s.attach(now, PathMode::default()).expect("attach");
+        let t = transmits(&mut s);
+        assert_eq!(t[0], Transmit::End { path: first });
+        assert_eq!(batch_seqs(&t[1]), vec![2, 3]);
+        assert!(matches!(t[1], Transmit::Batch { path, .. } if path == second));
+    }
+
+    #[test]
+    fn every_send_resolves_exactly_once_even_when_the_session_closes() {
+        let now = t0();
+        let (mut s, _) = open_server(now);
+        for m in ["a", "b", "c"] {
+            s.send(now, b(m)).expect("send");
+        }
+        transmits(&mut s);
+        s.handle_ack(now, 1).expect("ack");
+        s.send(now, b("never transmitted")).expect("send");
+        s.close(now, CloseReason::TimedOut).expect("close");
+        let mut resolved: Vec<u64> = events(&mut s)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Acked { seq } => Some(seq),
+                Event::SendFailed { seq, reason } => {
+                    assert_eq!(reason, CloseReason::TimedOut);
+                    Some(seq)
+                }
+                _ => None,
+            })
+            .collect();
+        resolved.sort_unstable();
+        assert_eq!(resolved, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn sends_past_the_buffer_limit_are_refused_with_backpressure() {
+        let now = t0();
+        let config = Config {
+            max_buffered_bytes: 8,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
+        s.send(now, b("12345")).expect("fits");
+        assert!(matches!(
+            s.send(now, b("6789")),
+            Err(Error::BufferFull { limit: 8, .. })
+        ));
+        assert_eq!(s.buffered_bytes(), 5);
+    }
+
+    #[test]
+    fn one_shot_path_ends_after_one_batch_and_byte_limited_path_after_the_limit() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        s.attach(
+            now,
+            PathMode {
+                one_shot: true,
+                max_bytes: None,
+            },
+        )
+        .expect("attach");
+        assert!(matches!(
+            transmits(&mut s)[0],
+            Transmit::Batch { end: true, .. }
+        ));
+        assert!(!s.has_path());
+        s.attach(
+            now,
+            PathMode {
+                one_shot: false,
+                max_bytes: Some(4),
+            },
+        )
+        .expect("attach");
+        s.send(now, b("1234")).expect("send");
+        assert!(matches!(
+            transmits(&mut s)[0],
+            Transmit::Batch { end: false, .. }
+        ));
+        s.send(now, b("5")).expect("send");
+        assert!(matches!(
+            transmits(&mut s)[0],
+            Transmit::Batch { end: true, .. }
+        ));
+    }
+
+    // 3. Inbound ordering.
+
+    #[test]
+    fn inbound_messages_are_delivered_in_order_exactly_once() {
+        let now = t0();
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.handle_message(now, 2, b("c")).expect("in");
+        c.handle_message(now, 1, b("b")).expect("in");
+        assert!(events(&mut c).is_empty(), "a gap is held");
+        c.handle_message(now, 0, b("a")).expect("in");
+        c.handle_message(now, 1, b("b again")).expect("duplicate");
+        let got: Vec<Bytes> = events(&mut c)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![b("a"), b("b"), b("c")]);
+        assert_eq!(c.duplicates_dropped(), 1);
+        assert_eq!(c.ack_position(), Some(2));
+    }
+
+    #[test]
+    fn a_gap_is_held_only_up_to_the_window_then_the_session_closes() {
+        let now = t0();
+        let config = Config {
+            reorder_window: 4,
+            ..Config::default()
+        };
+        let mut c = Session::new(Role::Client, config, now);
+        c.handle_message(now, 3, b("d")).expect("held");
+        assert!(matches!(
+            c.handle_message(now, 4, b("e")),
+            Err(Error::BeyondWindow { pos: 4, .. })
+        ));
+        assert!(matches!(c.close_reason(), Some(CloseReason::Protocol(_))));
+    }
+
+    #[test]
+    fn held_bytes_are_bounded() {
+        let now = t0();
+        let config = Config {
+            max_held_bytes: 4,
+            ..Config::default()
+        };
+        let mut c = Session::new(Role::Client, config, now);
+        c.handle_message(now, 1, b("1234")).expect("held");
+        assert_eq!(
+            c.handle_message(now, 2, b("5")),
+            Err(Error::HeldBytesExceeded { limit: 4 })
+        );
+    }
+
+    #[test]
+    fn nothing_is_delivered_after_close() {
+        let now = t0();
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.handle_message(now, 1, b("held")).expect("held");
+        c.close(now, CloseReason::Closed(None)).expect("close");
+        assert_eq!(c.handle_message(now, 0, b("a")), Err(Error::Closed));
+        assert!(
+            !events(&mut c)
+                .iter()
+                .any(|e| matches!(e, Event::Message { .. }))
+        );
+    }
+
+    #[test]
+    fn a_received_stop_closes_after_everything_before_it_was_delivered() {
+        let now = t0();
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.handle_incoming(now, 1, Payload::Stop).expect("held");
+        c.handle_message(now, 2, b("after stop")).expect("held");
+        c.handle_message(now, 0, b("before stop")).expect("in");
+        let e = events(&mut c);
+        assert_eq!(
+            e[0],
+            Event::Message {
+                seq: 0,
+                data: b("before stop")
+            }
+        );
+        assert_eq!(e.last(), Some(&Event::Closed(CloseReason::Stopped)));
+        assert_eq!(
+            e.iter()
+                .filter(|e| matches!(e, Event::Message { .. }))
+                .count(),
+            1
+        );
+    }
+
+    // 4. Timers as deadlines.
+
+    #[test]
+    fn an_idle_attached_path_gets_a_keepalive_after_the_interval_and_not_before() {
+        let now = t0();
+        let (mut s, _) = open_server(now);
+        assert_eq!(s.poll_timeout(), Some(now + 20 * SEC));
+        s.handle_timeout(now + 19 * SEC);
+        assert!(transmits(&mut s).is_empty());
+        s.handle_timeout(now + 20 * SEC);
+        let t = transmits(&mut s);
+        assert!(
+            matches!(&t[0], Transmit::Batch { items, .. } if items[0].payload == Payload::Keepalive)
+        );
+        assert_eq!(s.poll_timeout(), Some(now + 40 * SEC));
+    }
+
+    #[test]
+    fn traffic_postpones_the_keepalive() {
+        let now = t0();
+        let (mut s, _) = open_server(now);
+        s.send(now + 15 * SEC, b("x")).expect("send");
+        transmits(&mut s);
+        assert_eq!(s.poll_timeout(), Some(now + 35 * SEC));
+    }
+
+    #[test]
+    fn ping_mode_keepalives_are_not_sequenced() {
+        let now = t0();
+        let config = Config {
+            keepalive: KeepaliveMode::Ping,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
+        let path = s.attach(now, PathMode::default()).expect("attach");
+        transmits(&mut s);
+        s.handle_timeout(now + 20 * SEC);
+        assert_eq!(transmits(&mut s), vec![Transmit::Ping { path }]);
+        assert_eq!(s.last_sent(), Some(0));
+    }
+
+    #[test]
+    fn a_session_without_a_path_times_out_after_the_timeout_and_not_before() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        assert_eq!(s.poll_timeout(), Some(now + 30 * SEC));
+        s.handle_timeout(now + 29 * SEC);
+        assert_eq!(s.state(), State::Init);
+        s.handle_timeout(now + 30 * SEC);
+        assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn attaching_cancels_the_session_timeout_and_detaching_restarts_it() {
+        let now = t0();
+        let (mut s, path) = open_server(now);
+        assert!(s.detach(now + 5 * SEC, path));
+        assert!(!s.detach(now + 5 * SEC, path), "a stale path is ignored");
+        assert_eq!(s.poll_timeout(), Some(now + 35 * SEC));
+        s.handle_timeout(now + 35 * SEC);
+        assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
+    }
+
+    #[test]
+    fn timer_intervals_are_configurable() {
+        let now = t0();
+        let config = Config {
+            keepalive_interval: 2 * SEC,
+            session_timeout: 3 * SEC,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
+        assert_eq!(s.poll_timeout(), Some(now + 3 * SEC));
+        s.attach(now, PathMode::default()).expect("attach");
+        transmits(&mut s);
+        assert_eq!(s.poll_timeout(), Some(now + 2 * SEC));
+    }
+}

@@ -1,0 +1,69 @@
+//! Timers as deadlines: a small fixed table, so that a spurious wake-up is harmless and
+//! `poll_timeout` is a minimum over a handful of slots.
+
+use std::time::Instant;
+
+/// The session's timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// A downstream path is attached and has been idle for the keep-alive interval.
+    Keepalive = 0,
+    /// No downstream path has been attached for the session timeout.
+    SessionTimeout = 1,
+}
+
+const ALL: [Timer; 2] = [Timer::Keepalive, Timer::SessionTimeout];
+
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    deadlines: [Option<Instant>; 2],
+}
+
+impl Timers {
+    pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
+        self.deadlines[timer as usize] = Some(at);
+    }
+
+    pub(crate) fn stop(&mut self, timer: Timer) {
+        self.deadlines[timer as usize] = None;
+    }
+
+    pub(crate) fn stop_all(&mut self) {
+        self.deadlines = [None; 2];
+    }
+
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+
+    /// Clears and returns the timers whose deadline is at or before `now`.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> impl Iterator<Item = Timer> + use<> {
+        let mut fired = [None; 2];
+        for t in ALL {
+            if self.deadlines[t as usize].is_some_and(|at| at <= now) {
+                self.deadlines[t as usize] = None;
+                fired[t as usize] = Some(t);
+            }
+        }
+        fired.into_iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_due_timers_fire() {
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        timers.set(Timer::Keepalive, t0 + Duration::from_secs(20));
+        timers.set(Timer::SessionTimeout, t0 + Duration::from_secs(30));
+        assert_eq!(timers.next(), Some(t0 + Duration::from_secs(20)));
+        assert_eq!(timers.take_expired(t0 + Duration::from_secs(19)).count(), 0);
+        let fired: Vec<_> = timers.take_expired(t0 + Duration::from_secs(20)).collect();
+        assert_eq!(fired, vec![Timer::Keepalive]);
+        assert_eq!(timers.next(), Some(t0 + Duration::from_secs(30)));
+    }
+}
