@@ -1,0 +1,466 @@
+//! The BrowserChannel v8 wire format, as pure functions: no I/O, no state. Used by the server
+//! transport and by the Rust client.
+//!
+//! - Server → client: arrays `[[id, data], …]⏎` framed as length-prefixed chunks (XHR) or as
+//!   `<script>` blocks (the html iframe transport).
+//! - Client → server: form-encoded maps (`count`, `ofs`, `req<i>_<key>`), or node-browserchannel's
+//!   JSON body extension.
+//!
+//! All JSON this module writes is ASCII-only (every non-ASCII UTF-16 unit escaped as `\uXXXX`), so
+//! byte lengths equal the UTF-16 lengths the Closure client counts, and U+2028/U+2029 are always
+//! escaped.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A forward-channel map: string keys to string values.
+pub type Map = BTreeMap<String, String>;
+
+/// The fixed padding Google's server writes after the first script of an html response.
+pub const HTML_PADDING: &str = "7cca69475363026330a0d99468e88d23ce95e222591126443015f5f462d9a177186c8701fb45a6ffee0daf1a178fc0f58cd309308fba7e6f011ac38c9cdd4580760f1d4560a84d5ca0355ecbbed2ab715a3350fe0c479050640bd0e77acec90c58c4d3dd0f5cf8d4510e68c8b12e087bd88cad349aafd2ab16b07b0b1b8276091217a44a9fe92fedacffff48092ee693af";
+
+/// The script that ends an html response normally.
+pub const HTML_DONE: &str = "<script>try  {parent.d(); }catch (e){}</script>\n";
+
+/// Errors decoding what a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// The forward-channel body is malformed (missing or non-numeric `count`/`ofs`, a map index
+    /// outside `count`, bad JSON body).
+    #[error("Bad data")]
+    BadData,
+    /// More maps in one request than allowed.
+    #[error("too many maps in one request ({count}, limit {limit})")]
+    TooManyMaps {
+        /// Maps the request declared.
+        count: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A server → client chunk is malformed.
+    #[error("bad chunk: {0}")]
+    BadChunk(&'static str),
+}
+
+/// What a forward-channel request carried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForwardBody {
+    /// `count=0`: no maps.
+    Empty,
+    /// Form-encoded maps with ids `ofs, ofs + 1, …`.
+    Maps {
+        /// Id of the first map.
+        ofs: u64,
+        /// The maps, in id order (an index with no keys is an empty map).
+        maps: Vec<Map>,
+    },
+    /// node-browserchannel's JSON body: messages with ids `ofs, ofs + 1, …`.
+    Json {
+        /// Id of the first message.
+        ofs: u64,
+        /// The messages.
+        messages: Vec<Value>,
+    },
+}
+
+/// A serde_json formatter that escapes every non-ASCII UTF-16 unit as `\uXXXX` (lowercase hex).
+struct AsciiFormatter;
+
+impl serde_json::ser::Formatter for AsciiFormatter {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (i, ch) in fragment.char_indices() {
+            if ch.is_ascii() {
+                continue;
+            }
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
+            }
+            start = i + ch.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+/// Serialises `value` as compact JSON with every non-ASCII character escaped.
+pub fn to_ascii_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    let mut out = Vec::with_capacity(64);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, AsciiFormatter);
+    value.serialize(&mut ser)?;
+    // The formatter writes only ASCII.
+    String::from_utf8(out).map_err(|e| serde_json::Error::io(io::Error::other(e)))
+}
+
+/// A JSON string literal of `s`, ASCII-only, with `<` also escaped so that it can sit inside an
+/// html `<script>` block.
+pub fn js_string_literal(s: &str) -> String {
+    let json = to_ascii_json(s).unwrap_or_else(|_| "\"\"".to_string());
+    json.replace('<', "\\u003c")
+}
+
+/// One length-prefixed chunk: `LENGTH⏎PAYLOAD`. `payload` must be ASCII (as everything this
+/// module writes is), so its byte length is its UTF-16 length.
+pub fn chunk(payload: &str) -> String {
+    let mut out = String::with_capacity(payload.len() + 8);
+    out.push_str(&payload.len().to_string());
+    out.push('\n');
+    out.push_str(payload);
+    out
+}
+
+/// The text of a back-channel batch, `[[id,data],…]⏎`, from ids and already-serialised JSON.
+pub fn array_batch<'a>(arrays: impl IntoIterator<Item = (u64, &'a [u8])>) -> String {
+    let mut out = String::with_capacity(64);
+    out.push('[');
+    for (i, (id, data)) in arrays.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        out.push_str(&id.to_string());
+        out.push(',');
+        out.push_str(&String::from_utf8_lossy(data));
+        out.push(']');
+    }
+    out.push_str("]\n");
+    out
+}
+
+/// The `c` array announcing a session: `["c","<sid>",<host prefix or null>,8]`.
+pub fn open_array(sid: &str, host_prefix: Option<&str>) -> String {
+    let prefix = host_prefix.map_or_else(|| "null".to_string(), js_string_literal);
+    format!("[\"c\",{},{prefix},8]", js_string_literal(sid))
+}
+
+/// The keep-alive array.
+pub const NOOP_ARRAY: &str = "[\"noop\"]";
+/// The stop array.
+pub const STOP_ARRAY: &str = "[\"stop\"]";
+
+/// The start of an html response: `<html><body>`, plus the `document.domain` script when
+/// `domain` is non-empty.
+pub fn html_prelude(domain: Option<&str>) -> String {
+    match domain.filter(|d| !d.is_empty()) {
+        Some(d) => format!(
+            "<html><body><script>try{{document.domain={};}}catch(e){{}}</script>\n",
+            js_string_literal(d)
+        ),
+        None => "<html><body>".to_string(),
+    }
+}
+
+/// One html data script, `<script>try {parent.m("…")} catch(e) {}</script>⏎`, followed by the
+/// padding line when it is the first of its response.
+pub fn html_script(text: &str, first: bool) -> String {
+    let mut out = format!(
+        "<script>try {{parent.m({})}} catch(e) {{}}</script>\n",
+        js_string_literal(text)
+    );
+    if first {
+        out.push_str(HTML_PADDING);
+        out.push('\n');
+    }
+    out
+}
+
+/// The html error body shared by every error response: `<html><body><h1>MSG</h1></body></html>`.
+pub fn error_body(message: &str) -> String {
+    format!("<html><body><h1>{message}</h1></body></html>")
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses a forward-channel body. `json` selects node-browserchannel's JSON body form
+/// (`Content-Type: application/json`). At most `max_maps` maps are accepted.
+pub fn parse_forward(body: &[u8], json: bool, max_maps: u64) -> Result<ForwardBody, CodecError> {
+    if json {
+        return parse_json_forward(body, max_maps);
+    }
+    let mut count = None;
+    let mut ofs = None;
+    let mut entries = Vec::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        match &*key {
+            "count" => {
+                if count.is_none() {
+                    count = Some(parse_u64(&value).ok_or(CodecError::BadData)?);
+                }
+            }
+            "ofs" => {
+                if ofs.is_none() {
+                    ofs = Some(parse_u64(&value).ok_or(CodecError::BadData)?);
+                }
+            }
+            _ => {
+                if let Some((index, name)) = split_map_key(&key) {
+                    entries.push((index, name.to_string(), value.into_owned()));
+                }
+            }
+        }
+    }
+    let count = count.ok_or(CodecError::BadData)?;
+    if count == 0 {
+        return Ok(ForwardBody::Empty);
+    }
+    if count > max_maps {
+        return Err(CodecError::TooManyMaps {
+            count,
+            limit: max_maps,
+        });
+    }
+    let ofs = ofs.ok_or(CodecError::BadData)?;
+    let mut maps = vec![Map::new(); count as usize];
+    for (index, name, value) in entries {
+        let map = maps.get_mut(index as usize).ok_or(CodecError::BadData)?;
+        map.insert(name, value);
+    }
+    Ok(ForwardBody::Maps { ofs, maps })
+}
+
+/// `req<digits>_<key>` → `(index, key)`.
+fn split_map_key(key: &str) -> Option<(u64, &str)> {
+    let rest = key.strip_prefix("req")?;
+    let underscore = rest.find('_')?;
+    let index = parse_u64(&rest[..underscore])?;
+    let name = &rest[underscore + 1..];
+    (!name.is_empty()).then_some((index, name))
+}
+
+fn parse_json_forward(body: &[u8], max_maps: u64) -> Result<ForwardBody, CodecError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| CodecError::BadData)?;
+    let obj = value.as_object().ok_or(CodecError::BadData)?;
+    let data = obj
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or(CodecError::BadData)?;
+    if data.len() as u64 > max_maps {
+        return Err(CodecError::TooManyMaps {
+            count: data.len() as u64,
+            limit: max_maps,
+        });
+    }
+    if data.is_empty() {
+        return Ok(ForwardBody::Empty);
+    }
+    let ofs = obj
+        .get("ofs")
+        .and_then(Value::as_u64)
+        .ok_or(CodecError::BadData)?;
+    Ok(ForwardBody::Json {
+        ofs,
+        messages: data.clone(),
+    })
+}
+
+/// Encodes maps as a form body: `count=N&ofs=O&req0_key=value…` (keys and values
+/// percent-encoded).
+pub fn encode_forward(ofs: u64, maps: &[Map]) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    ser.append_pair("count", &maps.len().to_string());
+    if !maps.is_empty() {
+        ser.append_pair("ofs", &ofs.to_string());
+    }
+    for (i, map) in maps.iter().enumerate() {
+        for (k, v) in map {
+            ser.append_pair(&format!("req{i}_{k}"), v);
+        }
+    }
+    ser.finish()
+}
+
+/// Splits the front of a length-prefixed stream into its first chunk. Returns `Ok(None)` when
+/// the chunk is not complete yet, else the chunk's payload and the bytes it consumed.
+/// (Payloads this crate writes are ASCII; a peer's non-ASCII payload is measured in UTF-16
+/// units, as the Closure client does.)
+pub fn split_chunk(buf: &str) -> Result<Option<(&str, usize)>, CodecError> {
+    let Some(newline) = buf.find('\n') else {
+        if buf.len() > 20 || !buf.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CodecError::BadChunk("length prefix is not a number"));
+        }
+        return Ok(None);
+    };
+    let len: usize = parse_u64(&buf[..newline])
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or(CodecError::BadChunk("length prefix is not a number"))?;
+    let payload_start = newline + 1;
+    let mut units = 0;
+    for (offset, ch) in buf[payload_start..].char_indices() {
+        if units == len {
+            let end = payload_start + offset;
+            return Ok(Some((&buf[payload_start..end], end)));
+        }
+        units += ch.len_utf16();
+        if units > len {
+            return Err(CodecError::BadChunk("length splits a character"));
+        }
+    }
+    if units == len {
+        return Ok(Some((&buf[payload_start..], buf.len())));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ascii_json_escapes_every_non_ascii_unit_including_line_separators() {
+        let v = json!({"a": "hello\u{2028}\u{2029}there", "b": "⚗", "c": "😀"});
+        assert_eq!(
+            to_ascii_json(&v).ok().as_deref(),
+            Some(r#"{"a":"hello\u2028\u2029there","b":"\u2697","c":"\ud83d\ude00"}"#)
+        );
+    }
+
+    #[test]
+    fn chunk_length_counts_the_payload() {
+        assert_eq!(chunk("[0,0,0]"), "7\n[0,0,0]");
+    }
+
+    #[test]
+    fn creation_batch_matches_the_spec_byte_for_byte() {
+        let c = open_array("0rv5gxgm", None);
+        let text = array_batch([(0, c.as_bytes())]);
+        assert_eq!(chunk(&text), "30\n[[0,[\"c\",\"0rv5gxgm\",null,8]]]\n");
+        let c = open_array("0rv5gxgm", Some("chan"));
+        let msg = br#"["hello","there",null,1000,{},[],[555]]"#;
+        let text = array_batch([(0, c.as_bytes()), (1, &msg[..])]);
+        assert_eq!(chunk(&text).split('\n').next(), Some("76"));
+    }
+
+    #[test]
+    fn html_script_double_encodes_the_chunk_text_and_pads_only_the_first() {
+        let text = "[[2,{\"other\":\"data\"}]]\n";
+        let first = html_script(text, true);
+        assert!(first.starts_with(
+            "<script>try {parent.m(\"[[2,{\\\"other\\\":\\\"data\\\"}]]\\n\")} catch(e) {}</script>\n7cca"
+        ));
+        assert!(first.ends_with("693af\n"));
+        assert!(!html_script(text, false).contains(HTML_PADDING));
+        assert!(html_script("</script>", false).contains("\\u003c/script>"));
+    }
+
+    #[test]
+    fn html_prelude_sets_document_domain_when_given() {
+        assert_eq!(html_prelude(None), "<html><body>");
+        assert_eq!(html_prelude(Some("")), "<html><body>");
+        assert_eq!(
+            html_prelude(Some("foo.bar.com")),
+            "<html><body><script>try{document.domain=\"foo.bar.com\";}catch(e){}</script>\n"
+        );
+    }
+
+    #[test]
+    fn form_maps_are_parsed_relative_to_ofs_with_keys_containing_underscores() {
+        let body = b"count=3&ofs=7&req0_JSON=%5B1%2C2%5D&req1__S=hi%20there&req2_a=1&req2_b_c=2";
+        let ForwardBody::Maps { ofs, maps } = parse_forward(body, false, 1000).expect("parse")
+        else {
+            panic!("maps expected")
+        };
+        assert_eq!(ofs, 7);
+        assert_eq!(maps[0]["JSON"], "[1,2]");
+        assert_eq!(maps[1]["_S"], "hi there");
+        assert_eq!(maps[2]["b_c"], "2");
+    }
+
+    #[test]
+    fn checklist_34_odd_keys_and_values_decode() {
+        let body = b"count=1&ofs=0&req0__int_%5E%26%5E%25%23net=hi%22there%26%26%0Asam";
+        let ForwardBody::Maps { maps, .. } = parse_forward(body, false, 1000).expect("parse")
+        else {
+            panic!()
+        };
+        assert_eq!(maps[0]["_int_^&^%#net"], "hi\"there&&\nsam");
+    }
+
+    #[test]
+    fn a_hole_below_count_is_an_empty_map() {
+        let ForwardBody::Maps { maps, .. } =
+            parse_forward(b"count=2&ofs=0&req1_a=b", false, 10).expect("parse")
+        else {
+            panic!()
+        };
+        assert!(maps[0].is_empty());
+    }
+
+    #[test]
+    fn malformed_forward_bodies_are_bad_data() {
+        for body in [
+            &b""[..],
+            b"count=1",
+            b"count=-1",
+            b"count=x",
+            b"count=1&ofs=x&req0_a=b",
+            b"count=1&ofs=0&req5_a=b",
+        ] {
+            assert_eq!(
+                parse_forward(body, false, 10),
+                Err(CodecError::BadData),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(parse_forward(b"count=0", false, 10), Ok(ForwardBody::Empty));
+        assert_eq!(
+            parse_forward(b"count=11&ofs=0", false, 10),
+            Err(CodecError::TooManyMaps {
+                count: 11,
+                limit: 10
+            })
+        );
+    }
+
+    #[test]
+    fn json_bodies_carry_messages() {
+        let body = br#"{"ofs":0,"data":[{},{"x":null},"hi"]}"#;
+        assert_eq!(
+            parse_forward(body, true, 10),
+            Ok(ForwardBody::Json {
+                ofs: 0,
+                messages: vec![json!({}), json!({"x": null}), json!("hi")]
+            })
+        );
+        for bad in [&b"null"[..], b"{", b"{\"ofs\":0}", b"[]"] {
+            assert_eq!(parse_forward(bad, true, 10), Err(CodecError::BadData));
+        }
+    }
+
+    #[test]
+    fn forward_encoding_round_trips() {
+        let mut m = Map::new();
+        m.insert("JSON".into(), "{\"a\":\"&=+ ⚗\"}".into());
+        let body = encode_forward(5, std::slice::from_ref(&m));
+        assert_eq!(
+            parse_forward(body.as_bytes(), false, 10),
+            Ok(ForwardBody::Maps {
+                ofs: 5,
+                maps: vec![m]
+            })
+        );
+    }
+
+    #[test]
+    fn chunks_split_by_utf16_length() {
+        assert_eq!(split_chunk("7\n[0,0,0]rest"), Ok(Some(("[0,0,0]", 9))));
+        assert_eq!(split_chunk("7\n[0,0"), Ok(None));
+        assert_eq!(split_chunk("12"), Ok(None));
+        assert_eq!(split_chunk("4\n\"😀\"x"), Ok(Some(("\"😀\"", 8))));
+        assert!(split_chunk("x\n").is_err());
+    }
+}

@@ -1,0 +1,622 @@
+//! The HTTP side: routing under `base`, the stateless test channel, and `bind` requests handed
+//! to their session's task.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use browserver_core::Registry;
+use bytes::Bytes;
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_HEADERS, CACHE_CONTROL, CONTENT_TYPE, ETAG,
+    EXPIRES, PRAGMA, RETRY_AFTER, X_CONTENT_TYPE_OPTIONS,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use rand::RngExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::actor::{Actor, ActorParts, HttpCommand};
+use crate::body::ResponseBody;
+use crate::codec::{self, CodecError};
+use crate::options::{Cors, Options, normalize_base};
+use crate::session::{Command, Received, Session, Shared, Status};
+
+/// The client's address, for [`Session::address`]. A server inserts it into each request's
+/// extensions (the [`serve`](crate::serve) helper and the `browserver` server do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// New sessions, in the order they were created.
+#[derive(Debug)]
+pub struct Sessions {
+    rx: mpsc::UnboundedReceiver<Session>,
+}
+
+impl Sessions {
+    /// The next new session; `None` once the [`BrowserChannel`] and all its clones are gone.
+    pub async fn accept(&mut self) -> Option<Session> {
+        self.rx.recv().await
+    }
+}
+
+/// A BrowserChannel endpoint. Cheap to clone; clones share sessions.
+///
+/// Use it as a `tower::Service` (answers 404 outside `base`), wrap another service with
+/// [`with_fallback`](Self::with_fallback) so that requests outside `base` reach it, call
+/// [`handle`](Self::handle) from your own server, or mount [`filter`](Self::filter) in warp.
+#[derive(Clone)]
+pub struct BrowserChannel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BrowserChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserChannel")
+            .field("base", &self.inner.base)
+            .field("sessions", &self.session_count())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) options: Options,
+    base: String,
+    headers: HeaderMap,
+    pub(crate) html_headers: HeaderMap,
+    registry: Mutex<Registry<Session>>,
+    accept: mpsc::UnboundedSender<Session>,
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Registry<Session>> {
+        // A panic while holding the lock cannot leave the map half-updated; keep serving.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        self.registry().remove(id);
+    }
+}
+
+fn standard_headers(content_type: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, max-age=0, must-revalidate"),
+    );
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(
+        EXPIRES,
+        HeaderValue::from_static("Fri, 01 Jan 1990 00:00:00 GMT"),
+    );
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h
+}
+
+pub(crate) fn ok_response(headers: &HeaderMap, body: ResponseBody) -> Response<ResponseBody> {
+    let mut r = Response::new(body);
+    *r.headers_mut() = headers.clone();
+    r
+}
+
+/// `<html><body><h1>MESSAGE</h1></body></html>` with the configured headers, in one write.
+pub(crate) fn error_response(
+    status: u16,
+    message: &str,
+    headers: &HeaderMap,
+) -> Response<ResponseBody> {
+    let mut r = ok_response(headers, ResponseBody::full(codec::error_body(message)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    r
+}
+
+fn plain_response(
+    status: StatusCode,
+    text: &'static str,
+    headers: &HeaderMap,
+) -> Response<ResponseBody> {
+    let mut r = ok_response(
+        headers,
+        ResponseBody::full(Bytes::from_static(text.as_bytes())),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+type Query = Vec<(String, String)>;
+
+fn parse_query(query: Option<&str>) -> Query {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn param<'a>(q: &'a Query, name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `AID` and `OAID`: a leading integer; anything else (or a negative one) acknowledges nothing.
+fn leading_u64(s: &str) -> Option<u64> {
+    let digits: &str = &s[..s.bytes().take_while(u8::is_ascii_digit).count()];
+    digits.parse().ok()
+}
+
+impl BrowserChannel {
+    /// An endpoint with these options, and the stream of sessions it creates.
+    pub fn new(options: Options) -> (BrowserChannel, Sessions) {
+        let base = normalize_base(&options.base);
+        let mut headers = standard_headers("text/plain");
+        for (name, value) in &options.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(Cors::Origin(origin)) = &options.cors {
+            if let Ok(v) = HeaderValue::from_str(origin) {
+                headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            }
+        }
+        if options.cors_allow_credentials {
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        let (accept, rx) = mpsc::unbounded_channel();
+        let inner = Inner {
+            registry: Mutex::new(Registry::new(options.max_sessions)),
+            options,
+            base,
+            headers,
+            html_headers: standard_headers("text/html"),
+            accept,
+        };
+        (
+            BrowserChannel {
+                inner: Arc::new(inner),
+            },
+            Sessions { rx },
+        )
+    }
+
+    /// The normalised base path.
+    pub fn base(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// Whether a request for `path` is BrowserChannel's (it starts with `base/`).
+    pub fn owns(&self, path: &str) -> bool {
+        path.strip_prefix(self.inner.base.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// The live session with this id.
+    pub fn session(&self, id: &str) -> Option<Session> {
+        self.inner.registry().get(id).cloned()
+    }
+
+    /// How many sessions are live.
+    pub fn session_count(&self) -> usize {
+        self.inner.registry().len()
+    }
+
+    /// Closes every session (reason `closed`), as node-browserchannel's `close()` does.
+    pub fn close_all(&self) {
+        let sessions: Vec<Session> = self
+            .inner
+            .registry()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        for s in sessions {
+            s.close();
+        }
+    }
+
+    /// Wraps `fallback`: requests under `base` are BrowserChannel's, all others go to
+    /// `fallback`.
+    pub fn with_fallback<S>(&self, fallback: S) -> WithFallback<S> {
+        WithFallback {
+            bc: self.clone(),
+            fallback,
+        }
+    }
+
+    fn response_headers(&self, parts: &http::request::Parts) -> HeaderMap {
+        let mut headers = self.inner.headers.clone();
+        if let Some(Cors::Dynamic(f)) = &self.inner.options.cors {
+            if let Some(v) = f(parts).and_then(|o| HeaderValue::from_str(&o).ok()) {
+                headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            }
+        }
+        headers
+    }
+
+    /// Answers one request. Requests outside `base` get a plain 404.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let headers = self.response_headers(&parts);
+        let path = parts.uri.path();
+        let Some(rest) = path
+            .strip_prefix(self.inner.base.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return plain_response(StatusCode::NOT_FOUND, "Not found", &headers);
+        };
+        if parts.method == Method::OPTIONS {
+            return self.preflight(&parts, headers);
+        }
+        let query = parse_query(parts.uri.query());
+        match rest {
+            "bcsocket.js" => self.client_script(&parts.method),
+            "test" => self.test(&parts.method, &query, headers),
+            "bind" => self.bind(parts, query, body, headers).await,
+            _ => plain_response(StatusCode::NOT_FOUND, "Not found", &headers),
+        }
+    }
+
+    fn preflight(
+        &self,
+        parts: &http::request::Parts,
+        mut headers: HeaderMap,
+    ) -> Response<ResponseBody> {
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        if let Some(requested) = parts.headers.get(ACCESS_CONTROL_REQUEST_HEADERS) {
+            headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
+        }
+        let mut r = ok_response(&headers, ResponseBody::empty());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    }
+
+    fn client_script(&self, method: &Method) -> Response<ResponseBody> {
+        let script = self.inner.options.client_script;
+        let body = if method == Method::HEAD {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::full(Bytes::from_static(script.as_bytes()))
+        };
+        let mut r = Response::new(body);
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/javascript"),
+        );
+        h.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(script.len()),
+        );
+        let etag = format!("\"{}-{:x}\"", script.len(), fnv1a(script.as_bytes()));
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            h.insert(ETAG, v);
+        }
+        r
+    }
+
+    fn host_prefix(&self) -> Option<String> {
+        let prefixes = &self.inner.options.host_prefixes;
+        if prefixes.is_empty() {
+            return None;
+        }
+        let i = rand::rng().random_range(0..prefixes.len());
+        Some(prefixes[i].clone())
+    }
+
+    fn test(&self, method: &Method, query: &Query, headers: HeaderMap) -> Response<ResponseBody> {
+        if param(query, "VER") != Some("8") {
+            return error_response(400, "Version 8 required", &headers);
+        }
+        if param(query, "MODE") == Some("init") && method == Method::GET {
+            let prefix = self
+                .host_prefix()
+                .map_or_else(|| "null".to_string(), |p| codec::js_string_literal(&p));
+            let mut r = ok_response(&headers, ResponseBody::full(format!("[{prefix},null]")));
+            r.headers_mut().insert(
+                HeaderName::from_static("x-accept"),
+                HeaderValue::from_static("application/json; application/x-www-form-urlencoded"),
+            );
+            return r;
+        }
+        let html = param(query, "TYPE") == Some("html");
+        let (first, second, headers) = if html {
+            let domain = param(query, "DOMAIN");
+            (
+                codec::html_prelude(domain) + &codec::html_script("11111", true),
+                codec::html_script("2", false) + codec::HTML_DONE,
+                self.inner.html_headers.clone(),
+            )
+        } else {
+            ("11111".to_string(), "2".to_string(), headers)
+        };
+        let (tx, body) = ResponseBody::channel(None);
+        let _ = tx.send(Bytes::from(first));
+        let delay = self.inner.options.test_phase2_delay;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Bytes::from(second));
+        });
+        ok_response(&headers, body)
+    }
+
+    async fn bind<B>(
+        &self,
+        parts: http::request::Parts,
+        query: Query,
+        body: B,
+        headers: HeaderMap,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if param(&query, "VER") != Some("8") {
+            return error_response(400, "Version 8 required", &headers);
+        }
+        let session = match param(&query, "SID").filter(|s| !s.is_empty()) {
+            Some(sid) => match self.session(sid) {
+                Some(s) => Some(s),
+                None => return error_response(400, "Unknown SID", &headers),
+            },
+            None => None,
+        };
+        let aid = param(&query, "AID").and_then(leading_u64);
+        let rid = param(&query, "RID");
+        match parts.method {
+            Method::POST => {
+                let limit = self.inner.options.max_body_bytes;
+                let bytes = match Limited::new(body, limit).collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return error_response(413, "Request body too large", &headers);
+                    }
+                    Err(_) => return error_response(400, "Bad data", &headers),
+                };
+                let json = parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').next())
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+                let forward = match codec::parse_forward(
+                    &bytes,
+                    json,
+                    self.inner.options.max_maps_per_post,
+                ) {
+                    Ok(f) => f,
+                    Err(CodecError::TooManyMaps { .. }) => {
+                        return error_response(413, "Too many maps", &headers);
+                    }
+                    Err(_) => return error_response(400, "Bad data", &headers),
+                };
+                let Some(rid) = rid.and_then(|r| r.parse::<u64>().ok()) else {
+                    return error_response(400, "Bad data", &headers);
+                };
+                let creating = session.is_none();
+                let session = match session {
+                    Some(s) => s,
+                    None => match self.create(&parts, &query, rid).await {
+                        Ok(s) => s,
+                        Err(response) => return response,
+                    },
+                };
+                let (reply, rx) = oneshot::channel();
+                let command = HttpCommand::Post {
+                    rid,
+                    aid,
+                    body: forward,
+                    creating,
+                    headers: headers.clone(),
+                    reply,
+                };
+                self.ask(&session, command, rx, &headers).await
+            }
+            Method::GET => match param(&query, "TYPE") {
+                Some("terminate") => {
+                    if let Some(session) = session {
+                        let rid = rid.and_then(|r| r.parse().ok()).unwrap_or(0);
+                        let _ = session
+                            .shared
+                            .tx
+                            .send(Command::Http(HttpCommand::Terminate { rid, aid }));
+                    }
+                    ok_response(&headers, ResponseBody::empty())
+                }
+                Some(kind @ ("xmlhttp" | "html")) => {
+                    let Some(session) = session else {
+                        return error_response(400, "Unknown SID", &headers);
+                    };
+                    if rid != Some("rpc") {
+                        return error_response(400, "Expected RPC", &headers);
+                    }
+                    let html =
+                        (kind == "html").then(|| param(&query, "DOMAIN").unwrap_or("").to_string());
+                    let (reply, rx) = oneshot::channel();
+                    let command = HttpCommand::BackChannel {
+                        aid,
+                        streaming: param(&query, "CI") == Some("0"),
+                        html,
+                        headers: headers.clone(),
+                        reply,
+                    };
+                    self.ask(&session, command, rx, &headers).await
+                }
+                _ => error_response(400, "Bad TYPE", &headers),
+            },
+            _ => plain_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                &headers,
+            ),
+        }
+    }
+
+    async fn ask(
+        &self,
+        session: &Session,
+        command: HttpCommand,
+        rx: oneshot::Receiver<Response<ResponseBody>>,
+        headers: &HeaderMap,
+    ) -> Response<ResponseBody> {
+        if session.shared.tx.send(Command::Http(command)).is_err() {
+            return error_response(400, "Unknown SID", headers);
+        }
+        rx.await
+            .unwrap_or_else(|_| error_response(400, "Unknown SID", headers))
+    }
+
+    /// Creates a session for a `bind` POST without `SID`: ghosts `OSID`, registers, starts the
+    /// session's task, runs the connect hook, and announces it on [`Sessions`].
+    async fn create(
+        &self,
+        parts: &http::request::Parts,
+        query: &Query,
+        first_rid: u64,
+    ) -> Result<Session, Response<ResponseBody>> {
+        let headers = &self.inner.headers;
+        if let Some(old) = param(query, "OSID").and_then(|id| self.session(id)) {
+            let oaid = param(query, "OAID").and_then(leading_u64);
+            let (done, rx) = oneshot::channel();
+            if old
+                .shared
+                .tx
+                .send(Command::Http(HttpCommand::Ghost { oaid, done }))
+                .is_ok()
+            {
+                let _ = rx.await;
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (messages_tx, messages_rx) = mpsc::unbounded_channel::<Received>();
+        let (status_tx, status_rx) = watch::channel(Status {
+            state: browserver_core::State::Init,
+            close_reason: None,
+        });
+        let shared = Shared {
+            id: String::new(),
+            address: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+            query: query.clone(),
+            headers: parts.headers.clone(),
+            app_version: param(query, "CVER")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            tx: tx.clone(),
+            status: status_rx,
+            messages: tokio::sync::Mutex::new(messages_rx),
+        };
+        let created = self.inner.registry().create(|id| Session {
+            shared: Arc::new(Shared {
+                id: id.to_string(),
+                ..shared
+            }),
+        });
+        let id = match created {
+            Ok(id) => id,
+            Err(browserver_core::Error::RegistryFull { .. }) => {
+                let mut r = error_response(503, "Too many sessions", headers);
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return Err(r);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a session");
+                return Err(error_response(500, "Cannot create session", headers));
+            }
+        };
+        let session = self
+            .session(&id)
+            .ok_or_else(|| error_response(500, "Cannot create session", headers))?;
+        let actor = Actor::new(
+            self.inner.clone(),
+            ActorParts {
+                id: id.clone(),
+                first_rid,
+                host_prefix: self.host_prefix(),
+                rx,
+                tx: tx.downgrade(),
+                messages: messages_tx,
+                status: status_tx,
+            },
+        );
+        tokio::spawn(actor.run());
+        tracing::debug!(session = %id, "session created");
+        if let Some(hook) = &self.inner.options.connect_hook {
+            hook(&session);
+        }
+        let _ = self.inner.accept.send(session.clone());
+        Ok(session)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl<B> tower::Service<Request<B>> for BrowserChannel
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let bc = self.clone();
+        Box::pin(async move { Ok(bc.handle(req).await) })
+    }
+}
+
+/// A [`BrowserChannel`] in front of another service: requests under `base` are answered by
+/// BrowserChannel, everything else by the fallback.
+#[derive(Clone, Debug)]
+pub struct WithFallback<S> {
+    bc: BrowserChannel,
+    fallback: S,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for WithFallback<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<http_body_util::Either<ResponseBody, RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.fallback.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if self.bc.owns(req.uri().path()) {
+            let bc = self.bc.clone();
+            Box::pin(async move { Ok(bc.handle(req).await.map(http_body_util::Either::Left)) })
+        } else {
+            let future = self.fallback.call(req);
+            Box::pin(async move { Ok(future.await?.map(http_body_util::Either::Right)) })
+        }
+    }
+}
