@@ -397,12 +397,12 @@ impl Actor {
                 }
             }
             Transmit::End { path } => {
-                if let Some(sink) = self.sinks.remove(&path) {
-                    if sink.html {
-                        let _ = sink
-                            .tx
-                            .send(Bytes::from_static(codec::HTML_DONE.as_bytes()));
-                    }
+                if let Some(sink) = self.sinks.remove(&path)
+                    && sink.html
+                {
+                    let _ = sink
+                        .tx
+                        .send(Bytes::from_static(codec::HTML_DONE.as_bytes()));
                 }
             }
             Transmit::Ping { .. } => {}
@@ -439,7 +439,7 @@ impl Actor {
     }
 
     fn deliver(&mut self, data: &[u8]) {
-        // Nothing is delivered once the session closed, even if it was queued before.
+        // Nothing is delivered once the session closed (see the invalid-JSON case below).
         let Some(messages) = &self.messages else {
             return;
         };
@@ -458,6 +458,8 @@ impl Actor {
                             let _ = self
                                 .core
                                 .close(now(), CloseReason::Protocol("Invalid JSON".into()));
+                            // Maps the core released after this one are not delivered.
+                            self.messages = None;
                             return;
                         }
                     }

@@ -155,10 +155,10 @@ impl BrowserChannel {
         for (name, value) in &options.headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some(Cors::Origin(origin)) = &options.cors {
-            if let Ok(v) = HeaderValue::from_str(origin) {
-                headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
-            }
+        if let Some(Cors::Origin(origin)) = &options.cors
+            && let Ok(v) = HeaderValue::from_str(origin)
+        {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
         }
         if options.cors_allow_credentials {
             headers.insert(
@@ -228,10 +228,10 @@ impl BrowserChannel {
 
     fn response_headers(&self, parts: &http::request::Parts) -> HeaderMap {
         let mut headers = self.inner.headers.clone();
-        if let Some(Cors::Dynamic(f)) = &self.inner.options.cors {
-            if let Some(v) = f(parts).and_then(|o| HeaderValue::from_str(&o).ok()) {
-                headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
-            }
+        if let Some(Cors::Dynamic(f)) = &self.inner.options.cors
+            && let Some(v) = f(parts).and_then(|o| HeaderValue::from_str(&o).ok())
+        {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, v);
         }
         headers
     }

@@ -481,3 +481,794 @@ async fn sid_helper_reads_the_creation_body() {
     let (session, body) = s.connect().await;
     assert_eq!(sid_of(&body), session.id());
 }
+
+// E. Forward channel
+
+#[tokio::test]
+async fn item_43_forward_post_delivers_its_map() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let (status, _) = s
+        .forward(session.id(), 1001, 0, "count=1&ofs=0&req0_k=v")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        session.recv().await.expect("map").map.expect("map")["k"],
+        "v"
+    );
+}
+
+#[tokio::test]
+async fn item_44_forward_answer_without_back_channel_is_0_0_0() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let (_, body) = s
+        .forward(session.id(), 1001, 0, "count=1&ofs=0&req0_k=v")
+        .await;
+    assert_eq!(body, "7\n[0,0,0]");
+}
+
+#[tokio::test]
+async fn item_45_forward_answer_with_idle_back_channel_is_1_0_0() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    let (_, body) = s.forward(session.id(), 1001, 0, "count=0").await;
+    assert_eq!(body, lp("[1,0,0]"));
+    assert!(stays_quiet(bc.body_mut(), Duration::from_millis(200)).await);
+}
+
+#[tokio::test]
+async fn item_46_forward_answer_counts_unacknowledged_bytes() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    for m in ["message 1", "message 2", "message 3"] {
+        let _ = session.send(&m);
+    }
+    let mut seen = String::new();
+    while !seen.contains("message 3") {
+        seen += &next_data(bc.body_mut(), WAIT).await.expect("data");
+    }
+    let (_, body) = s.forward(session.id(), 1001, 1, "count=0").await;
+    assert_eq!(body, lp("[1,3,25]"));
+}
+
+async fn maps(session: &browserver_transport_bc::Session, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = tokio::time::timeout(WAIT, session.recv())
+            .await
+            .expect("map in time")
+            .expect("map");
+        let map = m.map.expect("map");
+        out.push(
+            map.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn item_47_out_of_order_posts_deliver_maps_in_order() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    s.forward(session.id(), 1002, 0, "count=1&ofs=2&req0_v=2")
+        .await;
+    s.forward(session.id(), 1001, 0, "count=2&ofs=0&req0_v=0&req1_v=1")
+        .await;
+    assert_eq!(maps(&session, 3).await, ["v=0", "v=1", "v=2"]);
+}
+
+#[tokio::test]
+async fn item_48_the_same_post_twice_delivers_once() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    s.forward(session.id(), 1001, 0, "count=1&ofs=0&req0_v=0")
+        .await;
+    s.forward(session.id(), 1001, 0, "count=1&ofs=0&req0_v=0")
+        .await;
+    s.forward(session.id(), 1002, 0, "count=1&ofs=1&req0_v=1")
+        .await;
+    assert_eq!(maps(&session, 2).await, ["v=0", "v=1"]);
+}
+
+#[tokio::test]
+async fn item_49_a_retry_with_extra_maps_delivers_each_once() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    s.forward(session.id(), 1001, 0, "count=1&ofs=0&req0_v=0")
+        .await;
+    s.forward(session.id(), 1001, 0, "count=2&ofs=0&req0_v=0&req1_v=1")
+        .await;
+    s.forward(session.id(), 1002, 0, "count=1&ofs=2&req0_v=2")
+        .await;
+    assert_eq!(maps(&session, 3).await, ["v=0", "v=1", "v=2"]);
+}
+
+#[tokio::test]
+async fn items_50_51_unknown_sid_is_400_with_the_text_after_offset_0_and_cors() {
+    let s = start(cors_options()).await;
+    let (status, h, body) = s
+        .text(
+            Method::POST,
+            "/channel/bind?VER=8&RID=1001&SID=junkyjunk&AID=0",
+            "count=0",
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.find("Unknown SID").is_some_and(|i| i > 0));
+    assert!(has_cors(&h));
+}
+
+#[tokio::test]
+async fn items_52_53_json_maps_become_messages_and_keep_their_maps() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let a = json!([{}, {"x": null}, "hi", "!@#$%^&*()-=", "'\""]);
+    let body = browserver_transport_bc::codec::encode_forward(
+        0,
+        &[
+            [("JSON".to_string(), a.to_string())].into(),
+            [("JSON".to_string(), json!("hello dear user").to_string())].into(),
+        ],
+    );
+    s.forward(session.id(), 1001, 0, &body).await;
+    let first = session.recv().await.expect("message");
+    assert_eq!(first.value, Some(a.clone()));
+    assert_eq!(first.map.expect("map")["JSON"], a.to_string());
+    assert_eq!(
+        session.recv().await.expect("message").value,
+        Some(json!("hello dear user"))
+    );
+}
+
+#[tokio::test]
+async fn item_54_json_body_messages_are_delivered_before_the_answer() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let data = json!([{}, {"x": null}, "hi", "!@#$%^&*()-=", "'\""]);
+    let body = json!({"ofs": 0, "data": data}).to_string();
+    let r = s
+        .request_with(
+            Method::POST,
+            &format!("/channel/bind?VER=8&RID=1001&SID={}&AID=0", session.id()),
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .await;
+    let (_, _, text) = read_all(r).await;
+    assert_eq!(text, lp("[0,0,0]"));
+    for expected in data.as_array().expect("array") {
+        let m = session.recv().await.expect("message");
+        assert_eq!(m.value.as_ref(), Some(expected));
+        assert_eq!(m.map, None);
+    }
+}
+
+#[tokio::test]
+async fn item_55_underscore_s_maps_are_string_messages() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    s.forward(session.id(), 1001, 0, "count=1&ofs=0&req0__S=text")
+        .await;
+    assert_eq!(
+        session.recv().await.expect("message").value,
+        Some(json!("text"))
+    );
+}
+
+#[tokio::test]
+async fn item_56_invalid_json_closes_the_session_and_answers_403() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let (status, body) = s
+        .forward(
+            session.id(),
+            1001,
+            0,
+            "count=2&ofs=0&req0_JSON=not%20json&req1__S=after",
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(body.contains("Forbidden"));
+    let m = session.recv().await.expect("the map event still fires");
+    assert_eq!(m.value, None);
+    assert_eq!(session.recv().await, None, "nothing after the close");
+    assert_eq!(
+        session.closed().await,
+        CloseReason::Protocol("Invalid JSON".into())
+    );
+}
+
+#[tokio::test]
+async fn item_57_forward_body_without_ofs_or_empty_is_bad_data() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    for body in ["count=1", ""] {
+        let (status, text) = s.forward(session.id(), 1001, 0, body).await;
+        assert_eq!(status, 400, "{body:?}");
+        assert!(text.contains("Bad data"));
+    }
+}
+
+// F. Back channel, arrays, acknowledgements
+
+#[tokio::test]
+async fn item_60_back_channel_carries_cors_headers() {
+    let mut s = start(cors_options()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&"flush");
+    let bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    assert!(has_cors(bc.headers()));
+}
+
+#[tokio::test]
+async fn items_61_62_unknown_sid_on_back_channels() {
+    let s = start(cors_options()).await;
+    for kind in ["xmlhttp", "html"] {
+        let (status, h, body) = read_all(s.back_channel("madeup", 0, 0, kind).await).await;
+        assert_eq!(status, 400);
+        assert!(body.find("Unknown SID").is_some_and(|i| i > 0));
+        assert!(has_cors(&h));
+    }
+}
+
+#[tokio::test]
+async fn item_63_data_sent_without_back_channel_is_buffered() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&json!({"some": "data"}));
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    let text = next_data(bc.body_mut(), WAIT).await.expect("data");
+    assert_eq!(text, lp("[[1,{\"some\":\"data\"}]]\n"));
+}
+
+#[tokio::test]
+async fn item_64_data_sent_later_arrives_on_the_open_back_channel() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = session.send(&json!({"some": "data"}));
+    assert_eq!(
+        next_data(bc.body_mut(), WAIT).await.as_deref(),
+        Some(lp("[[1,{\"some\":\"data\"}]]\n").as_str())
+    );
+}
+
+#[tokio::test]
+async fn item_65_acknowledgements_resolve_sends_in_order() {
+    let (tx, rx) = std::sync::mpsc::channel::<(u8, bool)>();
+    let tx1 = tx.clone();
+    let mut s = start(with_hook(move |s| {
+        let ack = s.send(&json!([1]));
+        let tx = tx1.clone();
+        tokio::spawn(async move {
+            let _ = tx.send((1, ack.await.is_ok()));
+        });
+    }))
+    .await;
+    let (session, _) = s.connect().await;
+    let ack2 = session.send(&json!([2]));
+    let ack3 = session.send(&json!([3]));
+    let mut bc = s.back_channel(session.id(), 1, 0, "xmlhttp").await;
+    assert_eq!(
+        next_data(bc.body_mut(), WAIT).await.as_deref(),
+        Some(lp("[[2,[2]],[3,[3]]]\n").as_str())
+    );
+    assert_eq!(
+        rx.recv_timeout(WAIT).ok(),
+        Some((1, true)),
+        "acked by AID=1"
+    );
+    s.forward(session.id(), 1001, 2, "count=0").await;
+    assert!(
+        tokio::time::timeout(WAIT, ack2)
+            .await
+            .expect("in time")
+            .is_ok()
+    );
+    let mut ack3 = Box::pin(ack3);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut ack3)
+            .await
+            .is_err(),
+        "3 is neither acknowledged nor failed"
+    );
+    drop(tx);
+}
+
+#[tokio::test]
+async fn item_66_closing_from_an_ack_callback_is_harmless() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let ack = session.send(&"x");
+    let closer = session.clone();
+    tokio::spawn(async move {
+        let _ = ack.await;
+        closer.close();
+    });
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    next_data(bc.body_mut(), WAIT).await;
+    s.forward(session.id(), 1001, 1, "count=0").await;
+    assert_eq!(session.closed().await, CloseReason::Closed(None));
+}
+
+#[tokio::test]
+async fn item_67_ci1_ends_after_the_first_chunk() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&"hi");
+    let (status, _, body) = read_all(s.back_channel(session.id(), 0, 1, "xmlhttp").await).await;
+    assert_eq!((status.as_u16(), body), (200, lp("[[1,\"hi\"]]\n")));
+}
+
+#[tokio::test]
+async fn item_68_ci0_stays_open_after_a_chunk() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&"hi");
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    next_data(bc.body_mut(), WAIT).await.expect("chunk");
+    assert!(stays_quiet(bc.body_mut(), Duration::from_millis(300)).await);
+}
+
+#[tokio::test]
+async fn items_69_70_html_back_channels() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&json!(["hello", "there", null, 1000, {}, [], [555]]));
+    let (_, h, body) = read_all(s.back_channel(session.id(), 0, 1, "html").await).await;
+    assert_eq!(h["content-type"], "text/html");
+    assert_eq!(
+        body,
+        format!(
+            "<html><body><script>try {{parent.m(\"[[1,[\\\"hello\\\",\\\"there\\\",null,1000,{{}},[],[555]]]]\\n\")}} catch(e) {{}}</script>\n{PADDING}\n<script>try  {{parent.d(); }}catch (e){{}}</script>\n"
+        )
+    );
+    let _ = session.send(&json!({"other": "data"}));
+    let mut bc = s
+        .request(
+            Method::GET,
+            &format!(
+                "/channel/bind?VER=8&RID=rpc&SID={}&AID=1&TYPE=html&CI=0&DOMAIN=foo.com",
+                session.id()
+            ),
+            "",
+        )
+        .await;
+    let mut text = String::new();
+    while !text.ends_with(&format!("{PADDING}\n")) {
+        text += &next_data(bc.body_mut(), WAIT).await.expect("data");
+    }
+    assert_eq!(
+        text,
+        format!(
+            "<html><body><script>try{{document.domain=\"foo.com\";}}catch(e){{}}</script>\n<script>try {{parent.m(\"[[2,{{\\\"other\\\":\\\"data\\\"}}]]\\n\")}} catch(e) {{}}</script>\n{PADDING}\n"
+        )
+    );
+    assert!(
+        stays_quiet(bc.body_mut(), Duration::from_millis(200)).await,
+        "stays open"
+    );
+}
+
+#[tokio::test]
+async fn item_71_a_second_back_channel_ends_the_first() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let first = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    let _second = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    let (status, _, body) = read_all(first).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, ""));
+}
+
+#[tokio::test]
+async fn item_72_unacknowledged_arrays_are_resent_on_the_next_back_channel() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&json!([1, 2, 3]));
+    let _ = session.send(&json!([4, 5, 6]));
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    assert_eq!(
+        next_data(bc.body_mut(), WAIT).await.as_deref(),
+        Some(lp("[[1,[1,2,3]],[2,[4,5,6]]]\n").as_str())
+    );
+    let mut again = s.back_channel(session.id(), 1, 0, "xmlhttp").await;
+    assert_eq!(
+        next_data(again.body_mut(), WAIT).await.as_deref(),
+        Some(lp("[[2,[4,5,6]]]\n").as_str())
+    );
+}
+
+#[tokio::test]
+async fn item_73_null_can_be_sent() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let _ = session.send(&serde_json::Value::Null);
+    let (_, _, body) = read_all(s.back_channel(session.id(), 0, 1, "xmlhttp").await).await;
+    assert_eq!(body, lp("[[1,null]]\n"));
+}
+
+#[tokio::test]
+async fn item_74_streaming_back_channel_ends_after_10_kib() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    let big = "x".repeat(3000);
+    let mut written = 0;
+    let mut chunks = 0;
+    loop {
+        let _ = session.send(&big);
+        match next_data(bc.body_mut(), WAIT).await {
+            Some(text) => {
+                written += text.len();
+                chunks += 1;
+            }
+            None => break,
+        }
+        assert!(chunks < 10, "the response never ended");
+    }
+    assert_eq!(
+        chunks, 4,
+        "ends after the write that passes 10 240 characters"
+    );
+    assert!(written > 10_240);
+}
+
+#[tokio::test]
+async fn item_75_back_channel_rid_must_be_rpc() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let (status, _, body) = s
+        .text(
+            Method::GET,
+            &format!(
+                "/channel/bind?VER=8&RID=123&SID={}&AID=0&TYPE=xmlhttp&CI=0",
+                session.id()
+            ),
+            "",
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("Expected RPC"));
+}
+
+// G. Keep-alive and timeouts (short intervals: 300 ms keep-alive, 500 ms session timeout)
+
+#[tokio::test]
+async fn item_77_a_session_without_back_channel_times_out_not_before_the_interval() {
+    let mut s = start(fast_timers()).await;
+    let started = Instant::now();
+    let (session, _) = s.connect().await;
+    assert_eq!(session.closed().await, CloseReason::TimedOut);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let (status, _, _) = read_all(s.back_channel(session.id(), 0, 0, "xmlhttp").await).await;
+    assert_eq!(status, 400, "the session is forgotten");
+}
+
+#[tokio::test]
+async fn item_78_an_aborted_back_channel_starts_the_timeout() {
+    let mut s = start(fast_timers()).await;
+    let (session, _) = s.connect().await;
+    let bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        session.state(),
+        State::Ok,
+        "alive while the back channel is open"
+    );
+    let aborted = Instant::now();
+    drop(bc);
+    assert_eq!(session.closed().await, CloseReason::TimedOut);
+    assert!(aborted.elapsed() >= Duration::from_millis(450));
+}
+
+#[tokio::test]
+async fn items_79_80_81_idle_back_channel_gets_numbered_noops_and_never_times_out() {
+    let mut s = start(fast_timers()).await;
+    let (session, _) = s.connect().await;
+    let opened = Instant::now();
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    for id in 1..=5 {
+        let text = next_data(bc.body_mut(), WAIT).await.expect("noop");
+        assert_eq!(text, lp(&format!("[[{id},[\"noop\"]]]\n")));
+        assert!(opened.elapsed() >= Duration::from_millis(300) * id);
+    }
+    assert_eq!(session.state(), State::Ok);
+}
+
+// H. Termination, close, stop, ghosting
+
+#[tokio::test]
+async fn item_82_terminate_answers_200_empty_and_closes_disconnected() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let (status, _, body) = s
+        .text(
+            Method::GET,
+            &format!(
+                "/channel/bind?VER=8&RID=1001&SID={}&TYPE=terminate",
+                session.id()
+            ),
+            "",
+        )
+        .await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, ""));
+    assert_eq!(session.closed().await, CloseReason::PeerClosed);
+    assert_eq!(CloseReason::PeerClosed.to_string(), "Disconnected");
+}
+
+#[tokio::test]
+async fn item_83_terminate_waits_for_earlier_rids() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    s.text(
+        Method::GET,
+        &format!(
+            "/channel/bind?VER=8&RID=1003&SID={}&TYPE=terminate",
+            session.id()
+        ),
+        "",
+    )
+    .await;
+    s.forward(session.id(), 1002, 0, "count=1&ofs=1&req0_m=2")
+        .await;
+    assert_eq!(session.state(), State::Ok);
+    s.forward(session.id(), 1001, 0, "count=1&ofs=0&req0_m=1")
+        .await;
+    assert_eq!(maps(&session, 2).await, ["m=1", "m=2"]);
+    assert_eq!(session.closed().await, CloseReason::PeerClosed);
+}
+
+async fn pending_sends_fail_with(
+    reason: CloseReason,
+    end: impl AsyncFnOnce(&mut Server, &browserver_transport_bc::Session),
+) {
+    let mut s = start(fast_timers()).await;
+    let (session, _) = s.connect().await;
+    let sent = session.send(&"sent");
+    {
+        let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+        next_data(bc.body_mut(), WAIT).await.expect("written");
+    }
+    let never_sent = session.send(&"never sent");
+    end(&mut s, &session).await;
+    assert_eq!(
+        sent.await,
+        Err(browserver_transport_bc::SendError::Closed(reason.clone()))
+    );
+    assert_eq!(
+        never_sent.await,
+        Err(browserver_transport_bc::SendError::Closed(reason))
+    );
+}
+
+#[tokio::test]
+async fn item_84_pending_sends_fail_with_timed_out() {
+    pending_sends_fail_with(CloseReason::TimedOut, async |_, _| {}).await;
+}
+
+#[tokio::test]
+async fn item_85_pending_sends_fail_with_reconnected_when_ghosted() {
+    pending_sends_fail_with(CloseReason::Replaced, async |s, session| {
+        s.text(
+            Method::POST,
+            &format!(
+                "/channel/bind?VER=8&RID=2000&t=1&OSID={}&OAID=0",
+                session.id()
+            ),
+            "count=0",
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn item_86_pending_sends_fail_with_the_close_reason() {
+    pending_sends_fail_with(
+        CloseReason::Closed(Some("foo".into())),
+        async |_, session| {
+            session.close_with("foo");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn item_87_pending_sends_fail_with_disconnected_after_terminate() {
+    pending_sends_fail_with(CloseReason::PeerClosed, async |s, session| {
+        s.text(
+            Method::GET,
+            &format!(
+                "/channel/bind?VER=8&RID=1001&SID={}&TYPE=terminate",
+                session.id()
+            ),
+            "",
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn item_88_close_without_reason_is_closed() {
+    pending_sends_fail_with(CloseReason::Closed(None), async |_, session| {
+        session.close()
+    })
+    .await;
+    assert_eq!(CloseReason::Closed(None).to_string(), "closed");
+}
+
+#[tokio::test]
+async fn items_89_90_stop_after_init_is_sent_and_its_callback_fires() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let written = session.stop();
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    assert_eq!(
+        next_data(bc.body_mut(), WAIT).await,
+        Some(lp("[[1,[\"stop\"]]]\n"))
+    );
+    tokio::time::timeout(WAIT, written)
+        .await
+        .expect("callback fired");
+    assert_eq!(session.closed().await, CloseReason::Stopped);
+}
+
+#[tokio::test]
+async fn items_91_92_after_close_the_back_channel_is_400() {
+    let mut s = start(with_hook(|s| s.close())).await;
+    let (status, _, _) = s
+        .text(Method::POST, "/channel/bind?VER=8&RID=1000&t=1", "count=0")
+        .await;
+    assert_eq!(status, 403);
+    let closed_in_init = s.accept().await;
+    let (status, _, _) = read_all(s.back_channel(closed_in_init.id(), 0, 0, "xmlhttp").await).await;
+    assert_eq!(status, 400);
+
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    session.close();
+    session.closed().await;
+    let (status, _, _) = read_all(s.back_channel(session.id(), 0, 0, "xmlhttp").await).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn items_93_94_close_reports_old_and_new_state() {
+    let mut s = start(with_hook(|s| s.close())).await;
+    s.text(Method::POST, "/channel/bind?VER=8&RID=1000&t=1", "count=0")
+        .await;
+    let session = s.accept().await;
+    let mut status = session.status();
+    let st = status
+        .wait_for(|st| st.state == State::Closed)
+        .await
+        .expect("closed")
+        .clone();
+    assert_eq!(st.close_reason, Some(CloseReason::Closed(None)));
+
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let mut status = session.status();
+    status
+        .wait_for(|st| st.state == State::Ok)
+        .await
+        .expect("ok");
+    session.close();
+    status
+        .wait_for(|st| st.state == State::Closed)
+        .await
+        .expect("closed");
+}
+
+#[tokio::test]
+async fn item_95_close_ends_the_attached_back_channel() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    let bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    session.close();
+    let (status, _, body) = read_all(bc).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, ""));
+}
+
+#[tokio::test]
+async fn item_96_whole_server_close_closes_every_session() {
+    let mut s = start(Options::default()).await;
+    let (a, _) = s.connect().await;
+    let (b, _) = s.connect().await;
+    s.bc.close_all();
+    assert_eq!(a.closed().await, CloseReason::Closed(None));
+    assert_eq!(b.closed().await, CloseReason::Closed(None));
+}
+
+#[tokio::test]
+async fn items_97_99_osid_ghosts_the_old_session_after_confirming_oaid() {
+    let mut s = start(with_hook(|s| {
+        let _ = s.send(&"one");
+    }))
+    .await;
+    let (old, _) = s.connect().await;
+    let two = old.send(&"two");
+    let three = old.send(&"three");
+    let mut bc = s.back_channel(old.id(), 1, 0, "xmlhttp").await;
+    next_data(bc.body_mut(), WAIT)
+        .await
+        .expect("2 and 3 written");
+    s.text(
+        Method::POST,
+        &format!("/channel/bind?VER=8&RID=2000&t=1&OSID={}&OAID=2", old.id()),
+        "count=0",
+    )
+    .await;
+    assert_eq!(
+        old.state(),
+        State::Closed,
+        "closed before the new session exists"
+    );
+    let new = s.accept().await;
+    assert_ne!(new.id(), old.id());
+    assert_eq!(two.await, Ok(()));
+    assert_eq!(
+        three.await,
+        Err(browserver_transport_bc::SendError::Closed(
+            CloseReason::Replaced
+        ))
+    );
+}
+
+#[tokio::test]
+async fn item_98_unknown_osid_is_ignored() {
+    let mut s = start(Options::default()).await;
+    let (status, _, _) = s
+        .text(
+            Method::POST,
+            "/channel/bind?VER=8&RID=2000&t=1&OSID=doesnotexist&OAID=0",
+            "count=0",
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.accept().await;
+}
+
+#[tokio::test]
+async fn item_111_phase1_and_error_bodies_arrive_in_one_piece() {
+    let mut s = start(Options::default()).await;
+    let mut r = s
+        .request(Method::GET, "/channel/test?VER=8&MODE=init", "")
+        .await;
+    assert!(r.headers().get("content-length").is_some());
+    assert_eq!(
+        next_data(r.body_mut(), WAIT).await.as_deref(),
+        Some("[null,null]")
+    );
+    let mut r = s
+        .request(
+            Method::POST,
+            "/channel/bind?VER=8&RID=1&SID=nope",
+            "count=0",
+        )
+        .await;
+    assert!(r.headers().get("content-length").is_some());
+    assert_eq!(
+        next_data(r.body_mut(), WAIT).await.as_deref(),
+        Some("<html><body><h1>Unknown SID</h1></body></html>")
+    );
+    let (_session, _) = s.connect().await;
+}
+
+#[tokio::test]
+async fn item_112_an_idle_back_channel_sends_its_headers_at_once() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    // `back_channel` waits for the response head: it arrives before any chunk.
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    assert_eq!(bc.status(), 200);
+    assert!(stays_quiet(bc.body_mut(), Duration::from_millis(100)).await);
+}
