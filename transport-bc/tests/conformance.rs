@@ -404,7 +404,7 @@ fn with_hook(hook: impl Fn(&browserver_transport_bc::Session) + Send + Sync + 's
 #[tokio::test]
 async fn item_35_sends_in_the_connect_hook_go_into_the_creation_response() {
     let mut s = start(with_hook(|s| {
-        let _ = s.send(&json!(["hello", "there", null, 1000, {}, [], [555]]));
+        drop(s.send(&json!(["hello", "there", null, 1000, {}, [], [555]])));
     }))
     .await;
     let (session, body) = s.connect().await;
@@ -420,7 +420,7 @@ async fn item_35_sends_in_the_connect_hook_go_into_the_creation_response() {
 #[tokio::test]
 async fn item_36_line_separators_are_escaped() {
     let mut s = start(with_hook(|s| {
-        let _ = s.send(&json!({"a": "hello\u{2028}\u{2029}there\u{2028}\u{2029}"}));
+        drop(s.send(&json!({"a": "hello\u{2028}\u{2029}there\u{2028}\u{2029}"})));
     }))
     .await;
     let (session, body) = s.connect().await;
@@ -448,7 +448,7 @@ async fn items_38_39_stop_in_the_connect_hook_is_in_the_creation_response() {
         let tx = tx.clone();
         tokio::spawn(async move {
             written.await;
-            let _ = tx.send(());
+            drop(tx.send(()));
         });
     }))
     .await;
@@ -524,7 +524,7 @@ async fn item_46_forward_answer_counts_unacknowledged_bytes() {
     let (session, _) = s.connect().await;
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     for m in ["message 1", "message 2", "message 3"] {
-        let _ = session.send(&m);
+        drop(session.send(&m));
     }
     let mut seen = String::new();
     while !seen.contains("message 3") {
@@ -701,7 +701,7 @@ async fn item_57_forward_body_without_ofs_or_empty_is_bad_data() {
 async fn item_60_back_channel_carries_cors_headers() {
     let mut s = start(cors_options()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&"flush");
+    drop(session.send(&"flush"));
     let bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     assert!(has_cors(bc.headers()));
 }
@@ -721,7 +721,7 @@ async fn items_61_62_unknown_sid_on_back_channels() {
 async fn item_63_data_sent_without_back_channel_is_buffered() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&json!({"some": "data"}));
+    drop(session.send(&json!({"some": "data"})));
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     let text = next_data(bc.body_mut(), WAIT).await.expect("data");
     assert_eq!(text, lp("[[1,{\"some\":\"data\"}]]\n"));
@@ -733,7 +733,7 @@ async fn item_64_data_sent_later_arrives_on_the_open_back_channel() {
     let (session, _) = s.connect().await;
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let _ = session.send(&json!({"some": "data"}));
+    drop(session.send(&json!({"some": "data"})));
     assert_eq!(
         next_data(bc.body_mut(), WAIT).await.as_deref(),
         Some(lp("[[1,{\"some\":\"data\"}]]\n").as_str())
@@ -748,7 +748,7 @@ async fn item_65_acknowledgements_resolve_sends_in_order() {
         let ack = s.send(&json!([1]));
         let tx = tx1.clone();
         tokio::spawn(async move {
-            let _ = tx.send((1, ack.await.is_ok()));
+            drop(tx.send((1, ack.await.is_ok())));
         });
     }))
     .await;
@@ -802,7 +802,7 @@ async fn item_66_closing_from_an_ack_callback_is_harmless() {
 async fn item_67_ci1_ends_after_the_first_chunk() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&"hi");
+    drop(session.send(&"hi"));
     let (status, _, body) = read_all(s.back_channel(session.id(), 0, 1, "xmlhttp").await).await;
     assert_eq!((status.as_u16(), body), (200, lp("[[1,\"hi\"]]\n")));
 }
@@ -811,7 +811,7 @@ async fn item_67_ci1_ends_after_the_first_chunk() {
 async fn item_68_ci0_stays_open_after_a_chunk() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&"hi");
+    drop(session.send(&"hi"));
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     next_data(bc.body_mut(), WAIT).await.expect("chunk");
     assert!(stays_quiet(bc.body_mut(), Duration::from_millis(300)).await);
@@ -821,7 +821,7 @@ async fn item_68_ci0_stays_open_after_a_chunk() {
 async fn items_69_70_html_back_channels() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&json!(["hello", "there", null, 1000, {}, [], [555]]));
+    drop(session.send(&json!(["hello", "there", null, 1000, {}, [], [555]])));
     let (_, h, body) = read_all(s.back_channel(session.id(), 0, 1, "html").await).await;
     assert_eq!(h["content-type"], "text/html");
     assert_eq!(
@@ -830,7 +830,7 @@ async fn items_69_70_html_back_channels() {
             "<html><body><script>try {{parent.m(\"[[1,[\\\"hello\\\",\\\"there\\\",null,1000,{{}},[],[555]]]]\\n\")}} catch(e) {{}}</script>\n{PADDING}\n<script>try  {{parent.d(); }}catch (e){{}}</script>\n"
         )
     );
-    let _ = session.send(&json!({"other": "data"}));
+    drop(session.send(&json!({"other": "data"})));
     let mut bc = s
         .request(
             Method::GET,
@@ -871,8 +871,8 @@ async fn item_71_a_second_back_channel_ends_the_first() {
 async fn item_72_unacknowledged_arrays_are_resent_on_the_next_back_channel() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&json!([1, 2, 3]));
-    let _ = session.send(&json!([4, 5, 6]));
+    drop(session.send(&json!([1, 2, 3])));
+    drop(session.send(&json!([4, 5, 6])));
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     assert_eq!(
         next_data(bc.body_mut(), WAIT).await.as_deref(),
@@ -889,7 +889,7 @@ async fn item_72_unacknowledged_arrays_are_resent_on_the_next_back_channel() {
 async fn item_73_null_can_be_sent() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let _ = session.send(&serde_json::Value::Null);
+    drop(session.send(&serde_json::Value::Null));
     let (_, _, body) = read_all(s.back_channel(session.id(), 0, 1, "xmlhttp").await).await;
     assert_eq!(body, lp("[[1,null]]\n"));
 }
@@ -903,7 +903,7 @@ async fn item_74_streaming_back_channel_ends_after_10_kib() {
     let mut written = 0;
     let mut chunks = 0;
     loop {
-        let _ = session.send(&big);
+        drop(session.send(&big));
         match next_data(bc.body_mut(), WAIT).await {
             Some(text) => {
                 written += text.len();
@@ -1191,7 +1191,7 @@ async fn item_96_whole_server_close_closes_every_session() {
 #[tokio::test]
 async fn items_97_99_osid_ghosts_the_old_session_after_confirming_oaid() {
     let mut s = start(with_hook(|s| {
-        let _ = s.send(&"one");
+        drop(s.send(&"one"));
     }))
     .await;
     let (old, _) = s.connect().await;
