@@ -448,7 +448,7 @@ async fn items_38_39_stop_in_the_connect_hook_is_in_the_creation_response() {
         let tx = tx.clone();
         tokio::spawn(async move {
             written.await;
-            drop(tx.send(()));
+            let _ = tx.send(());
         });
     }))
     .await;
@@ -748,7 +748,7 @@ async fn item_65_acknowledgements_resolve_sends_in_order() {
         let ack = s.send(&json!([1]));
         let tx = tx1.clone();
         tokio::spawn(async move {
-            drop(tx.send((1, ack.await.is_ok())));
+            let _ = tx.send((1, ack.await.is_ok()));
         });
     }))
     .await;
