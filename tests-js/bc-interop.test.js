@@ -1,0 +1,282 @@
+// Interop: our Rust BrowserChannel server against two clients nobody here wrote:
+//  - the Closure Library's goog.net.BrowserChannel (npm google-closure-library@20230802.0.0),
+//    run unmodified in Node;
+//  - node-browserchannel's BCSocket for Node (npm browserchannel@2.1.0).
+// The server is the `bc_echo` example (BC_ECHO_BIN), started per scenario on 127.0.0.1:0.
+'use strict';
+
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const path = require('node:path');
+const http = require('node:http');
+
+global.XMLHttpRequest = require('browserchannel/XMLHttpRequest').XMLHttpRequest;
+// Closure sends `terminate` (and its network test) through an image: a plain GET.
+global.Image = class {
+  set src(url) {
+    http
+      .get(url, (res) => {
+        res.resume();
+        res.on('end', () => this.onload && this.onload());
+      })
+      .on('error', () => this.onerror && this.onerror());
+  }
+};
+require('google-closure-library');
+goog.require('goog.net.BrowserChannel');
+const { BCSocket } = require('browserchannel');
+
+const ECHO_BIN =
+  process.env.BC_ECHO_BIN || path.join(__dirname, '..', 'target', 'debug', 'examples', 'bc_echo');
+
+/** Starts the echo server; resolves to { base, stop }. */
+function startServer(env = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(ECHO_BIN, ['127.0.0.1:0'], {
+      env: { ...process.env, BC_KEEPALIVE_MS: '1000', ...env },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/listening on (\S+)/);
+      if (m) resolve({ base: `http://${m[1]}/channel`, stop: () => child.kill() });
+    });
+    child.on('error', reject);
+    child.on('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
+  });
+}
+
+async function withServer(env, body) {
+  const server = await startServer(env);
+  try {
+    await body(server.base);
+  } finally {
+    server.stop();
+  }
+}
+
+function deadline(ms, what) {
+  return new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms).unref());
+}
+
+/** A Closure BrowserChannel with promise helpers. Sends values as {JSON: …} maps. */
+function closure(base, { appVersion = null, oldSid, oldAid } = {}) {
+  const ch = new goog.net.BrowserChannel(appVersion);
+  ch.setFailFast(true);
+  const h = new goog.net.BrowserChannel.Handler();
+  const c = { ch, received: [], errors: [], waiters: [], opened: false, closed: false };
+  const wake = () => c.waiters.splice(0).forEach((w) => w());
+  h.channelOpened = () => { c.opened = true; wake(); };
+  h.channelHandleArray = (_, a) => { c.received.push(a); wake(); };
+  h.channelError = (_, e) => { c.errors.push(e); wake(); };
+  h.channelClosed = () => { c.closed = true; wake(); };
+  ch.setHandler(h);
+  c.until = (cond, ms, what) =>
+    Promise.race([
+      new Promise((resolve) => {
+        const check = () => (cond() ? resolve() : c.waiters.push(check));
+        check();
+      }),
+      deadline(ms, what),
+    ]);
+  c.send = (v) => ch.sendMap({ JSON: JSON.stringify(v) });
+  ch.connect(base + '/test', base + '/bind', null, oldSid, oldAid);
+  return c;
+}
+
+/** A BCSocket with promise helpers. */
+function bcsocket(base, options = {}) {
+  const s = new BCSocket(base, { reconnect: false, testImageUri: null, ...options });
+  const c = { s, received: [], errors: [], opens: 0, closes: [], waiters: [] };
+  const wake = () => c.waiters.splice(0).forEach((w) => w());
+  s.onopen = () => { c.opens++; wake(); };
+  s.onmessage = (m) => { c.received.push(m.data); wake(); };
+  s.onerror = (e, code) => { c.errors.push([e, code]); wake(); };
+  s.onclose = (reason) => { c.closes.push(reason); wake(); };
+  c.until = (cond, ms, what) =>
+    Promise.race([
+      new Promise((resolve) => {
+        const check = () => (cond() ? resolve() : c.waiters.push(check));
+        check();
+      }),
+      deadline(ms, what),
+    ]);
+  return c;
+}
+
+const STRINGS = ['hi', '', '    ', '\n', '\t', '⚗☗⚑☯', '\u2028 \u2029', Array(1000).fill('x').join(','), '(◔ ◡ ◔)'];
+const VALUES = [null, 1.5, 'hi', {}, [1, 2, 3], '⚗☗⚑☯', { nested: { emoji: '😀', text: 'ü' } }];
+const LARGE = 'L'.repeat(200 * 1024);
+
+// ---------- Closure Library client ----------
+
+test('closure: opens and exchanges 1000 messages each way in order', async () => {
+  await withServer({}, async (base) => {
+    const c = closure(base);
+    await c.until(() => c.opened, 10000, 'open');
+    for (let i = 0; i < 1000; i++) c.send({ i });
+    await c.until(() => c.received.length >= 1000, 30000, '1000 echoes');
+    assert.deepEqual(c.received.map((m) => m.i), [...Array(1000).keys()]);
+    assert.deepEqual(c.errors, []);
+    c.ch.disconnect();
+  });
+});
+
+test('closure: unicode, odd strings, JSON values and a 200 KiB message round-trip exactly', async () => {
+  await withServer({}, async (base) => {
+    const c = closure(base);
+    await c.until(() => c.opened, 10000, 'open');
+    // Closure cannot receive a bare null (spec §6.2: it throws and skips the rest of the
+    // chunk), so null travels inside an array here.
+    const sent = [...STRINGS, ...VALUES.map((v) => (v === null ? [null] : v)), LARGE];
+    for (const v of sent) c.send(v);
+    await c.until(() => c.received.length >= sent.length, 20000, 'echoes');
+    assert.deepEqual(c.received, sent);
+    c.ch.disconnect();
+  });
+});
+
+test('closure: server close ends the channel with UNKNOWN_SESSION_ID, and a reconnect gets a new session', async () => {
+  await withServer({}, async (base) => {
+    const c = closure(base);
+    await c.until(() => c.opened, 10000, 'open');
+    const sid = c.ch.getSessionId();
+    c.send('close');
+    await c.until(() => c.closed, 20000, 'closed');
+    assert.ok(
+      c.errors.includes(goog.net.BrowserChannel.Error.UNKNOWN_SESSION_ID) ||
+        c.errors.includes(goog.net.BrowserChannel.Error.REQUEST_FAILED),
+      `errors: ${c.errors}`,
+    );
+    const again = closure(base, { oldSid: sid, oldAid: c.ch.getLastArrayId() });
+    await again.until(() => again.opened, 10000, 'reopen');
+    assert.notEqual(again.ch.getSessionId(), sid);
+    again.send('after reconnect');
+    await again.until(() => again.received.length === 1, 10000, 'echo');
+    assert.equal(again.received[0], 'after reconnect');
+    again.ch.disconnect();
+  });
+});
+
+test('closure: server stop is reported as STOP', async () => {
+  await withServer({}, async (base) => {
+    const c = closure(base);
+    await c.until(() => c.opened, 10000, 'open');
+    c.send('one');
+    c.send('stop');
+    await c.until(() => c.closed, 10000, 'closed');
+    assert.equal(c.errors[0], goog.net.BrowserChannel.Error.STOP);
+    assert.deepEqual(c.received, ['one']);
+  });
+});
+
+test('closure: app version reaches the server', async () => {
+  await withServer({}, async (base) => {
+    const c = closure(base, { appVersion: '321' });
+    await c.until(() => c.opened, 10000, 'open');
+    c.send('appVersion');
+    await c.until(() => c.received.length === 1, 10000, 'answer');
+    assert.deepEqual(c.received[0], { appVersion: '321' });
+    c.ch.disconnect();
+  });
+});
+
+test('closure: a session survives idle keep-alives', async () => {
+  await withServer({ BC_KEEPALIVE_MS: '300' }, async (base) => {
+    const c = closure(base);
+    await c.until(() => c.opened, 10000, 'open');
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok(c.ch.getLastArrayId() >= 3, `noops received: last id ${c.ch.getLastArrayId()}`);
+    c.send('still here');
+    await c.until(() => c.received.length === 1, 10000, 'echo');
+    assert.deepEqual(c.errors, []);
+    c.ch.disconnect();
+  });
+});
+
+// ---------- node-browserchannel's BCSocket ----------
+
+test('bcsocket: opens and exchanges 1000 messages each way in order, sent before and after open', async () => {
+  await withServer({}, async (base) => {
+    const c = bcsocket(base);
+    for (let i = 0; i < 500; i++) c.s.send({ i });
+    await c.until(() => c.opens === 1, 10000, 'open');
+    for (let i = 500; i < 1000; i++) c.s.send({ i });
+    await c.until(() => c.received.length >= 1000, 30000, '1000 echoes');
+    assert.deepEqual(c.received.map((m) => m.i), [...Array(1000).keys()]);
+    c.s.close();
+    await c.until(() => c.closes.length === 1, 5000, 'close');
+    assert.deepEqual(c.errors, []);
+  });
+});
+
+test('bcsocket: strings, unicode, JSON values and a 200 KiB message round-trip exactly', async () => {
+  await withServer({}, async (base) => {
+    const c = bcsocket(base);
+    await c.until(() => c.opens === 1, 10000, 'open');
+    const sent = [...STRINGS, ...VALUES.filter((v) => v !== null), LARGE];
+    for (const v of sent) c.s.send(v);
+    await c.until(() => c.received.length >= sent.length, 20000, 'echoes');
+    assert.deepEqual(c.received, sent);
+    c.s.close();
+  });
+});
+
+test('bcsocket: server stop gives "Stopped by server" and no reconnect', async () => {
+  await withServer({}, async (base) => {
+    const c = bcsocket(base, { reconnect: true, reconnectTime: 100 });
+    await c.until(() => c.opens === 1, 10000, 'open');
+    c.s.send('stop');
+    await c.until(() => c.closes.length === 1, 10000, 'close');
+    assert.deepEqual(c.errors[0], ['Stopped by server', 7]);
+    assert.equal(c.closes[0], 'Stopped by server');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(c.opens, 1, 'no reconnect after stop');
+  });
+});
+
+test('bcsocket: server close makes a reconnecting socket open a new session', async () => {
+  await withServer({}, async (base) => {
+    const c = bcsocket(base, { reconnect: true, reconnectTime: 100 });
+    await c.until(() => c.opens === 1, 10000, 'open');
+    c.s.send('close');
+    await c.until(() => c.opens === 2, 20000, 'reopen');
+    c.s.send('after reconnect');
+    await c.until(() => c.received.includes('after reconnect'), 10000, 'echo');
+    c.s.close();
+  });
+});
+
+test('bcsocket: stop on connect arrives with the session and prevents reconnects', async () => {
+  await withServer({ BC_STOP_ON_CONNECT: '1' }, async (base) => {
+    const c = bcsocket(base, { reconnect: true, reconnectTime: 100 });
+    await c.until(() => c.closes.length === 1, 10000, 'close');
+    // `c` and `stop` travel in the creation response, so the socket opens, then stops.
+    assert.deepEqual(c.errors[0], ['Stopped by server', 7]);
+    assert.equal(c.closes[0], 'Stopped by server');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(c.opens, 1, 'no reconnect after stop');
+  });
+});
+
+test('bcsocket: close on connect fails the open with "Request failed"', async () => {
+  await withServer({ BC_CLOSE_ON_CONNECT: '1' }, async (base) => {
+    const c = bcsocket(base);
+    await c.until(() => c.closes.length === 1, 10000, 'close');
+    assert.deepEqual(c.errors[0], ['Request failed', 2]);
+    assert.equal(c.opens, 0);
+  });
+});
+
+test('bcsocket: app version and extra params reach the server', async () => {
+  await withServer({}, async (base) => {
+    const c = bcsocket(base, { appVersion: 321, extraParams: { foo: 'bar' } });
+    await c.until(() => c.opens === 1, 10000, 'open');
+    c.s.send('appVersion');
+    await c.until(() => c.received.length === 1, 10000, 'answer');
+    assert.equal(c.received[0].appVersion, '321');
+    c.s.close();
+  });
+});
