@@ -15,12 +15,18 @@ use browserver_transport_bc::{BrowserChannel, Options, serve};
 use serde_json::{Value, json};
 
 fn env_ms(name: &str) -> Option<Duration> {
-    std::env::var(name).ok()?.parse().ok().map(Duration::from_millis)
+    std::env::var(name)
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let mut options = Options::default();
     if let Some(d) = env_ms("BC_KEEPALIVE_MS") {
         options.keep_alive_interval = d;
@@ -54,7 +60,9 @@ async fn main() -> std::io::Result<()> {
                 match value.as_str() {
                     Some("close") => session.close(),
                     Some("stop") => drop(session.stop()),
-                    Some("appVersion") => drop(session.send(&json!({"appVersion": session.app_version()}))),
+                    Some("appVersion") => {
+                        drop(session.send(&json!({"appVersion": session.app_version()})))
+                    }
                     _ => drop(session.send(&value)),
                 }
             }
