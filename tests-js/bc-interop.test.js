@@ -270,13 +270,62 @@ test('bcsocket: close on connect fails the open with "Request failed"', async ()
   });
 });
 
-test('bcsocket: app version and extra params reach the server', async () => {
+test('bcsocket: app version, extra params, affinity token and extra headers reach the server (items 40-42)', async () => {
   await withServer({}, async (base) => {
-    const c = bcsocket(base, { appVersion: 321, extraParams: { foo: 'bar' } });
+    const c = bcsocket(base, { appVersion: 321, extraParams: { foo: 'bar' }, extraHeaders: { 'x-style': 'Fabulous' } });
     await c.until(() => c.opens === 1, 10000, 'open');
     c.s.send('appVersion');
-    await c.until(() => c.received.length === 1, 10000, 'answer');
+    c.s.send('query');
+    c.s.send('headers');
+    await c.until(() => c.received.length === 3, 10000, 'answers');
     assert.equal(c.received[0].appVersion, '321');
+    assert.equal(c.received[1].query.foo, 'bar');
+    assert.ok(c.received[1].query.a, 'the session-affinity token `a`');
+    assert.equal(c.received[2].headers['x-style'], 'Fabulous');
     c.s.close();
+  });
+  await withServer({}, async (base) => {
+    const c = bcsocket(base, { affinity: null });
+    await c.until(() => c.opens === 1, 10000, 'open');
+    c.s.send('query');
+    await c.until(() => c.received.length === 1, 10000, 'answer');
+    assert.equal(c.received[0].query.a, undefined, 'no affinity token when disabled');
+    c.s.close();
+  });
+});
+
+test('bcsocket: a burst of 5000 messages is delivered in order (item 58)', async () => {
+  await withServer({}, async (base) => {
+    const c = bcsocket(base);
+    await c.until(() => c.opens === 1, 10000, 'open');
+    for (let i = 0; i < 5000; i++) c.s.send(i);
+    await c.until(() => c.received.length >= 5000, 60000, '5000 echoes');
+    assert.deepEqual(c.received, [...Array(5000).keys()]);
+    c.s.close();
+  });
+});
+
+test('bcsocket: a socket created with prev ghosts the old session (item 106)', async () => {
+  await withServer({}, async (base) => {
+    const a = bcsocket(base);
+    await a.until(() => a.opens === 1, 10000, 'open a');
+    const b = bcsocket(base, { prev: a.s });
+    await b.until(() => b.opens === 1, 10000, 'open b');
+    await a.until(() => a.closes.length === 1, 10000, 'a closes');
+    b.s.send('still works');
+    await b.until(() => b.received.length === 1, 10000, 'echo');
+    b.s.close();
+  });
+});
+
+test('bcsocket: reconnect with failFast against a server that refuses every session (item 107)', async () => {
+  await withServer({ BC_CLOSE_ON_CONNECT: '1' }, async (base) => {
+    const c = bcsocket(base, { reconnect: true, failFast: true, reconnectTime: 300 });
+    await c.until(() => c.closes.length >= 2, 10000, 'two closes');
+    assert.equal(c.opens, 0);
+    c.s.close();
+    const closes = c.closes.length;
+    await new Promise((r) => setTimeout(r, 700));
+    assert.ok(c.closes.length <= closes + 1, 'close() stops the reconnects');
   });
 });

@@ -4,7 +4,7 @@
 //!
 //! Prints `listening on ADDR` once ready. Every message is sent back to its sender, except
 //! the control strings `"close"` (the server closes the session), `"stop"` (the server stops
-//! it) and `"appVersion"` (answers `{"appVersion": …}`). Timers come from the environment:
+//! it), `"appVersion"`, `"query"` and `"headers"` (answered with what the session saw). Timers come from the environment:
 //! `BC_KEEPALIVE_MS`, `BC_SESSION_TIMEOUT_MS`. `BC_CLOSE_ON_CONNECT=1` closes every new
 //! session in the connect hook; `BC_STOP_ON_CONNECT=1` stops it.
 
@@ -62,6 +62,22 @@ async fn main() -> std::io::Result<()> {
                     Some("stop") => drop(session.stop()),
                     Some("appVersion") => {
                         drop(session.send(&json!({"appVersion": session.app_version()})))
+                    }
+                    Some("query") => {
+                        let query: serde_json::Map<String, Value> = session
+                            .query()
+                            .iter()
+                            .map(|(k, v)| (k.clone(), json!(v)))
+                            .collect();
+                        drop(session.send(&json!({ "query": query })));
+                    }
+                    Some("headers") => {
+                        let headers: serde_json::Map<String, Value> = session
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+                            .collect();
+                        drop(session.send(&json!({ "headers": headers })));
                     }
                     _ => drop(session.send(&value)),
                 }
