@@ -89,3 +89,19 @@ async fn with_fallback_routes_other_paths_to_the_inner_service() {
     );
     assert_eq!(get(addr, "/anything/else").await, (200, "app".into()));
 }
+
+#[tokio::test]
+async fn axum_router_mounts_it_as_a_fallback_service() {
+    let (bc, _sessions) = BrowserChannel::new(Options::default());
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "axum home" }))
+        .fallback_service(bc);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(get(addr, "/").await, (200, "axum home".into()));
+    assert_eq!(
+        get(addr, "/channel/test?VER=8&MODE=init").await,
+        (200, "[null,null]".into())
+    );
+}
