@@ -38,10 +38,14 @@ function startServer(env = {}) {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
+    const server = { stop: () => child.kill(), output: () => out };
     child.stdout.on('data', (d) => {
       out += d;
       const m = out.match(/listening on (\S+)/);
-      if (m) resolve({ base: `http://${m[1]}/channel`, stop: () => child.kill() });
+      if (m && !server.base) {
+        server.base = `http://${m[1]}/channel`;
+        resolve(server);
+      }
     });
     child.on('error', reject);
     child.on('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
@@ -51,7 +55,7 @@ function startServer(env = {}) {
 async function withServer(env, body) {
   const server = await startServer(env);
   try {
-    await body(server.base);
+    await body(server.base, server);
   } finally {
     server.stop();
   }
@@ -327,5 +331,22 @@ test('bcsocket: reconnect with failFast against a server that refuses every sess
     const closes = c.closes.length;
     await new Promise((r) => setTimeout(r, 700));
     assert.ok(c.closes.length <= closes + 1, 'close() stops the reconnects');
+  });
+});
+
+test('bcsocket: client close sends terminate; the server closes Disconnected after every earlier map (item 109)', async () => {
+  await withServer({}, async (base, server) => {
+    const c = bcsocket(base);
+    await c.until(() => c.opens === 1, 10000, 'open');
+    for (let i = 0; i < 50; i++) c.s.send(i);
+    // Closure's disconnect() drops maps it has not sent yet (it reports them as undelivered);
+    // terminate's RID ordering behind in-flight POSTs is item 83 in the Rust suite.
+    await c.until(() => c.received.length === 50, 10000, 'echoes');
+    c.s.close();
+    const t0 = Date.now();
+    while (!/closed \S+ Disconnected/.test(server.output()) && Date.now() - t0 < 10000) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.match(server.output(), /closed \S+ Disconnected after 50 messages/);
   });
 });

@@ -2,7 +2,8 @@
 //!
 //! `cargo run -p browserver-transport-bc --example bc_echo -- 127.0.0.1:0`
 //!
-//! Prints `listening on ADDR` once ready. Every message is sent back to its sender, except
+//! Prints `listening on ADDR` once ready, and `closed SID REASON after N messages` for each
+//! session that ends. Every message is sent back to its sender, except
 //! the control strings `"close"` (the server closes the session), `"stop"` (the server stops
 //! it), `"appVersion"`, `"query"` and `"headers"` (answered with what the session saw). Timers come from the environment:
 //! `BC_KEEPALIVE_MS`, `BC_SESSION_TIMEOUT_MS`. `BC_CLOSE_ON_CONNECT=1` closes every new
@@ -51,7 +52,9 @@ async fn main() -> std::io::Result<()> {
     tokio::spawn(serve(listener, bc));
     while let Some(session) = sessions.accept().await {
         tokio::spawn(async move {
+            let mut received = 0u64;
             while let Some(message) = session.recv().await {
+                received += 1;
                 let value = match (message.value, message.map) {
                     (Some(v), _) => v,
                     (None, Some(map)) => json!(map),
@@ -82,6 +85,8 @@ async fn main() -> std::io::Result<()> {
                     _ => drop(session.send(&value)),
                 }
             }
+            let reason = session.closed().await;
+            println!("closed {} {reason} after {received} messages", session.id());
         });
     }
     Ok(())
