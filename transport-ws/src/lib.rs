@@ -1,9 +1,44 @@
 //! # browserver-transport-ws
 //!
 //! The WebSocket transport: a `tokio-tungstenite` adapter that drives `browserver-core`'s
-//! [`Session`] with the same guarantees as BrowserChannel (ordering, acknowledgements,
-//! keep-alive, session timeout, resumption), while a plain WebSocket client that negotiates
-//! nothing just exchanges one message per frame. Mounted as a `tower::Service` and a
-//! `warp::Filter` next to the BrowserChannel service (issue 5).
+//! [`Session`](browserver_core::Session) machine, one task per session.
 //!
-//! [`Session`]: browserver_core::Session
+//! - A **plain** WebSocket client (a browser's `new WebSocket(url)`, the `ws` npm package)
+//!   just exchanges messages: each text or binary frame is one message and nothing else is
+//!   ever sent to it. An [`Ack`] then resolves when the frame was written.
+//! - A client that offers the subprotocol [`codec::SUBPROTOCOL`] gets **session mode**:
+//!   sequence numbers, acknowledgements (an [`Ack`] means the client's application received
+//!   the message), and resumption: reconnecting within the session timeout with
+//!   `?resume=<sid>&ack=<n>` delivers what was missed, in order, once.
+//!
+//! In both modes: keep-alive pings, an idle timeout, `close` (close code 4000, the client may
+//! reconnect) vs `stop` (4001, it must not), frame and message size limits, and a bounded
+//! outbound buffer (`send` fails with [`SendError::BufferFull`] past it).
+//!
+//! ```no_run
+//! use browserver_transport_ws::{Options, WsEndpoint, serve};
+//! # async fn run() -> std::io::Result<()> {
+//! let (ws, mut sessions) = WsEndpoint::new(Options::default());
+//! tokio::spawn(serve(tokio::net::TcpListener::bind("127.0.0.1:4322").await?, ws));
+//! while let Some(session) = sessions.accept().await {
+//!     tokio::spawn(async move {
+//!         while let Some(message) = session.recv().await {
+//!             let _ack = session.send(message); // echo
+//!         }
+//!     });
+//! }
+//! # Ok(()) }
+//! ```
+
+mod actor;
+pub mod codec;
+mod endpoint;
+mod serve;
+mod session;
+#[cfg(feature = "warp")]
+mod warp_filter;
+
+pub use browserver_core::{CloseReason, State};
+pub use endpoint::{ClientAddr, ConnectHook, Options, Sessions, WsEndpoint};
+pub use serve::serve;
+pub use session::{Ack, Message, Mode, SendError, Session, Status};

@@ -1,0 +1,470 @@
+//! The WebSocket endpoint: upgrade handling, session creation and resumption, and the
+//! connection tasks that move frames between a socket and its session's task.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use browserver_core::Registry;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::actor::{Actor, ActorParts, Command};
+use crate::codec::SUBPROTOCOL;
+use crate::session::{Message, Mode, Session, Shared, Status};
+
+/// A connection's client address, for [`Session::address`]; insert it into the request's
+/// extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Runs when a session is created, before its first frame is written.
+pub type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
+
+/// Options of a [`WsEndpoint`].
+#[derive(Clone)]
+pub struct Options {
+    /// WebSocket ping on a connection idle this long. 20 s.
+    pub keep_alive_interval: Duration,
+    /// How long a session-mode session waits for its client to resume after the connection
+    /// dropped. 30 s.
+    pub session_timeout: Duration,
+    /// A connection from which nothing (not even a pong) arrived this long is dropped. 60 s.
+    pub idle_timeout: Duration,
+    /// Largest frame accepted. 1 MiB.
+    pub max_frame_size: usize,
+    /// Largest message accepted. 4 MiB.
+    pub max_message_size: usize,
+    /// Unacknowledged outbound bytes per session; past it `send` fails with `BufferFull`. 4 MiB.
+    pub max_buffered_bytes: usize,
+    /// How far ahead of a missing message others are held (session mode). 4 096.
+    pub reorder_window: u64,
+    /// Most live sessions; more upgrades are refused with 503. 100 000.
+    pub max_sessions: usize,
+    /// Runs when a session is created.
+    pub connect_hook: Option<ConnectHook>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keep_alive_interval: Duration::from_secs(20),
+            session_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_frame_size: 1 << 20,
+            max_message_size: 4 << 20,
+            max_buffered_bytes: 4 << 20,
+            reorder_window: 4096,
+            max_sessions: 100_000,
+            connect_hook: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("session_timeout", &self.session_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// New sessions, in order of creation.
+#[derive(Debug)]
+pub struct Sessions {
+    rx: mpsc::UnboundedReceiver<Session>,
+}
+
+impl Sessions {
+    /// The next new session.
+    pub async fn accept(&mut self) -> Option<Session> {
+        self.rx.recv().await
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) options: Options,
+    registry: Mutex<Registry<Session>>,
+    accept: mpsc::UnboundedSender<Session>,
+    next_conn: AtomicU64,
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Registry<Session>> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        self.registry().remove(id);
+    }
+}
+
+/// A WebSocket endpoint. Every request it is given is treated as an upgrade request: mount it
+/// at the path you want (`/ws` in the `browserver` server). Cheap to clone.
+#[derive(Clone)]
+pub struct WsEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for WsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsEndpoint")
+            .field("sessions", &self.session_count())
+            .finish()
+    }
+}
+
+/// An upgrade refused: its status and a short reason (the response body).
+pub(crate) struct Refusal(StatusCode, &'static str);
+
+impl Refusal {
+    fn response(self) -> Response<Full<Bytes>> {
+        let mut r = Response::new(Full::new(Bytes::from_static(self.1.as_bytes())));
+        *r.status_mut() = self.0;
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        r
+    }
+}
+
+fn bad_request(reason: &'static str) -> Response<Full<Bytes>> {
+    Refusal(StatusCode::BAD_REQUEST, reason).response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Why an upgrade request is refused (answered 400 with this text).
+fn validate(parts: &http::request::Parts) -> Result<&HeaderValue, &'static str> {
+    if parts.method != Method::GET {
+        return Err("WebSocket upgrade requires GET");
+    }
+    if !header_has_token(&parts.headers, UPGRADE, "websocket") {
+        return Err("missing Upgrade: websocket");
+    }
+    if !header_has_token(&parts.headers, CONNECTION, "upgrade") {
+        return Err("missing Connection: upgrade");
+    }
+    if parts
+        .headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    parts
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or("missing Sec-WebSocket-Key")
+}
+
+impl WsEndpoint {
+    /// An endpoint and the stream of sessions it creates.
+    pub fn new(options: Options) -> (WsEndpoint, Sessions) {
+        let (accept, rx) = mpsc::unbounded_channel();
+        let inner = Inner {
+            registry: Mutex::new(Registry::new(options.max_sessions)),
+            options,
+            accept,
+            next_conn: AtomicU64::new(0),
+        };
+        (
+            WsEndpoint {
+                inner: Arc::new(inner),
+            },
+            Sessions { rx },
+        )
+    }
+
+    /// The live session with this id.
+    pub fn session(&self, id: &str) -> Option<Session> {
+        self.inner.registry().get(id).cloned()
+    }
+
+    /// How many sessions are live.
+    pub fn session_count(&self) -> usize {
+        self.inner.registry().len()
+    }
+
+    /// Closes every session.
+    pub fn close_all(&self) {
+        let all: Vec<Session> = self
+            .inner
+            .registry()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
+        for s in all {
+            s.close();
+        }
+    }
+
+    pub(crate) fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    #[cfg(feature = "warp")]
+    pub(crate) fn target_for_warp(
+        &self,
+        parts: &http::request::Parts,
+        session_mode: bool,
+    ) -> Option<Target> {
+        self.target(parts, session_mode).ok()
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .max_frame_size(Some(self.inner.options.max_frame_size))
+            .max_message_size(Some(self.inner.options.max_message_size))
+    }
+
+    /// Answers an upgrade request: `101 Switching Protocols` (and the connection is served in
+    /// the background once hyper hands it over), or `400` with the reason.
+    pub fn handle<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Send + 'static,
+    {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _) = req.into_parts();
+        let key = match validate(&parts) {
+            Ok(key) => key.clone(),
+            Err(reason) => return bad_request(reason),
+        };
+        let session_mode = header_has_token(&parts.headers, SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
+        let target = match self.target(&parts, session_mode) {
+            Ok(t) => t,
+            Err(refusal) => return refusal.response(),
+        };
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = response.headers_mut();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+            h.insert(SEC_WEBSOCKET_ACCEPT, v);
+        }
+        if session_mode {
+            h.insert(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        let endpoint = self.clone();
+        let config = self.ws_config();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    endpoint.run_connection(ws, target);
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        response
+    }
+
+    /// Which session a new connection belongs to: a resumed one (session mode, `resume=SID`
+    /// naming a live session, `ack=N`), or a new one. A stale `resume` gets a new session and
+    /// the client learns it from the hello (`resumed: false`).
+    fn target(&self, parts: &http::request::Parts, session_mode: bool) -> Result<Target, Refusal> {
+        let query = parse_query(parts.uri.query());
+        if session_mode {
+            let resume = query
+                .iter()
+                .find(|(k, _)| k == "resume")
+                .map(|(_, v)| v.as_str());
+            if let Some(session) = resume.and_then(|id| self.session(id))
+                && session.mode() == Mode::Session
+            {
+                let ack = query
+                    .iter()
+                    .find(|(k, _)| k == "ack")
+                    .and_then(|(_, v)| v.parse().ok());
+                return Ok(Target { session, ack });
+            }
+        }
+        let mode = if session_mode {
+            Mode::Session
+        } else {
+            Mode::Plain
+        };
+        let session = self.create(parts, query, mode)?;
+        Ok(Target { session, ack: None })
+    }
+
+    fn create(
+        &self,
+        parts: &http::request::Parts,
+        query: Vec<(String, String)>,
+        mode: Mode,
+    ) -> Result<Session, Refusal> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (messages_tx, messages_rx) = mpsc::unbounded_channel::<Message>();
+        let (status_tx, status_rx) = watch::channel(Status {
+            state: browserver_core::State::Init,
+            close_reason: None,
+        });
+        let shared = Shared {
+            id: String::new(),
+            mode,
+            address: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+            query,
+            headers: parts.headers.clone(),
+            tx,
+            status: status_rx,
+            messages: tokio::sync::Mutex::new(messages_rx),
+        };
+        let created = self.inner.registry().create(|id| Session {
+            shared: Arc::new(Shared {
+                id: id.to_string(),
+                ..shared
+            }),
+        });
+        let id = match created {
+            Ok(id) => id,
+            Err(browserver_core::Error::RegistryFull { .. }) => {
+                return Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many sessions",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a session");
+                return Err(Refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot create session",
+                ));
+            }
+        };
+        let session = self.session(&id).ok_or(Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot create session",
+        ))?;
+        let actor = Actor::new(
+            self.inner.clone(),
+            ActorParts {
+                id,
+                mode,
+                rx,
+                messages: messages_tx,
+                status: status_tx,
+            },
+        );
+        tokio::spawn(actor.run());
+        if let Some(hook) = &self.inner.options.connect_hook {
+            hook(&session);
+        }
+        let _ = self.inner.accept.send(session.clone());
+        Ok(session)
+    }
+
+    /// Starts a connection's reader and writer tasks and hands it to its session.
+    pub(crate) fn run_connection<S, E>(&self, ws: S, target: Target)
+    where
+        S: futures_util::Stream<Item = Result<WsMessage, E>>
+            + futures_util::Sink<WsMessage>
+            + Send
+            + 'static,
+        E: std::fmt::Display + Send,
+    {
+        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let actor = target.session.shared.tx.clone();
+        let _ = actor.send(Command::Attach {
+            conn,
+            tx: out_tx,
+            ack: target.ack,
+        });
+        let (mut sink, mut stream) = ws.split();
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                let closing = matches!(m, WsMessage::Close(_));
+                if sink.send(m).await.is_err() || closing {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        tokio::spawn(async move {
+            while let Some(frame) = stream.next().await {
+                match frame {
+                    Ok(message) => {
+                        let closing = matches!(message, WsMessage::Close(_));
+                        if actor.send(Command::Frame { conn, message }).is_err() || closing {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "websocket read failed");
+                        break;
+                    }
+                }
+            }
+            let _ = actor.send(Command::Gone { conn });
+        });
+    }
+}
+
+pub(crate) struct Target {
+    session: Session,
+    ack: Option<u64>,
+}
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+impl<B> tower::Service<Request<B>> for WsEndpoint
+where
+    B: Send + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let response = self.handle(req);
+        Box::pin(async move { Ok(response) })
+    }
+}
