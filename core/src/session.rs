@@ -17,10 +17,11 @@ use crate::timer::{Timer, Timers};
 pub struct Config {
     /// While a downstream path is attached and nothing has been written on it for this long,
     /// a keep-alive goes out. Default 20 s (BrowserChannel's; below the Closure client's 45 s
-    /// request watchdog).
+    /// request watchdog). `Duration::MAX` disables keep-alives.
     pub keepalive_interval: Duration,
     /// While no downstream path is attached for this long, the session closes with
-    /// [`CloseReason::TimedOut`]. Default 30 s.
+    /// [`CloseReason::TimedOut`]. Default 30 s. `Duration::MAX` disables the timeout (a client
+    /// learns that its session is gone from the server instead).
     pub session_timeout: Duration,
     /// How keep-alives travel. Default [`KeepaliveMode::Sequenced`].
     pub keepalive: KeepaliveMode,
@@ -256,7 +257,7 @@ impl Session {
             let _ = outbound.push(Payload::Open);
         }
         let mut timers = Timers::default();
-        timers.set(Timer::SessionTimeout, now + config.session_timeout);
+        timers.set_after(Timer::SessionTimeout, now, config.session_timeout);
         Session {
             role,
             inbound: Reorder::new(0, config.reorder_window),
@@ -361,7 +362,7 @@ impl Session {
         self.outbound.rewind();
         self.timers.stop(Timer::SessionTimeout);
         self.timers
-            .set(Timer::Keepalive, now + self.config.keepalive_interval);
+            .set_after(Timer::Keepalive, now, self.config.keepalive_interval);
         Ok(id)
     }
 
@@ -375,6 +376,11 @@ impl Session {
         } else {
             false
         }
+    }
+
+    /// Whether items wait to be transmitted (they go out once a path is attached).
+    pub fn has_unsent(&self) -> bool {
+        !self.is_closed() && self.outbound.has_unsent()
     }
 
     /// Whether a downstream path is attached.
@@ -492,7 +498,7 @@ impl Session {
             || path.mode.one_shot
             || path.mode.max_bytes.is_some_and(|max| path.written > max);
         self.timers
-            .set(Timer::Keepalive, self.now + self.config.keepalive_interval);
+            .set_after(Timer::Keepalive, self.now, self.config.keepalive_interval);
         if self.state == State::Init && items.iter().any(|i| i.payload == Payload::Open) {
             self.set_state(State::Ok);
         }
@@ -562,7 +568,7 @@ impl Session {
             KeepaliveMode::Ping => {
                 self.transmits.push_back(Transmit::Ping { path: path.id });
                 self.timers
-                    .set(Timer::Keepalive, now + self.config.keepalive_interval);
+                    .set_after(Timer::Keepalive, now, self.config.keepalive_interval);
             }
         }
     }
@@ -591,10 +597,8 @@ impl Session {
     fn detach_current(&mut self) {
         self.path = None;
         self.timers.stop(Timer::Keepalive);
-        self.timers.set(
-            Timer::SessionTimeout,
-            self.now + self.config.session_timeout,
-        );
+        self.timers
+            .set_after(Timer::SessionTimeout, self.now, self.config.session_timeout);
     }
 
     fn set_state(&mut self, new: State) {
@@ -1063,6 +1067,20 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(now + 35 * SEC));
         s.handle_timeout(now + 35 * SEC);
         assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
+    }
+
+    #[test]
+    fn duration_max_disables_both_timers() {
+        let now = t0();
+        let config = Config {
+            keepalive_interval: Duration::MAX,
+            session_timeout: Duration::MAX,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Client, config, now);
+        assert_eq!(s.poll_timeout(), None);
+        s.attach(now, PathMode::default()).expect("attach");
+        assert_eq!(s.poll_timeout(), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Timers as deadlines: a small fixed table, so that a spurious wake-up is harmless and
 //! `poll_timeout` is a minimum over a handful of slots.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The session's timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,8 +20,10 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
-        self.deadlines[timer as usize] = Some(at);
+    /// Sets `timer` to `now + after`; a deadline past the clock's range (`Duration::MAX`)
+    /// means "never".
+    pub(crate) fn set_after(&mut self, timer: Timer, now: Instant, after: Duration) {
+        self.deadlines[timer as usize] = now.checked_add(after);
     }
 
     pub(crate) fn stop(&mut self, timer: Timer) {
@@ -52,14 +54,13 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn only_due_timers_fire() {
         let t0 = Instant::now();
         let mut timers = Timers::default();
-        timers.set(Timer::Keepalive, t0 + Duration::from_secs(20));
-        timers.set(Timer::SessionTimeout, t0 + Duration::from_secs(30));
+        timers.set_after(Timer::Keepalive, t0, Duration::from_secs(20));
+        timers.set_after(Timer::SessionTimeout, t0, Duration::from_secs(30));
         assert_eq!(timers.next(), Some(t0 + Duration::from_secs(20)));
         assert_eq!(timers.take_expired(t0 + Duration::from_secs(19)).count(), 0);
         let fired: Vec<_> = timers.take_expired(t0 + Duration::from_secs(20)).collect();
