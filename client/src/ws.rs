@@ -1,0 +1,326 @@
+//! The WebSocket session-mode client around a client-role core session: sequenced frames,
+//! acknowledgements, and resumption of a dropped connection (`?resume=SID&ack=N`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use browserver_core::{
+    CloseReason, Config, Event as CoreEvent, PathMode, Payload, Role, Session, Transmit,
+};
+use browserver_transport_ws::codec::{self, CLOSE_CLOSED, CLOSE_STOPPED, Frame, SUBPROTOCOL};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{Command, Ended, Event, Link, SendError, Transport};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a dropped connection is retried before the session is given up.
+const RESUME_FOR: Duration = Duration::from_secs(25);
+
+async fn open(url: &str) -> Result<Ws, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    let value = SUBPROTOCOL
+        .parse()
+        .map_err(|_| "bad subprotocol".to_string())?;
+    req.headers_mut().insert("sec-websocket-protocol", value);
+    let (ws, response) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .map_err(|_| "WebSocket connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    if response
+        .headers()
+        .get("sec-websocket-protocol")
+        .is_none_or(|v| v != SUBPROTOCOL)
+    {
+        return Err("the server does not offer session mode".into());
+    }
+    Ok(ws)
+}
+
+async fn hello(ws: &mut Ws) -> Result<(String, Option<u64>, bool), String> {
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .map_err(|_| "no hello".to_string())?;
+    match first {
+        Some(Ok(WsMessage::Binary(b))) => match codec::decode(&b) {
+            Ok(Frame::Hello { sid, ack, resumed }) => Ok((sid, ack, resumed)),
+            _ => Err("the first frame is not a hello".into()),
+        },
+        _ => Err("the connection closed before the hello".into()),
+    }
+}
+
+fn with_query(url: &str, params: &[(String, String)]) -> String {
+    if params.is_empty() {
+        return url.to_string();
+    }
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{}", ser.finish())
+}
+
+struct Driver<'a> {
+    link: &'a mut Link,
+    core: Session,
+    acks: HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
+    acked_sent: Option<u64>,
+    opened: bool,
+    sid: String,
+}
+
+pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
+    let params = link.common_params();
+    let mut ws = match open(&with_query(url, &params)).await {
+        Ok(ws) => ws,
+        Err(e) => return Ended::Failed(e),
+    };
+    let (sid, _, _) = match hello(&mut ws).await {
+        Ok(h) => h,
+        Err(e) => return Ended::Failed(e),
+    };
+    let config = Config {
+        keepalive_interval: Duration::MAX,
+        session_timeout: Duration::MAX,
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let mut d = Driver {
+        core: Session::new(Role::Client, config, now),
+        link,
+        acks: HashMap::new(),
+        acked_sent: None,
+        opened: false,
+        sid,
+    };
+    for (json, ack) in std::mem::take(&mut d.link.queued) {
+        d.send(now, json, ack);
+    }
+    let _ = d.core.attach(now, PathMode::default());
+    loop {
+        let outcome = d.connection(&mut ws).await;
+        match outcome {
+            Some(ended) => return ended,
+            None => {
+                // The connection dropped: resume within the window.
+                match d.resume(url, &params).await {
+                    Ok(new_ws) => ws = new_ws,
+                    Err(ended) => return ended,
+                }
+            }
+        }
+    }
+}
+
+impl Driver<'_> {
+    fn send(&mut self, now: Instant, json: Bytes, ack: oneshot::Sender<Result<(), SendError>>) {
+        match self.core.send(now, json) {
+            Ok(seq) => {
+                self.acks.insert(seq, ack);
+            }
+            Err(e) => {
+                let _ = ack.send(Err(SendError::Closed(CloseReason::Protocol(e.to_string()))));
+            }
+        }
+    }
+
+    /// Serves one connection; `None` when it dropped without a close frame (resume), else how
+    /// the session ended.
+    async fn connection(&mut self, ws: &mut Ws) -> Option<Ended> {
+        loop {
+            if let Err(ended) = self.flush(ws).await {
+                return Some(ended);
+            }
+            tokio::select! {
+                command = self.link.commands.recv() => match command {
+                    Some(Command::Send { json, ack }) => self.send(Instant::now(), json, ack),
+                    Some(Command::Close) | None => {
+                        let _ = ws.close(None).await;
+                        let _ = self.core.close(Instant::now(), CloseReason::Closed(None));
+                        let _ = self.flush(ws).await;
+                        return Some(Ended::ByApplication);
+                    }
+                },
+                frame = ws.next() => match frame {
+                    Some(Ok(WsMessage::Binary(b))) => self.frame(&b),
+                    Some(Ok(WsMessage::Close(close))) => {
+                        let code = close.as_ref().map(|c| u16::from(c.code));
+                        let reason = close.map(|c| c.reason.to_string()).unwrap_or_default();
+                        let now = Instant::now();
+                        return Some(match code {
+                            Some(CLOSE_STOPPED) => {
+                                let _ = self.core.close(now, CloseReason::Stopped);
+                                let _ = self.flush(ws).await;
+                                self.link.emit(Event::Error("Stopped by server".into()));
+                                Ended::Stopped
+                            }
+                            Some(CLOSE_CLOSED) => {
+                                let r = CloseReason::Closed(Some(reason));
+                                let _ = self.core.close(now, r.clone());
+                                let _ = self.flush(ws).await;
+                                Ended::Closed(r)
+                            }
+                            _ => return None,
+                        });
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                },
+            }
+        }
+    }
+
+    fn frame(&mut self, bytes: &Bytes) {
+        let now = Instant::now();
+        match codec::decode(bytes) {
+            Ok(Frame::Open { seq }) => {
+                let _ = self.core.handle_incoming(now, seq, Payload::Open);
+            }
+            Ok(Frame::Text { seq, text }) => {
+                let _ = self.core.handle_incoming(now, seq, Payload::Message(text));
+            }
+            Ok(Frame::Binary { seq, data }) => {
+                let _ = self.core.handle_incoming(now, seq, Payload::Message(data));
+            }
+            Ok(Frame::Stop { seq }) => {
+                let _ = self.core.handle_incoming(now, seq, Payload::Stop);
+            }
+            Ok(Frame::Ack { upto }) => {
+                let _ = self.core.handle_ack(now, upto);
+            }
+            Ok(Frame::Hello { .. }) | Err(_) => {
+                tracing::debug!("unexpected frame from the server");
+            }
+        }
+    }
+
+    /// Writes what the core transmits, acknowledges what it released, reports events.
+    async fn flush(&mut self, ws: &mut Ws) -> Result<(), Ended> {
+        while let Some(t) = self.core.poll_transmit() {
+            if let Transmit::Batch { items, .. } = t {
+                for item in items {
+                    if let Payload::Message(json) = item.payload {
+                        let frame = Frame::Text {
+                            seq: item.seq,
+                            text: json,
+                        };
+                        if ws
+                            .feed(WsMessage::Binary(codec::encode(&frame)))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let position = self.core.ack_position();
+        if position > self.acked_sent
+            && let Some(upto) = position
+        {
+            let _ = ws
+                .feed(WsMessage::Binary(codec::encode(&Frame::Ack { upto })))
+                .await;
+            self.acked_sent = position;
+        }
+        let _ = ws.flush().await;
+        let mut ended = None;
+        while let Some(e) = self.core.poll_event() {
+            match e {
+                CoreEvent::StateChanged {
+                    new: browserver_core::State::Ok,
+                    ..
+                } if !self.opened => {
+                    self.opened = true;
+                    self.link.emit(Event::Open {
+                        session_id: self.sid.clone(),
+                        transport: Transport::WebSocket,
+                    });
+                }
+                CoreEvent::StateChanged { .. } => {}
+                CoreEvent::Message { data, .. } => {
+                    let value = serde_json::from_slice(&data).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&data).into_owned())
+                    });
+                    self.link.emit(Event::Message(value));
+                }
+                CoreEvent::Acked { seq } => {
+                    if let Some(ack) = self.acks.remove(&seq) {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+                CoreEvent::SendFailed { seq, reason } => {
+                    if let Some(ack) = self.acks.remove(&seq) {
+                        let _ = ack.send(Err(SendError::Closed(reason)));
+                    }
+                }
+                CoreEvent::Closed(CloseReason::Stopped) => ended = Some(Ended::Stopped),
+                CoreEvent::Closed(reason) => {
+                    ended.get_or_insert(Ended::Closed(reason));
+                }
+            }
+        }
+        match ended {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn resume(&mut self, url: &str, params: &[(String, String)]) -> Result<Ws, Ended> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        while started.elapsed() < RESUME_FOR {
+            let mut p = params.to_vec();
+            p.push(("resume".into(), self.sid.clone()));
+            if let Some(ack) = self.core.ack_position() {
+                p.push(("ack".into(), ack.to_string()));
+            }
+            if let Ok(mut ws) = open(&with_query(url, &p)).await {
+                match hello(&mut ws).await {
+                    Ok((_, ack, true)) => {
+                        let now = Instant::now();
+                        if let Some(ack) = ack {
+                            let _ = self.core.handle_ack(now, ack);
+                        }
+                        let _ = self.core.attach(now, PathMode::default());
+                        self.acked_sent = None;
+                        return Ok(ws);
+                    }
+                    Ok((_, _, false)) => {
+                        // The server forgot the session: end the new one it made, start over.
+                        let _ = ws.close(None).await;
+                        let _ = self.core.close(Instant::now(), CloseReason::PeerClosed);
+                        let _ = self.flush(&mut ws).await;
+                        return Err(Ended::Closed(CloseReason::PeerClosed));
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        let _ = self.core.close(Instant::now(), CloseReason::TimedOut);
+        while self.core.poll_transmit().is_some() {}
+        while let Some(e) = self.core.poll_event() {
+            if let CoreEvent::SendFailed { seq, reason } = e
+                && let Some(ack) = self.acks.remove(&seq)
+            {
+                let _ = ack.send(Err(SendError::Closed(reason)));
+            }
+        }
+        Err(Ended::Closed(CloseReason::TimedOut))
+    }
+}
