@@ -7,8 +7,6 @@
 
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const path = require('node:path');
 const http = require('node:http');
 
 global.XMLHttpRequest = require('browserchannel/XMLHttpRequest').XMLHttpRequest;
@@ -27,39 +25,7 @@ require('google-closure-library');
 goog.require('goog.net.BrowserChannel');
 const { BCSocket } = require('browserchannel');
 
-const ECHO_BIN =
-  process.env.BC_ECHO_BIN || path.join(__dirname, '..', 'target', 'debug', 'examples', 'bc_echo');
-
-/** Starts the echo server; resolves to { base, stop }. */
-function startServer(env = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(ECHO_BIN, ['127.0.0.1:0'], {
-      env: { ...process.env, BC_KEEPALIVE_MS: '1000', ...env },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    const server = { stop: () => child.kill(), output: () => out };
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/listening on (\S+)/);
-      if (m && !server.base) {
-        server.base = `http://${m[1]}/channel`;
-        resolve(server);
-      }
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
-  });
-}
-
-async function withServer(env, body) {
-  const server = await startServer(env);
-  try {
-    await body(server.base, server);
-  } finally {
-    server.stop();
-  }
-}
+const { withServer } = require('./support');
 
 function deadline(ms, what) {
   return new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms).unref());

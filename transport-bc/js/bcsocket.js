@@ -1,7 +1,490 @@
-// Placeholder for the BrowserChannel browser client (BCSocket), which issue 5 writes.
-// It is served at <base>/bcsocket.js so that the route exists and can be tested.
-export class BCSocket {
-  constructor() {
-    throw new Error("bcsocket.js: the browser client is not shipped yet");
+// bcsocket.js: a dependency-free browser client for browserver, with node-browserchannel's
+// WebSocket-like BCSocket API. It speaks BrowserChannel v8 (fetch with streaming responses)
+// and, when given a WebSocket URL, browserver's WebSocket session mode
+// ("browserver.session.v1"), falling back to BrowserChannel if the WebSocket fails.
+//
+//   import { BCSocket } from '/channel/bcsocket.js';
+//   const s = new BCSocket('/channel', { reconnect: true });
+//   s.onopen = () => s.send({ hello: 'world' });
+//   s.onmessage = (e) => console.log(e.data);
+//
+// Options: reconnect (false), reconnectTime (3000 ms), appVersion, failFast, crossDomainXhr
+// (send credentials; use the server's host prefix), affinity (true) / affinityParam ('a'),
+// extraParams ({}), prev (an earlier BCSocket whose session this one replaces),
+// transport ('auto' | 'browserchannel' | 'websocket'; default 'auto' when wsUrl is set,
+// else 'browserchannel'), wsUrl (the WebSocket endpoint, e.g. 'ws://host:3572/ws').
+
+const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
+const ERRORS = {
+  2: 'Request failed', 5: 'No data from server', 6: 'Unknown session ID', 7: 'Stopped by server',
+  10: 'Got bad data from the server', 11: 'Got a bad response from the server',
+};
+const SUBPROTOCOL = 'browserver.session.v1';
+const PADDING_WINDOW = 1000; // maps per POST
+
+function zx() {
+  return Math.floor(Math.random() * 2147483648).toString(36) + Math.floor(Math.random() * 2147483648).toString(36);
+}
+
+function query(params) {
+  return Object.entries(params)
+    .filter(([, v]) => v !== undefined && v !== null)
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
+    .join('&');
+}
+
+class Failure extends Error {
+  constructor(code, detail) {
+    super(detail || ERRORS[code]);
+    this.code = code;
   }
 }
+
+/** Splits complete length-prefixed chunks off the front of `buf` (lengths in UTF-16 units). */
+function splitChunks(state) {
+  const out = [];
+  for (;;) {
+    const nl = state.buf.indexOf('\n');
+    if (nl < 0) return out;
+    const len = Number(state.buf.slice(0, nl));
+    if (!Number.isInteger(len) || len < 0) throw new Failure(10);
+    if (state.buf.length < nl + 1 + len) return out;
+    out.push(state.buf.substr(nl + 1, len));
+    state.buf = state.buf.slice(nl + 1 + len);
+  }
+}
+
+export class BCSocket {
+  constructor(url, options = {}) {
+    this.url = url.replace(/\/$/, '');
+    this.options = {
+      reconnect: false, reconnectTime: 3000, appVersion: null, failFast: false,
+      crossDomainXhr: false, affinity: true, affinityParam: 'a', extraParams: {},
+      wsUrl: null, ...options,
+    };
+    this.options.transport = this.options.transport || (this.options.wsUrl ? 'auto' : 'browserchannel');
+    this.readyState = CONNECTING;
+    this.onopen = this.onmessage = this.onclose = this.onerror = this.onconnecting = null;
+    this._queue = []; // values sent before the session opened, or not yet acknowledged
+    this._affinity = this.options.affinity ? zx() : null;
+    this._prev = options.prev ? options.prev._previous() : null;
+    this._closedByUser = false;
+    this._wsFailed = false;
+    setTimeout(() => this._connect(), 0);
+  }
+
+  /** Sends a value (strings as `_S`, anything else as JSON). Allowed before open. */
+  send(value) {
+    if (this.readyState === CLOSING || this.readyState === CLOSED) return;
+    this._queue.push(value);
+    if (this._channel) this._channel.flush();
+  }
+
+  /** Closes the session; no reconnect follows. */
+  close() {
+    if (this.readyState === CLOSED) return;
+    this._closedByUser = true;
+    this.readyState = CLOSING;
+    clearTimeout(this._reconnectTimer);
+    if (this._channel) this._channel.close();
+    else this._finish('Closed', false);
+  }
+
+  _previous() {
+    const ch = this._channel || this._lastChannel;
+    return ch && ch.sid ? { sid: ch.sid, aid: ch.lastArrayId } : null;
+  }
+
+  _params() {
+    const p = { ...this.options.extraParams };
+    if (this._affinity) p[this.options.affinityParam] = this._affinity;
+    if (this._prev) {
+      p.OSID = this._prev.sid;
+      p.OAID = this._prev.aid;
+    }
+    return p;
+  }
+
+  _emit(name, ...args) {
+    const f = this[name];
+    if (typeof f === 'function') {
+      try { f.apply(this, args); } catch (e) { setTimeout(() => { throw e; }, 0); }
+    }
+  }
+
+  _connect() {
+    if (this._closedByUser) return;
+    this.readyState = CONNECTING;
+    this._emit('onconnecting');
+    const useWs = this.options.transport === 'websocket' ||
+      (this.options.transport === 'auto' && this.options.wsUrl && !this._wsFailed);
+    this._channel = useWs ? new WsChannel(this) : new BrowserChannel(this);
+    this._channel.start();
+  }
+
+  // Called by a channel.
+  _opened() {
+    this.readyState = OPEN;
+    this._emit('onopen');
+  }
+
+  _message(data) {
+    if (this.readyState === OPEN) this._emit('onmessage', { data });
+  }
+
+  _ended(failure) {
+    const ch = this._channel;
+    this._lastChannel = ch;
+    this._channel = null;
+    if (ch && ch.sid) this._prev = { sid: ch.sid, aid: ch.lastArrayId };
+    if (this._closedByUser) return this._finish('Closed', false);
+    if (failure && failure.websocketUnavailable && this.options.transport === 'auto') {
+      this._wsFailed = true;
+      return this._connect();
+    }
+    const code = failure ? failure.code : 0;
+    if (failure) this._emit('onerror', ERRORS[code] || failure.message, code);
+    const stopped = code === 7;
+    const reconnect = this.options.reconnect && !stopped;
+    this._finish(failure ? ERRORS[code] || failure.message : 'Closed', reconnect);
+    if (reconnect) {
+      const delay = code === 6 ? 0 : this.options.reconnectTime;
+      this._reconnectTimer = setTimeout(() => this._connect(), delay);
+    }
+  }
+
+  _finish(reason, reconnecting) {
+    this.readyState = reconnecting ? CONNECTING : CLOSED;
+    this._emit('onclose', reason);
+  }
+}
+BCSocket.CONNECTING = CONNECTING;
+BCSocket.OPEN = OPEN;
+BCSocket.CLOSING = CLOSING;
+BCSocket.CLOSED = CLOSED;
+
+/** BrowserChannel v8 over fetch. */
+class BrowserChannel {
+  constructor(socket) {
+    this.socket = socket;
+    this.sid = null;
+    this.lastArrayId = -1;
+    this.rid = Math.floor(Math.random() * 100000);
+    this.nextMapId = 0;
+    this.inFlight = null; // { rid, values } of the POST in flight
+    this.retries = 0;
+    this.backRetries = 0;
+    this.closed = false;
+    this.aborts = new Set();
+    this.base = socket.url;
+    this.credentials = socket.options.crossDomainXhr ? 'include' : 'same-origin';
+  }
+
+  url(path, params, host) {
+    return `${host || this.base}/${path}?${query({ ...this.socket._params(), VER: 8, ...params, zx: zx() })}`;
+  }
+
+  async fetch(url, init = {}) {
+    const abort = new AbortController();
+    this.aborts.add(abort);
+    try {
+      return await fetch(url, { ...init, signal: abort.signal, credentials: this.credentials, cache: 'no-store' });
+    } finally {
+      this.aborts.delete(abort);
+    }
+  }
+
+  async start() {
+    try {
+      const phase1 = await this.fetch(this.url('test', { MODE: 'init', t: 1 }));
+      if (phase1.status !== 200) throw new Failure(2);
+      const [prefix] = JSON.parse(await phase1.text());
+      if (prefix && this.socket.options.crossDomainXhr) {
+        const u = new URL(this.base, location.href);
+        u.hostname = `${prefix}.${u.hostname}`;
+        this.backBase = u.toString().replace(/\/$/, '');
+      }
+      this.streaming = await this.probe();
+      await this.open();
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /** Phase 2: does `11111` arrive alone (streaming works) or buffered with `2`? */
+  async probe() {
+    const res = await this.fetch(this.url('test', { TYPE: 'xmlhttp', t: 1 }, this.backBase));
+    if (res.status !== 200) throw new Failure(2);
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return false;
+      text += decoder.decode(value, { stream: true });
+      if (text === '11111') {
+        reader.cancel().catch(() => {});
+        return true;
+      }
+      if (text.length > 5) {
+        while (!(await reader.read()).done);
+        return false;
+      }
+    }
+  }
+
+  mapsBody(values) {
+    const params = { count: values.length };
+    if (values.length) params.ofs = this.nextMapId;
+    values.forEach((v, i) => {
+      if (typeof v === 'string') params[`req${i}__S`] = v;
+      else params[`req${i}_JSON`] = JSON.stringify(v);
+    });
+    return query(params);
+  }
+
+  async post(params, values) {
+    const res = await this.fetch(this.url('bind', params), {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: this.mapsBody(values),
+    });
+    const text = await res.text();
+    if (res.status === 400 && text.indexOf('Unknown SID') > 0) throw new Failure(6);
+    if (res.status !== 200) throw new Failure(2, `Request failed (HTTP ${res.status})`);
+    if (!text) throw new Failure(5);
+    return text;
+  }
+
+  async open() {
+    const values = this.socket._queue.slice(0, PADDING_WINDOW);
+    const rid = this.rid++;
+    const text = await this.post({ RID: rid, CVER: this.socket.options.appVersion, t: 1 }, values);
+    const state = { buf: text };
+    const arrays = [];
+    for (const chunk of splitChunks(state)) arrays.push(...JSON.parse(chunk));
+    if (!arrays.length || arrays[0][1][0] !== 'c') throw new Failure(10);
+    this.sid = arrays[0][1][1];
+    this.socket._queue.splice(0, values.length);
+    this.nextMapId += values.length;
+    this.socket._opened();
+    this.handleArrays(arrays);
+    if (!this.closed) {
+      this.backChannel();
+      this.flush();
+    }
+  }
+
+  handleArrays(arrays) {
+    for (const [id, data] of arrays) {
+      if (id <= this.lastArrayId) continue;
+      this.lastArrayId = id;
+      if (Array.isArray(data) && data[0] === 'stop') return this.fail(new Failure(7));
+      if (Array.isArray(data) && (data[0] === 'noop' || data[0] === 'c')) continue;
+      this.socket._message(data);
+      if (this.closed) return;
+    }
+  }
+
+  async backChannel() {
+    while (!this.closed) {
+      try {
+        const url = this.url('bind', {
+          RID: 'rpc', SID: this.sid, CI: this.streaming ? 0 : 1, AID: this.lastArrayId, TYPE: 'xmlhttp', t: this.backRetries + 1,
+        }, this.backBase);
+        const res = await this.fetch(url);
+        if (res.status !== 200) {
+          const text = await res.text();
+          throw new Failure(res.status === 400 && text.indexOf('Unknown SID') > 0 ? 6 : 2);
+        }
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        const state = { buf: '' };
+        let gotData = false;
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          state.buf += decoder.decode(value, { stream: true });
+          for (const chunk of splitChunks(state)) {
+            gotData = true;
+            this.backRetries = 0;
+            this.handleArrays(JSON.parse(chunk));
+            if (this.closed) return;
+          }
+        }
+        if (!gotData) throw new Failure(5);
+      } catch (e) {
+        if (this.closed) return;
+        const failure = e instanceof Failure ? e : new Failure(2, String(e));
+        if (failure.code === 6 || failure.code === 7 || this.socket.options.failFast || this.backRetries >= 3) {
+          return this.fail(failure);
+        }
+        this.backRetries++;
+        await new Promise((r) => setTimeout(r, this.backRetries === 1 ? 0 : 1000 * this.backRetries));
+      }
+    }
+  }
+
+  /** Sends queued values: one POST at a time, retried under the same RID. */
+  async flush() {
+    if (this.inFlight || this.closed || !this.sid || !this.socket._queue.length) return;
+    const values = this.socket._queue.slice(0, PADDING_WINDOW);
+    this.inFlight = { rid: this.rid++, values };
+    while (!this.closed) {
+      try {
+        const text = await this.post({ SID: this.sid, RID: this.inFlight.rid, AID: this.lastArrayId, t: this.retries + 1 }, values);
+        const state = { buf: text };
+        const answer = JSON.parse(splitChunks(state)[0] || 'null');
+        if (!Array.isArray(answer) || answer.length !== 3) throw new Failure(11);
+        this.retries = 0;
+        this.socket._queue.splice(0, values.length);
+        this.nextMapId += values.length;
+        this.inFlight = null;
+        return this.flush();
+      } catch (e) {
+        const failure = e instanceof Failure ? e : new Failure(2, String(e));
+        if (failure.code !== 2 && failure.code !== 5 || this.socket.options.failFast || this.retries >= 2 || e.name === 'AbortError') {
+          this.inFlight = null;
+          return this.fail(failure);
+        }
+        this.retries++;
+        await new Promise((r) => setTimeout(r, this.retries === 1 ? 0 : 1000 * this.retries));
+      }
+    }
+  }
+
+  close() {
+    if (this.closed) return;
+    if (this.sid) {
+      fetch(this.url('bind', { SID: this.sid, RID: this.rid++, TYPE: 'terminate' }), { keepalive: true, credentials: this.credentials }).catch(() => {});
+    }
+    this.stop(null);
+  }
+
+  fail(e) {
+    this.stop(e instanceof Failure ? e : new Failure(2, String(e)));
+  }
+
+  stop(failure) {
+    if (this.closed) return;
+    this.closed = true;
+    for (const a of this.aborts) a.abort();
+    this.socket._ended(failure);
+  }
+}
+
+/** browserver's WebSocket session mode: sequenced binary frames, acks, resumption. */
+class WsChannel {
+  constructor(socket) {
+    this.socket = socket;
+    this.sid = null;
+    this.lastArrayId = -1; // highest server position received in order
+    this.nextSeq = 0; // next outgoing sequence number
+    this.sent = []; // [{ seq, value }] not yet acknowledged
+    this.closed = false;
+    this.opened = false;
+  }
+
+  start(resume) {
+    let url = this.socket.options.wsUrl;
+    const params = { ...this.socket.options.extraParams };
+    if (resume) {
+      params.resume = this.sid;
+      if (this.lastArrayId >= 0) params.ack = this.lastArrayId;
+    }
+    const q = query(params);
+    if (q) url += (url.includes('?') ? '&' : '?') + q;
+    let ws;
+    try {
+      ws = new WebSocket(url, SUBPROTOCOL);
+    } catch (e) {
+      return this.fail(Object.assign(new Failure(2, String(e)), { websocketUnavailable: !this.opened }));
+    }
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    this.helloSeen = false;
+    ws.onmessage = (e) => this.frame(new Uint8Array(e.data));
+    ws.onclose = (e) => {
+      if (this.ws !== ws || this.closed) return;
+      if (e.code === 4001) return this.fail(new Failure(7));
+      if (e.code === 4000) return this.fail(new Failure(6));
+      if (!this.helloSeen && !this.opened) {
+        return this.fail(Object.assign(new Failure(2, 'WebSocket unavailable'), { websocketUnavailable: true }));
+      }
+      // Dropped: resume the session.
+      setTimeout(() => !this.closed && this.start(true), 200);
+    };
+  }
+
+  frame(bytes) {
+    const kind = String.fromCharCode(bytes[0]);
+    if (kind === 'H') {
+      const hello = JSON.parse(new TextDecoder().decode(bytes.subarray(1)));
+      this.helloSeen = true;
+      if (this.sid && !hello.resumed) return this.fail(new Failure(6));
+      this.sid = hello.sid;
+      if (hello.ack !== null) this.acknowledged(hello.ack);
+      for (const m of this.sent) this.write('T', m.seq, JSON.stringify(m.value)); // resend
+      return this.flush();
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const seq = Number(view.getBigUint64(1));
+    const payload = bytes.subarray(9);
+    if (kind === 'A') return this.acknowledged(seq);
+    if (seq !== this.lastArrayId + 1) return; // a duplicate after resumption
+    this.lastArrayId = seq;
+    if (kind === 'O') {
+      this.opened = true;
+      this.socket._opened();
+    } else if (kind === 'S') {
+      return this.fail(new Failure(7));
+    } else if (kind === 'T' || kind === 'B') {
+      const text = new TextDecoder().decode(payload);
+      let value;
+      try { value = JSON.parse(text); } catch { value = text; }
+      this.socket._message(value);
+    }
+    const ack = new Uint8Array(9);
+    ack[0] = 65; // 'A'
+    new DataView(ack.buffer).setBigUint64(1, BigInt(seq));
+    if (this.ws.readyState === 1) this.ws.send(ack);
+  }
+
+  acknowledged(upto) {
+    while (this.sent.length && this.sent[0].seq <= upto) this.sent.shift();
+  }
+
+  write(kind, seq, text) {
+    const body = new TextEncoder().encode(text);
+    const frame = new Uint8Array(9 + body.length);
+    frame[0] = kind.charCodeAt(0);
+    new DataView(frame.buffer).setBigUint64(1, BigInt(seq));
+    frame.set(body, 9);
+    if (this.ws && this.ws.readyState === 1) this.ws.send(frame);
+  }
+
+  flush() {
+    if (!this.helloSeen) return;
+    for (const value of this.socket._queue.splice(0)) {
+      const seq = this.nextSeq++;
+      this.sent.push({ seq, value });
+      this.write('T', seq, JSON.stringify(value));
+    }
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ws) this.ws.close(1000);
+    this.socket._ended(null);
+  }
+
+  fail(failure) {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ws && this.ws.readyState <= 1) this.ws.close();
+    this.socket._ended(failure);
+  }
+}
+
+export default BCSocket;

@@ -421,7 +421,13 @@ impl BrowserChannel {
                     headers: headers.clone(),
                     reply,
                 };
-                self.ask(&session, command, rx, &headers).await
+                // A session that vanished while being created was closed by the connect hook.
+                let refused = if creating {
+                    error_response(403, "Forbidden", &headers)
+                } else {
+                    error_response(400, "Unknown SID", &headers)
+                };
+                self.ask(&session, command, rx, refused).await
             }
             Method::GET => match param(&query, "TYPE") {
                 Some("terminate") => {
@@ -451,7 +457,13 @@ impl BrowserChannel {
                         headers: headers.clone(),
                         reply,
                     };
-                    self.ask(&session, command, rx, &headers).await
+                    self.ask(
+                        &session,
+                        command,
+                        rx,
+                        error_response(400, "Unknown SID", &headers),
+                    )
+                    .await
                 }
                 _ => error_response(400, "Bad TYPE", &headers),
             },
@@ -463,18 +475,19 @@ impl BrowserChannel {
         }
     }
 
+    /// Hands a request to its session's task and waits for the answer. If the task is gone
+    /// (the session closed meanwhile), answers `refused`.
     async fn ask(
         &self,
         session: &Session,
         command: HttpCommand,
         rx: oneshot::Receiver<Response<ResponseBody>>,
-        headers: &HeaderMap,
+        refused: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
         if session.shared.tx.send(Command::Http(command)).is_err() {
-            return error_response(400, "Unknown SID", headers);
+            return refused;
         }
-        rx.await
-            .unwrap_or_else(|_| error_response(400, "Unknown SID", headers))
+        rx.await.unwrap_or(refused)
     }
 
     /// Creates a session for a `bind` POST without `SID`: ghosts `OSID`, registers, starts the
