@@ -195,7 +195,9 @@ struct Driver<'a> {
 /// Runs one BrowserChannel session from the test channel to its end.
 pub(crate) async fn run(link: &mut Link, base: &str) -> Ended {
     let base = base.trim_end_matches('/').to_string();
-    let http: Http = HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let http: Http = HttpClient::builder(TokioExecutor::new()).build(connector);
     let mut params = link.common_params();
     if let Some((osid, oaid)) = &link.previous {
         params.push(("OSID".into(), osid.clone()));

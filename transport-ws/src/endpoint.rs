@@ -412,9 +412,20 @@ impl WsEndpoint {
         });
         let (mut sink, mut stream) = ws.split();
         tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                let closing = matches!(m, WsMessage::Close(_));
-                if sink.send(m).await.is_err() || closing {
+            // Write everything queued, then flush once.
+            'write: while let Some(m) = out_rx.recv().await {
+                let mut closing = matches!(m, WsMessage::Close(_));
+                if sink.feed(m).await.is_err() {
+                    break;
+                }
+                while !closing {
+                    let Ok(m) = out_rx.try_recv() else { break };
+                    closing = matches!(m, WsMessage::Close(_));
+                    if sink.feed(m).await.is_err() {
+                        break 'write;
+                    }
+                }
+                if sink.flush().await.is_err() || closing {
                     break;
                 }
             }

@@ -292,9 +292,11 @@ async fn main() -> std::io::Result<()> {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => format!("http://{}/channel", in_process_server().await?),
     };
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(args.sessions * 2 + 8)
-        .build_http();
+        .build(connector);
     let shared = Arc::new(Shared {
         client,
         base: base.clone(),
