@@ -385,3 +385,62 @@ async fn auto_falls_back_to_browserchannel_when_websocket_is_unavailable() {
     drop(client.send(&"hi"));
     assert_eq!(messages(&client, 1).await, [json!("hi")]);
 }
+
+/// A front that kills the connection of the first forward POST (a transient network failure)
+/// and records every forward POST's RID.
+#[tokio::test]
+async fn browserchannel_client_retries_a_failed_forward_post_under_the_same_rid() {
+    let (bc, mut sessions) = browserver_transport_bc::BrowserChannel::new(Default::default());
+    tokio::spawn(async move {
+        while let Some(s) = sessions.accept().await {
+            tokio::spawn(async move {
+                while let Some(m) = s.recv().await {
+                    drop(s.send(&m.value));
+                }
+            });
+        }
+    });
+    let rids = Arc::new(Mutex::new(Vec::<String>::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (bc2, rids2) = (bc.clone(), rids.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (bc, rids) = (bc2.clone(), rids2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (bc, rids) = (bc.clone(), rids.clone());
+                    async move {
+                        let q = req.uri().query().unwrap_or("").to_string();
+                        let forward = req.method() == http::Method::POST && q.contains("SID=");
+                        if forward {
+                            let rid = q.split('&').find(|p| p.starts_with("RID=")).unwrap_or("").to_string();
+                            let first = {
+                                let mut r = rids.lock().expect("lock");
+                                r.push(rid);
+                                r.len() == 1
+                            };
+                            if first {
+                                return Err("drop this connection");
+                            }
+                        }
+                        Ok(bc.handle(req).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let client = connect(&format!("http://{addr}/channel"), bc_only());
+    until_open(&client).await;
+    for i in 0..5 {
+        drop(client.send(&i));
+    }
+    assert_eq!(messages(&client, 5).await, (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+    let rids = rids.lock().expect("lock").clone();
+    assert!(rids.len() >= 2, "{rids:?}");
+    assert_eq!(rids[0], rids[1], "the retry reuses the failed request's RID");
+}
