@@ -406,28 +406,35 @@ async fn browserchannel_client_retries_a_failed_forward_post_under_the_same_rid(
     let (bc2, rids2) = (bc.clone(), rids.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let (bc, rids) = (bc2.clone(), rids2.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (bc, rids) = (bc.clone(), rids.clone());
-                    async move {
-                        let q = req.uri().query().unwrap_or("").to_string();
-                        let forward = req.method() == http::Method::POST && q.contains("SID=");
-                        if forward {
-                            let rid = q.split('&').find(|p| p.starts_with("RID=")).unwrap_or("").to_string();
-                            let first = {
-                                let mut r = rids.lock().expect("lock");
-                                r.push(rid);
-                                r.len() == 1
-                            };
-                            if first {
-                                return Err("drop this connection");
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (bc, rids) = (bc.clone(), rids.clone());
+                        async move {
+                            let q = req.uri().query().unwrap_or("").to_string();
+                            let forward = req.method() == http::Method::POST && q.contains("SID=");
+                            if forward {
+                                let rid = q
+                                    .split('&')
+                                    .find(|p| p.starts_with("RID="))
+                                    .unwrap_or("")
+                                    .to_string();
+                                let first = {
+                                    let mut r = rids.lock().expect("lock");
+                                    r.push(rid);
+                                    r.len() == 1
+                                };
+                                if first {
+                                    return Err("drop this connection");
+                                }
                             }
+                            Ok(bc.handle(req).await)
                         }
-                        Ok(bc.handle(req).await)
-                    }
-                });
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;
@@ -439,8 +446,14 @@ async fn browserchannel_client_retries_a_failed_forward_post_under_the_same_rid(
     for i in 0..5 {
         drop(client.send(&i));
     }
-    assert_eq!(messages(&client, 5).await, (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+    assert_eq!(
+        messages(&client, 5).await,
+        (0..5).map(|i| json!(i)).collect::<Vec<_>>()
+    );
     let rids = rids.lock().expect("lock").clone();
     assert!(rids.len() >= 2, "{rids:?}");
-    assert_eq!(rids[0], rids[1], "the retry reuses the failed request's RID");
+    assert_eq!(
+        rids[0], rids[1],
+        "the retry reuses the failed request's RID"
+    );
 }
