@@ -29,8 +29,12 @@
 //! `AID`, `terminate` on close, `OSID`/`OAID` on reconnect); `WebSocket` uses the server's
 //! session mode (resumes a dropped connection without loss); `Auto` tries WebSocket first and
 //! falls back to BrowserChannel.
+//!
+//! [`host::serve`] turns the client into an HTTP server behind a browserver proxy: any
+//! `tower::Service` (an axum `Router`, say) answers the requests for `<id>.<domain>`.
 
 mod bc;
+pub mod host;
 mod ws;
 
 use std::future::Future;

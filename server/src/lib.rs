@@ -1,76 +1,321 @@
 //! # browserver-server
 //!
-//! The library behind the `browserver` binary: it wires the transports together on one
-//! listener. Today it runs the BrowserChannel echo server ([`echo`]); the proxy (host-pattern
-//! routing to connected clients, WebSocket, the demo page) is issue 6.
+//! The library behind the `browserver` binary: BrowserChannel, WebSocket and the proxy's
+//! HTTP ingress on one listener.
+//!
+//! - [`run`] with [`Mode::Proxy`]: every connected client becomes `<id>.<domain>`; HTTP
+//!   requests to that host are answered by the client.
+//! - [`run`] with [`Mode::Echo`]: every channel message goes back to its sender.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use browserver_transport_bc::{BrowserChannel, Options, Received, serve};
+use browserver_transport_bc::{BrowserChannel, Received};
+use browserver_transport_http::{Channel, HostPattern, Proxy, ProxyOptions, RemoteAddr, Wire};
+use browserver_transport_ws::{Message, Mode as WsMode, WsEndpoint};
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-/// Options of the echo server.
-#[derive(Clone, Debug)]
-pub struct EchoConfig {
-    /// BrowserChannel base path.
-    pub channel_base: String,
-    /// Keep-alive interval on idle back channels.
-    pub keepalive_interval: Duration,
-    /// How long a session may have no back channel.
-    pub session_timeout: Duration,
+/// What the server does with its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The browser-as-server proxy.
+    Proxy,
+    /// A plain channel echo server.
+    Echo,
 }
 
-impl Default for EchoConfig {
+/// Server configuration; `Config::default()` is what `browserver` runs with no arguments.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Host pattern with one `*` (default `*.localhost`).
+    pub host_pattern: String,
+    /// BrowserChannel base path (default `/channel`).
+    pub channel_base: String,
+    /// WebSocket path (default `/ws`).
+    pub ws_path: String,
+    /// Keep-alive interval on idle channels (default 20 s).
+    pub keepalive_interval: Duration,
+    /// How long a session may be without a connection (default 30 s).
+    pub session_timeout: Duration,
+    /// How long a proxied request waits for the client's answer (default 30 s).
+    pub request_timeout: Duration,
+    /// Answer the status endpoint to any address, not only loopback (default false).
+    pub public_status: bool,
+}
+
+impl Default for Config {
     fn default() -> Self {
-        let o = Options::default();
-        EchoConfig {
-            channel_base: o.base,
-            keepalive_interval: o.keep_alive_interval,
-            session_timeout: o.session_timeout_interval,
+        Config {
+            host_pattern: "*.localhost".into(),
+            channel_base: "/channel".into(),
+            ws_path: "/ws".into(),
+            keepalive_interval: Duration::from_secs(20),
+            session_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            public_status: false,
         }
     }
 }
 
-/// Runs a BrowserChannel echo server on `listener` until `shutdown` resolves; then every
-/// session is closed. Each message is sent back to its sender, in order.
-pub async fn echo(
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The host pattern is invalid.
+    #[error(transparent)]
+    Pattern(#[from] browserver_transport_http::PatternError),
+}
+
+/// A BrowserChannel session as a proxy channel: every message travels as a JSON string.
+struct BcChannel(browserver_transport_bc::Session);
+
+impl Channel for BcChannel {
+    fn send(&self, message: String) -> bool {
+        drop(self.0.send(&message));
+        self.0.close_reason().is_none()
+    }
+}
+
+/// A WebSocket session as a proxy channel: one text frame per message.
+struct WsChannel(browserver_transport_ws::Session);
+
+impl Channel for WsChannel {
+    fn send(&self, message: String) -> bool {
+        drop(self.0.send_text(message));
+        self.0.close_reason().is_none()
+    }
+}
+
+/// The text of a client's message: a JSON string is unwrapped (the Rust client and
+/// bcsocket.js send strings as JSON).
+fn message_text(text: &str) -> String {
+    if text.starts_with('"')
+        && let Ok(Value::String(s)) = serde_json::from_str::<Value>(text)
+    {
+        return s;
+    }
+    text.to_string()
+}
+
+fn hello(id: &str, hostname: &str) -> String {
+    json!({"brow": 2, "hello": {"id": id, "hostname": hostname}}).to_string()
+}
+
+fn received_text(m: &Received) -> Option<String> {
+    match &m.value {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+        None => None,
+    }
+}
+
+type Body = Either<browserver_transport_bc::ResponseBody, Full<Bytes>>;
+
+fn page(status: u16, content_type: &'static str, body: String) -> http::Response<Body> {
+    let mut r = http::Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+const INDEX: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>browserver</title></head><body><h1>browserver</h1><p>BrowserChannel at <code>/channel</code> (client script <a href=\"/channel/bcsocket.js\">/channel/bcsocket.js</a>), WebSocket at <code>/ws</code>, connected clients at <a href=\"/_browserver/clients\">/_browserver/clients</a>.</p></body></html>";
+
+/// Runs the server on `listener` until `shutdown` resolves; then every session is closed.
+pub async fn run(
     listener: tokio::net::TcpListener,
-    config: EchoConfig,
+    config: Config,
+    mode: Mode,
     shutdown: impl std::future::Future<Output = ()>,
-) {
-    let options = Options {
-        base: config.channel_base,
+) -> Result<(), StartError> {
+    let pattern = HostPattern::parse(&config.host_pattern)?;
+    let proxy_options = ProxyOptions {
+        request_timeout: config.request_timeout,
+        ..ProxyOptions::default()
+    };
+    // One channel message carries one HTTP message: a body of up to the proxy's limit, in
+    // base64 (4/3), plus its head.
+    let message_limit = proxy_options.max_body_bytes / 3 * 4 + (1 << 20);
+    let proxy = Proxy::new(pattern, proxy_options);
+    let (bc, mut bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
+        base: config.channel_base.clone(),
         keep_alive_interval: config.keepalive_interval,
         session_timeout_interval: config.session_timeout,
-        ..Options::default()
-    };
-    let (bc, mut sessions) = BrowserChannel::new(options);
-    let server = tokio::spawn(serve(listener, bc.clone()));
-    let accept = async {
-        while let Some(session) = sessions.accept().await {
-            tracing::info!(session = %session.id(), address = ?session.address(), "connected");
+        max_body_bytes: message_limit,
+        max_buffered_bytes: 4 * message_limit,
+        ..Default::default()
+    });
+    let (ws, mut ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
+        keep_alive_interval: config.keepalive_interval,
+        session_timeout: config.session_timeout,
+        max_frame_size: message_limit,
+        max_message_size: message_limit,
+        max_buffered_bytes: 4 * message_limit,
+        ..Default::default()
+    });
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        while let Some(session) = bc_sessions.accept().await {
+            let proxy = p.clone();
             tokio::spawn(async move {
-                while let Some(message) = session.recv().await {
-                    drop(session.send(&echo_value(message)));
+                let id = session.id().to_string();
+                tracing::info!(client = %id, transport = "browserchannel", address = ?session.address(), "connected");
+                let wire = if session.query_param("brow") == Some("2") {
+                    Wire::Json
+                } else {
+                    Wire::Text
+                };
+                if mode == Mode::Proxy {
+                    let hostname = proxy.connect(
+                        &id,
+                        Arc::new(BcChannel(session.clone())),
+                        wire,
+                        "browserchannel",
+                    );
+                    if wire == Wire::Json {
+                        drop(session.send(&hello(&id, &hostname)));
+                    }
+                }
+                while let Some(m) = session.recv().await {
+                    match mode {
+                        Mode::Echo => drop(session.send(&m.value)),
+                        Mode::Proxy => {
+                            if let Some(text) = received_text(&m) {
+                                proxy.from_client(&id, text.as_bytes());
+                            }
+                        }
+                    }
                 }
                 let reason = session.closed().await;
-                tracing::info!(session = %session.id(), %reason, "disconnected");
+                proxy.disconnect(&id, &reason);
+                tracing::info!(client = %id, %reason, "disconnected");
+            });
+        }
+    });
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        while let Some(session) = ws_sessions.accept().await {
+            let proxy = p.clone();
+            tokio::spawn(async move {
+                let id = session.id().to_string();
+                tracing::info!(client = %id, transport = "websocket", address = ?session.address(), "connected");
+                let wire = if session.mode() == WsMode::Session {
+                    Wire::Json
+                } else {
+                    Wire::Text
+                };
+                if mode == Mode::Proxy {
+                    let hostname =
+                        proxy.connect(&id, Arc::new(WsChannel(session.clone())), wire, "websocket");
+                    if wire == Wire::Json {
+                        drop(session.send_text(hello(&id, &hostname)));
+                    }
+                }
+                while let Some(m) = session.recv().await {
+                    match mode {
+                        Mode::Echo => drop(session.send(m)),
+                        Mode::Proxy => match &m {
+                            Message::Text(t) => proxy.from_client(&id, message_text(t).as_bytes()),
+                            Message::Binary(b) => proxy.from_client(&id, b),
+                        },
+                    }
+                }
+                let reason = session.closed().await;
+                proxy.disconnect(&id, &reason);
+                tracing::info!(client = %id, %reason, "disconnected");
+            });
+        }
+    });
+    let serve = async {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (bc, ws, proxy, config) = (bc.clone(), ws.clone(), proxy.clone(), config.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (bc, ws, proxy, config) =
+                        (bc.clone(), ws.clone(), proxy.clone(), config.clone());
+                    async move {
+                        Ok::<_, Infallible>(route(req, peer, &bc, &ws, &proxy, &config, mode).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
             });
         }
     };
     tokio::select! {
-        _ = accept => {}
+        _ = serve => {}
         _ = shutdown => {}
     }
-    tracing::info!(sessions = bc.session_count(), "shutting down");
+    tracing::info!("shutting down: stopping every session");
     bc.close_all();
-    server.abort();
+    ws.close_all();
+    Ok(())
 }
 
-fn echo_value(message: Received) -> Value {
-    match (message.value, message.map) {
-        (Some(v), _) => v,
-        (None, Some(map)) => json!(map),
-        (None, None) => Value::Null,
+async fn route(
+    mut req: http::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    bc: &BrowserChannel,
+    ws: &WsEndpoint,
+    proxy: &Proxy,
+    config: &Config,
+    mode: Mode,
+) -> http::Response<Body> {
+    req.extensions_mut()
+        .insert(browserver_transport_bc::ClientAddr(peer));
+    req.extensions_mut()
+        .insert(browserver_transport_ws::ClientAddr(peer));
+    req.extensions_mut().insert(RemoteAddr(peer));
+    let started = std::time::Instant::now();
+    let req = if mode == Mode::Proxy {
+        let line = format!("{} {}", req.method(), req.uri());
+        match proxy.handle(req).await {
+            Ok(response) => {
+                tracing::info!(request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
+                return response.map(Either::Right);
+            }
+            Err(req) => req,
+        }
+    } else {
+        req
+    };
+    let path = req.uri().path().to_string();
+    if path == config.ws_path {
+        return ws.handle(req).map(Either::Right);
+    }
+    if bc.owns(&path) {
+        return bc.handle(req).await.map(Either::Left);
+    }
+    match path.as_str() {
+        "/_browserver/clients" => {
+            if !config.public_status && !peer.ip().is_loopback() {
+                return page(
+                    403,
+                    "text/plain",
+                    "Forbidden: the status endpoint answers loopback only".into(),
+                );
+            }
+            let body = serde_json::to_string_pretty(&proxy.list()).unwrap_or_default();
+            page(200, "application/json", body)
+        }
+        "/" => page(200, "text/html; charset=utf-8", INDEX.into()),
+        _ => page(404, "text/plain", "Not found".into()),
     }
 }

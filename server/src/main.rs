@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use browserver_server::{EchoConfig, echo};
+use browserver_server::{Config, Mode, run};
 use clap::{Parser, Subcommand};
 
-/// browserver: BrowserChannel and browser-as-server proxy.
-///
-/// Today both `browserver` and `browserver echo` run the BrowserChannel echo server (every
-/// message is sent back to its sender); the proxy arrives with issue 6.
+/// browserver: every connected client (a browser tab, or any program) becomes an HTTP server
+/// at `<client-id>.<domain>`. Clients connect over WebSocket or BrowserChannel.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
@@ -21,6 +19,14 @@ struct Cli {
         global = true
     )]
     listen: SocketAddr,
+    /// Host pattern with exactly one `*`, replaced by each client's id.
+    #[arg(
+        long,
+        env = "BROWSERVER_HOST_PATTERN",
+        default_value = "*.localhost",
+        global = true
+    )]
+    host_pattern: String,
     /// BrowserChannel base path.
     #[arg(
         long,
@@ -29,19 +35,29 @@ struct Cli {
         global = true
     )]
     channel_base: String,
-    /// Keep-alive interval on idle back channels (e.g. `20s`).
+    /// WebSocket path.
+    #[arg(long, env = "BROWSERVER_WS_PATH", default_value = "/ws", global = true)]
+    ws_path: String,
+    /// Keep-alive interval on idle channels (e.g. `20s`).
     #[arg(long, env = "BROWSERVER_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     keepalive_interval: Duration,
-    /// How long a session may be without a back channel (e.g. `30s`).
+    /// How long a session may be without a connection (e.g. `30s`).
     #[arg(long, env = "BROWSERVER_SESSION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     session_timeout: Duration,
+    /// How long a proxied request waits for the client's answer (e.g. `30s`); then 504.
+    #[arg(long, env = "BROWSERVER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    request_timeout: Duration,
+    /// Answer /_browserver/clients to any address, not only loopback.
+    #[arg(long, env = "BROWSERVER_PUBLIC_STATUS", global = true)]
+    public_status: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// A plain channel echo server: every message goes back to its sender.
+    /// A plain channel echo server: every message goes back to its sender (WebSocket and
+    /// BrowserChannel on the same paths).
     Echo,
 }
 
@@ -60,20 +76,29 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let config = EchoConfig {
+    let config = Config {
+        host_pattern: cli.host_pattern,
         channel_base: cli.channel_base,
+        ws_path: cli.ws_path,
         keepalive_interval: cli.keepalive_interval,
         session_timeout: cli.session_timeout,
+        request_timeout: cli.request_timeout,
+        public_status: cli.public_status,
     };
-    match cli.command {
-        None | Some(Command::Echo) => {
-            tracing::info!(
-                "BrowserChannel echo on http://{}{}",
-                cli.listen,
-                config.channel_base
-            );
-            echo(listener, config, shutdown_signal()).await;
-        }
+    let mode = match cli.command {
+        None => Mode::Proxy,
+        Some(Command::Echo) => Mode::Echo,
+    };
+    tracing::info!(
+        "browserver ({mode:?}) on http://{}: BrowserChannel {}, WebSocket {}, clients at {}",
+        cli.listen,
+        config.channel_base,
+        config.ws_path,
+        config.host_pattern
+    );
+    if let Err(e) = run(listener, config, mode, shutdown_signal()).await {
+        eprintln!("browserver: {e}");
+        return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
 }

@@ -1,7 +1,12 @@
 //! # browserver-transport-http
 //!
-//! HTTP ingress and egress for the browserver proxy (in progress), and [`message`]: the one
-//! codec for browserver's wire format, used by the proxy and by clients.
+//! The browserver proxy's HTTP side, transport-agnostic: [`Proxy`] routes an HTTP request for
+//! `<client-id>.<domain>` ([`HostPattern`]) to that client over its [`Channel`], correlated by
+//! `browserver-core`'s request table, and turns the answer into the HTTP response (504 when
+//! there is no such client, it disconnects or does not answer in time; 413 for a body too
+//! large; 503 with `Retry-After` when too many requests wait on one client). A client's own
+//! request for another client's hostname is routed inside the proxy; other egress is refused
+//! (403) in this version. [`message`] is the one codec for the wire format.
 //!
 //! ```
 //! use browserver_transport_http::message::{Message, Head, decode, encode_text};
@@ -13,4 +18,9 @@
 //! assert_eq!(encode_text(&m).unwrap(), wire);
 //! ```
 
+pub mod host;
 pub mod message;
+mod proxy;
+
+pub use host::{HostPattern, PatternError};
+pub use proxy::{Channel, ClientInfo, Proxy, ProxyOptions, RemoteAddr, Wire};

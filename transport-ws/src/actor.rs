@@ -246,16 +246,11 @@ impl Actor {
         let current = self.core.has_path();
         match (self.mode, message) {
             (_, WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
-            (_, WsMessage::Close(frame)) => {
-                let normal = frame.as_ref().is_some_and(|f| f.code == CloseCode::Normal)
-                    || self.mode == Mode::Plain;
-                let path = c.path;
+            // A close frame is the client's decision (a browser tab going away included); only
+            // a connection lost without one can be resumed.
+            (_, WsMessage::Close(_)) => {
                 self.conns.remove(&conn);
-                if normal {
-                    let _ = self.core.handle_peer_close(now);
-                } else {
-                    self.core.detach(now, path);
-                }
+                let _ = self.core.handle_peer_close(now);
             }
             (Mode::Plain, WsMessage::Text(text)) => {
                 self.incoming(now, Message::Text(text.as_str().to_string()).tagged());

@@ -1,0 +1,218 @@
+//! The proxy end to end over loopback: HTTP requests to `<id>.localhost:PORT` answered by a
+//! Rust client host, over WebSocket and over BrowserChannel.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use browserver_client::{Options, Transport, host};
+use browserver_server::{Config, Mode, run};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn server(config: Config) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(run(listener, config, Mode::Proxy, std::future::pending()));
+    addr
+}
+
+/// Answers with what it received: method, target, headers as `x-seen-*`, the body unchanged,
+/// and two `set-cookie` headers.
+async fn mirror(
+    req: http::Request<Full<Bytes>>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if parts.uri.path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let mut r = http::Response::builder()
+        .status(201)
+        .header("x-seen-method", parts.method.as_str())
+        .header("x-seen-target", parts.uri.to_string())
+        .header("set-cookie", "a=1")
+        .header("set-cookie", "b=2")
+        .header("x-empty", "");
+    for (k, v) in &parts.headers {
+        if k.as_str().starts_with("x-") {
+            r = r.header(format!("x-seen-{k}"), v);
+        }
+    }
+    Ok(r.body(Full::new(body)).expect("response"))
+}
+
+async fn hosted(addr: SocketAddr, transport: Transport) -> (browserver_client::host::Host, String) {
+    let url = match transport {
+        Transport::WebSocket => format!("ws://{addr}/ws"),
+        _ => format!("http://{addr}/channel"),
+    };
+    let options = Options {
+        transport,
+        ..Options::default()
+    };
+    let h = host::serve(&url, options, tower::service_fn(mirror));
+    let hostname = tokio::time::timeout(WAIT, h.hostname())
+        .await
+        .expect("hostname in time")
+        .expect("hostname");
+    (h, hostname)
+}
+
+async fn request(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> http::Response<Bytes> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = tokio::time::timeout(
+        WAIT * 2,
+        sender.send_request(req.body(Full::new(body)).expect("req")),
+    )
+    .await
+    .expect("answer in time")
+    .expect("response");
+    let (parts, body) = r.into_parts();
+    http::Response::from_parts(parts, body.collect().await.expect("body").to_bytes())
+}
+
+async fn round_trips_over(transport: Transport) {
+    let addr = server(Config::default()).await;
+    let (_host, hostname) = hosted(addr, transport).await;
+    assert!(hostname.ends_with(".localhost"), "{hostname}");
+    let host = format!("{hostname}:{}", addr.port());
+
+    let r = request(
+        addr,
+        &host,
+        "GET",
+        "/hello?x=1",
+        &[("x-custom", "yes")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-seen-method"], "GET");
+    assert_eq!(r.headers()["x-seen-target"], "/hello?x=1");
+    assert_eq!(r.headers()["x-seen-x-custom"], "yes");
+    assert_eq!(r.headers()["x-seen-x-forwarded-for"], "127.0.0.1");
+    assert_eq!(r.headers()["x-seen-x-forwarded-host"], host.as_str());
+    assert_eq!(r.headers()["x-seen-x-forwarded-proto"], "http");
+    let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "repeated headers survive");
+    assert_eq!(r.headers()["x-empty"], "", "empty values survive");
+
+    let binary = Bytes::from((0..=255u8).cycle().take(70_000).collect::<Vec<_>>());
+    let r = request(addr, &host, "POST", "/upload", &[], binary.clone()).await;
+    assert_eq!(r.body(), &binary, "a binary body round-trips exactly");
+
+    let big = Bytes::from(vec![b'z'; 1 << 20]);
+    let r = request(addr, &host, "PUT", "/big", &[], big.clone()).await;
+    assert_eq!(r.body().len(), 1 << 20);
+    assert_eq!(r.body(), &big, "a 1 MiB body round-trips exactly");
+}
+
+#[tokio::test]
+async fn http_requests_are_answered_by_a_rust_host_over_websocket() {
+    round_trips_over(Transport::WebSocket).await;
+}
+
+#[tokio::test]
+async fn http_requests_are_answered_by_a_rust_host_over_browserchannel() {
+    round_trips_over(Transport::BrowserChannel).await;
+}
+
+#[tokio::test]
+async fn an_unknown_client_id_is_504() {
+    let addr = server(Config::default()).await;
+    let r = request(
+        addr,
+        "nosuchclient.localhost",
+        "GET",
+        "/",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 504);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_request_gets_504() {
+    let addr = server(Config::default()).await;
+    let (host, hostname) = hosted(addr, Transport::WebSocket).await;
+    let pending =
+        tokio::spawn(
+            async move { request(addr, &hostname, "GET", "/slow", &[], Bytes::new()).await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(host);
+    let r = tokio::time::timeout(WAIT, pending)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(r.status(), 504);
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_answer_in_time_gets_504() {
+    let addr = server(Config {
+        request_timeout: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    let (_host, hostname) = hosted(addr, Transport::BrowserChannel).await;
+    let r = request(addr, &hostname, "GET", "/slow", &[], Bytes::new()).await;
+    assert_eq!(r.status(), 504);
+}
+
+#[tokio::test]
+async fn other_hosts_fall_through_to_the_server_and_the_status_endpoint_lists_clients() {
+    let addr = server(Config::default()).await;
+    let (_host, hostname) = hosted(addr, Transport::WebSocket).await;
+    let r = request(
+        addr,
+        "127.0.0.1",
+        "GET",
+        "/_browserver/clients",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let list: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
+    assert_eq!(list[0]["hostname"], hostname.as_str());
+    assert_eq!(list[0]["transport"], "websocket");
+    let r = request(
+        addr,
+        "127.0.0.1",
+        "GET",
+        "/channel/test?VER=8&MODE=init",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.body(), "[null,null]");
+}
