@@ -263,7 +263,26 @@ pub async fn run(
         _ = serve => {}
         _ = shutdown => {}
     }
+    // Stop accepting (the accept loop is gone), tell every client not to reconnect here, and
+    // give the stops up to a second to be written; pending proxied requests end with 504 as
+    // their clients' sessions close.
     tracing::info!("shutting down: stopping every session");
+    let stops: Vec<_> = bc
+        .sessions()
+        .iter()
+        .map(|s| tokio::spawn(s.stop()))
+        .collect();
+    let ws_stops: Vec<_> = ws
+        .sessions()
+        .iter()
+        .map(|s| tokio::spawn(s.stop()))
+        .collect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        for s in stops.into_iter().chain(ws_stops) {
+            let _ = s.await;
+        }
+    })
+    .await;
     bc.close_all();
     ws.close_all();
     Ok(())

@@ -216,3 +216,61 @@ async fn other_hosts_fall_through_to_the_server_and_the_status_endpoint_lists_cl
     .await;
     assert_eq!(r.body(), "[null,null]");
 }
+
+#[tokio::test]
+async fn shutdown_tells_connected_clients_to_stop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stop_rx.await;
+    };
+    let server = tokio::spawn(run(listener, Config::default(), Mode::Proxy, shutdown));
+    let mut clients = Vec::new();
+    for (transport, url) in [
+        (Transport::BrowserChannel, format!("http://{addr}/channel")),
+        (Transport::WebSocket, format!("ws://{addr}/ws")),
+    ] {
+        let client = browserver_client::connect(
+            &url,
+            Options {
+                transport,
+                ..Options::default()
+            },
+        );
+        loop {
+            let event = tokio::time::timeout(WAIT, client.next_event())
+                .await
+                .expect("in time");
+            if let Some(browserver_client::Event::Open { .. }) = event {
+                break;
+            }
+        }
+        clients.push(client);
+    }
+    let _ = stop_tx.send(());
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("exits in time")
+        .expect("task")
+        .expect("ran");
+    for client in clients {
+        loop {
+            match tokio::time::timeout(WAIT, client.next_event())
+                .await
+                .expect("event in time")
+            {
+                Some(browserver_client::Event::Close {
+                    reason,
+                    reconnecting,
+                }) => {
+                    assert_eq!(reason, browserver_client::CloseReason::Stopped);
+                    assert!(!reconnecting);
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("ended without a close"),
+            }
+        }
+    }
+}

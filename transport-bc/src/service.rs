@@ -199,6 +199,15 @@ impl BrowserChannel {
         self.inner.registry().get(id).cloned()
     }
 
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.inner
+            .registry()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
     /// How many sessions are live.
     pub fn session_count(&self) -> usize {
         self.inner.registry().len()
@@ -206,13 +215,7 @@ impl BrowserChannel {
 
     /// Closes every session (reason `closed`), as node-browserchannel's `close()` does.
     pub fn close_all(&self) {
-        let sessions: Vec<Session> = self
-            .inner
-            .registry()
-            .iter()
-            .map(|(_, s)| s.clone())
-            .collect();
-        for s in sessions {
+        for s in self.sessions() {
             s.close();
         }
     }

@@ -211,6 +211,15 @@ impl WsEndpoint {
         self.inner.registry().get(id).cloned()
     }
 
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.inner
+            .registry()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
     /// How many sessions are live.
     pub fn session_count(&self) -> usize {
         self.inner.registry().len()
@@ -218,13 +227,7 @@ impl WsEndpoint {
 
     /// Closes every session.
     pub fn close_all(&self) {
-        let all: Vec<Session> = self
-            .inner
-            .registry()
-            .iter()
-            .map(|(_, s)| s.clone())
-            .collect();
-        for s in all {
+        for s in self.sessions() {
             s.close();
         }
     }
