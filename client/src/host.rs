@@ -1,6 +1,11 @@
 //! Host mode: serve a `tower::Service` at `<id>.<domain>` through a browserver proxy.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use browserver_core::{RequestId, Requests, Resolved};
+use tokio::sync::oneshot;
 
 use browserver_transport_http::message::{self, Head, Message};
 use bytes::Bytes;
@@ -16,10 +21,90 @@ use crate::{Client, Event, Options, connect};
 pub struct Host {
     client: std::sync::Arc<Client>,
     hostname: watch::Receiver<Option<String>>,
+    pending: Arc<Mutex<Requests<oneshot::Sender<Message>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Why [`Host::fetch`] got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The connection to the proxy ended first.
+    #[error("the connection to the proxy closed")]
+    Closed,
+    /// No answer within the timeout.
+    #[error("no answer in time")]
+    TimedOut,
+    /// Too many requests in flight.
+    #[error("too many requests in flight")]
+    TooMany,
+    /// The proxy's answer is not a valid HTTP response.
+    #[error("invalid response from the proxy")]
+    Invalid,
+}
+
+/// How long [`Host::fetch`] waits.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Host {
+    /// Sends an HTTP request out through the proxy: to another client when its `Host` is that
+    /// client's hostname, else to the server it names, as the proxy's egress policy allows
+    /// (403 when refused, 502/504 when the target fails).
+    pub async fn fetch(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, FetchError> {
+        let (parts, body) = request.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string());
+        let mut headers: Vec<(String, Vec<u8>)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        if !headers.iter().any(|(k, _)| k == "host")
+            && let Some(authority) = parts.uri.authority()
+        {
+            headers.push(("host".into(), authority.as_str().as_bytes().to_vec()));
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .insert(Instant::now(), FETCH_TIMEOUT, tx)
+                .map_err(|_| FetchError::TooMany)?
+        };
+        let message = Message {
+            id: Some(id.to_string()),
+            head: Head::Request {
+                method: parts.method.to_string(),
+                target,
+            },
+            headers,
+            body,
+        };
+        drop(self.client.send(&message::encode_json(&message)));
+        let answer = match tokio::time::timeout(FETCH_TIMEOUT, rx).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => return Err(FetchError::Closed),
+            Err(_) => {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                pending.handle_timeout(Instant::now());
+                while pending.poll_event().is_some() {}
+                return Err(FetchError::TimedOut);
+            }
+        };
+        let Head::Response { status, .. } = answer.head else {
+            return Err(FetchError::Invalid);
+        };
+        let mut response = http::Response::builder().status(status);
+        for (k, v) in &answer.headers {
+            response = response.header(k.as_str(), v.as_slice());
+        }
+        response.body(answer.body).map_err(|_| FetchError::Invalid)
+    }
+
     /// Waits until the proxy has told this client its hostname (`<id>.<domain>`); `None` if
     /// the connection ended first.
     pub async fn hostname(&self) -> Option<String> {
@@ -58,6 +143,8 @@ where
     let client = std::sync::Arc::new(connect(url, options));
     let (hostname_tx, hostname) = watch::channel(None);
     let host_client = client.clone();
+    let pending = Arc::new(Mutex::new(Requests::new(1024)));
+    let answers = pending.clone();
     let task = tokio::spawn(async move {
         while let Some(event) = client.next_event().await {
             let Event::Message(value) = event else {
@@ -78,7 +165,10 @@ where
                         ..
                     },
                 ) => m,
-                Ok(_) => continue,
+                Ok(response) => {
+                    resolve(&answers, response);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "dropped a malformed message from the proxy");
                     continue;
@@ -91,7 +181,22 @@ where
     Host {
         client: host_client,
         hostname,
+        pending,
         task,
+    }
+}
+
+fn resolve(pending: &Mutex<Requests<oneshot::Sender<Message>>>, response: Message) {
+    let Some(id) = response
+        .id
+        .as_deref()
+        .and_then(|i| i.parse::<RequestId>().ok())
+    else {
+        return;
+    };
+    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+    if let Resolved::Matched(tx) = pending.resolve(id) {
+        let _ = tx.send(response);
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Answer the status endpoint to any address, not only loopback (default false).
     pub public_status: bool,
+    /// Egress destinations allowed although their addresses are refused by default
+    /// (`host` or `host:port`).
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             session_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
             public_status: false,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -137,6 +141,10 @@ pub async fn run(
     let pattern = HostPattern::parse(&config.host_pattern)?;
     let proxy_options = ProxyOptions {
         request_timeout: config.request_timeout,
+        egress: browserver_transport_http::EgressPolicy {
+            allow: config.egress_allow.clone(),
+            ..Default::default()
+        },
         ..ProxyOptions::default()
     };
     // One channel message carries one HTTP message: a body of up to the proxy's limit, in

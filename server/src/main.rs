@@ -50,6 +50,15 @@ struct Cli {
     /// Answer /_browserver/clients to any address, not only loopback.
     #[arg(long, env = "BROWSERVER_PUBLIC_STATUS", global = true)]
     public_status: bool,
+    /// Allow clients' requests to this destination (`host` or `host:port`) although its
+    /// address is loopback, private, link-local or metadata; repeatable.
+    #[arg(
+        long,
+        env = "BROWSERVER_EGRESS_ALLOW",
+        value_delimiter = ',',
+        global = true
+    )]
+    egress_allow: Vec<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -84,6 +93,7 @@ async fn main() -> std::process::ExitCode {
         session_timeout: cli.session_timeout,
         request_timeout: cli.request_timeout,
         public_status: cli.public_status,
+        egress_allow: cli.egress_allow,
     };
     let mode = match cli.command {
         None => Mode::Proxy,

@@ -274,3 +274,102 @@ async fn shutdown_tells_connected_clients_to_stop() {
         }
     }
 }
+
+async fn fetch(
+    host: &browserver_client::host::Host,
+    authority: &str,
+    path: &str,
+) -> http::Response<Bytes> {
+    let req = http::Request::get(path)
+        .header("host", authority)
+        .body(Bytes::new())
+        .expect("req");
+    tokio::time::timeout(WAIT, host.fetch(req))
+        .await
+        .expect("in time")
+        .expect("answer")
+}
+
+#[tokio::test]
+async fn a_client_calls_another_client_by_hostname_inside_the_proxy() {
+    let addr = server(Config::default()).await;
+    let (a, _) = hosted(addr, Transport::WebSocket).await;
+    let (_b, b_name) = hosted(addr, Transport::BrowserChannel).await;
+    let r = fetch(&a, &b_name, "/from-a?x=1").await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-seen-target"], "/from-a?x=1");
+}
+
+/// A loopback HTTP server the tests may reach through the proxy's egress.
+async fn upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let text = format!("upstream saw {}", req.uri());
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(text))))
+                    },
+                ),
+            ));
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn egress_to_a_loopback_server_works_only_when_allowed() {
+    let up = upstream().await;
+    let addr = server(Config::default()).await;
+    let (host, _) = hosted(addr, Transport::WebSocket).await;
+    let r = fetch(&host, &up.to_string(), "/data").await;
+    assert_eq!(r.status(), 403, "loopback is refused by default");
+    assert!(String::from_utf8_lossy(r.body()).contains("refused"));
+
+    let addr = server(Config {
+        egress_allow: vec![up.to_string()],
+        ..Config::default()
+    })
+    .await;
+    let (host, _) = hosted(addr, Transport::BrowserChannel).await;
+    let r = fetch(&host, &up.to_string(), "/data?y=2").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), "upstream saw /data?y=2");
+}
+
+#[tokio::test]
+async fn egress_to_private_and_metadata_addresses_is_refused_without_connecting() {
+    let addr = server(Config::default()).await;
+    let (host, _) = hosted(addr, Transport::WebSocket).await;
+    // Refused on the address alone: no packet leaves the machine.
+    for target in [
+        "10.255.255.1",
+        "169.254.169.254",
+        "192.168.0.1:8080",
+        "[::1]:80",
+    ] {
+        let r = fetch(&host, target, "/").await;
+        assert_eq!(r.status(), 403, "{target}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_channel_messages_are_dropped_and_do_not_affect_other_clients() {
+    let addr = server(Config::default()).await;
+    let (_good, good_name) = hosted(addr, Transport::WebSocket).await;
+    let bad = browserver_client::connect(&format!("ws://{addr}/ws"), Options::default());
+    for garbage in [
+        serde_json::json!("garbage"),
+        serde_json::json!({"brow": 2, "response": {"status": 200}, "id": "zzzz"}),
+        serde_json::json!("HTTP/1.1 200 OK\r\nx-brow-req-id: 999999\r\n\r\nunknown id"),
+        serde_json::json!("x".repeat(100_000)),
+    ] {
+        drop(bad.send(&garbage));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = request(addr, &good_name, "GET", "/still-fine", &[], Bytes::new()).await;
+    assert_eq!(r.status(), 201);
+}

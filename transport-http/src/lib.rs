@@ -5,8 +5,9 @@
 //! `browserver-core`'s request table, and turns the answer into the HTTP response (504 when
 //! there is no such client, it disconnects or does not answer in time; 413 for a body too
 //! large; 503 with `Retry-After` when too many requests wait on one client). A client's own
-//! request for another client's hostname is routed inside the proxy; other egress is refused
-//! (403) in this version. [`message`] is the one codec for the wire format.
+//! request for another client's hostname is routed inside the proxy; other requests are
+//! performed under an [`EgressPolicy`] that refuses loopback, private, link-local and metadata
+//! addresses unless allowed. [`message`] is the one codec for the wire format.
 //!
 //! ```
 //! use browserver_transport_http::message::{Message, Head, decode, encode_text};
@@ -18,9 +19,11 @@
 //! assert_eq!(encode_text(&m).unwrap(), wire);
 //! ```
 
+mod egress;
 pub mod host;
 pub mod message;
 mod proxy;
 
+pub use egress::{EgressPolicy, is_refused_address};
 pub use host::{HostPattern, PatternError};
 pub use proxy::{Channel, ClientInfo, Proxy, ProxyOptions, RemoteAddr, Wire};

@@ -63,6 +63,8 @@ pub struct ProxyOptions {
     pub max_pending_per_client: usize,
     /// The scheme the proxy is reached by, for `x-forwarded-proto`. `http`.
     pub scheme: &'static str,
+    /// What clients may reach through the proxy.
+    pub egress: crate::egress::EgressPolicy,
 }
 
 impl Default for ProxyOptions {
@@ -72,6 +74,7 @@ impl Default for ProxyOptions {
             max_body_bytes: 16 << 20,
             max_pending_per_client: 64,
             scheme: "http",
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }
@@ -271,10 +274,8 @@ impl Proxy {
                     Err(r) => response_message(r.status(), "client unavailable"),
                 }
             }
-            _ => response_message(
-                StatusCode::FORBIDDEN,
-                "egress to this host is not allowed by the proxy's policy",
-            ),
+            Some(_) => response_message(StatusCode::LOOP_DETECTED, "a client cannot call itself"),
+            None => self.inner.options.egress.perform(request).await,
         };
         let mut response = response;
         response.id = request_id;
