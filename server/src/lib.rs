@@ -30,7 +30,7 @@ pub enum Mode {
 }
 
 /// Server configuration; `Config::default()` is what `browserver` runs with no arguments.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// Host pattern with one `*` (default `*.localhost`).
     pub host_pattern: String,
@@ -49,6 +49,20 @@ pub struct Config {
     /// Egress destinations allowed although their addresses are refused by default
     /// (`host` or `host:port`).
     pub egress_allow: Vec<String>,
+    /// Per-request authorization of proxied requests, both directions (default: allow all).
+    pub authorizer: Arc<dyn browserver_transport_http::Authorizer>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("host_pattern", &self.host_pattern)
+            .field("channel_base", &self.channel_base)
+            .field("ws_path", &self.ws_path)
+            .field("request_timeout", &self.request_timeout)
+            .field("egress_allow", &self.egress_allow)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Config {
@@ -62,6 +76,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             public_status: false,
             egress_allow: Vec::new(),
+            authorizer: Arc::new(browserver_transport_http::AllowAll),
         }
     }
 }
@@ -145,6 +160,7 @@ pub async fn run(
             allow: config.egress_allow.clone(),
             ..Default::default()
         },
+        authorizer: config.authorizer.clone(),
         ..ProxyOptions::default()
     };
     // One channel message carries one HTTP message: a body of up to the proxy's limit, in

@@ -94,6 +94,7 @@ async fn main() -> std::process::ExitCode {
         request_timeout: cli.request_timeout,
         public_status: cli.public_status,
         egress_allow: cli.egress_allow,
+        ..Config::default()
     };
     let mode = match cli.command {
         None => Mode::Proxy,

@@ -373,3 +373,69 @@ async fn malformed_channel_messages_are_dropped_and_do_not_affect_other_clients(
     let r = request(addr, &good_name, "GET", "/still-fine", &[], Bytes::new()).await;
     assert_eq!(r.status(), 201);
 }
+
+/// Refuses ingress without `authorization: Bearer letmein`, and egress to `/secret`.
+struct Guard;
+
+#[async_trait::async_trait]
+impl browserver_transport_http::Authorizer for Guard {
+    async fn authorize_ingress(
+        &self,
+        _client: &str,
+        request: &browserver_transport_http::message::Message,
+    ) -> Result<(), browserver_transport_http::Refusal> {
+        let ok = request
+            .headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v == b"Bearer letmein");
+        if ok {
+            Ok(())
+        } else {
+            Err(browserver_transport_http::Refusal::unauthorized(
+                "a bearer token is required",
+            ))
+        }
+    }
+
+    async fn authorize_egress(
+        &self,
+        _client: &str,
+        request: &browserver_transport_http::message::Message,
+    ) -> Result<(), browserver_transport_http::Refusal> {
+        match &request.head {
+            browserver_transport_http::message::Head::Request { target, .. }
+                if target == "/secret" =>
+            {
+                Err(browserver_transport_http::Refusal::forbidden("no secrets"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn authorization_hooks_refuse_with_401_and_403_and_a_reason() {
+    let addr = server(Config {
+        authorizer: std::sync::Arc::new(Guard),
+        ..Config::default()
+    })
+    .await;
+    let (a, a_name) = hosted(addr, Transport::WebSocket).await;
+    let (_b, b_name) = hosted(addr, Transport::WebSocket).await;
+    let r = request(addr, &a_name, "GET", "/", &[], Bytes::new()).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.body(), "a bearer token is required");
+    let r = request(
+        addr,
+        &a_name,
+        "GET",
+        "/",
+        &[("authorization", "Bearer letmein")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let r = fetch(&a, &b_name, "/secret").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.body(), "no secrets");
+}

@@ -20,10 +20,12 @@
 //! ```
 
 mod egress;
+mod hooks;
 pub mod host;
 pub mod message;
 mod proxy;
 
 pub use egress::{EgressPolicy, is_refused_address};
+pub use hooks::{AllowAll, Authorizer, Refusal};
 pub use host::{HostPattern, PatternError};
 pub use proxy::{Channel, ClientInfo, Proxy, ProxyOptions, RemoteAddr, Wire};

@@ -53,7 +53,7 @@ pub trait Channel: Send + Sync + 'static {
 pub struct RemoteAddr(pub SocketAddr);
 
 /// Proxy options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyOptions {
     /// How long a request waits for the client's answer; then 504. 30 s.
     pub request_timeout: Duration,
@@ -65,6 +65,19 @@ pub struct ProxyOptions {
     pub scheme: &'static str,
     /// What clients may reach through the proxy.
     pub egress: crate::egress::EgressPolicy,
+    /// Per-request authorization in both directions (default: allow all).
+    pub authorizer: std::sync::Arc<dyn crate::hooks::Authorizer>,
+}
+
+impl std::fmt::Debug for ProxyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyOptions")
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_pending_per_client", &self.max_pending_per_client)
+            .field("egress", &self.egress)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ProxyOptions {
@@ -75,6 +88,7 @@ impl Default for ProxyOptions {
             max_pending_per_client: 64,
             scheme: "http",
             egress: crate::egress::EgressPolicy::default(),
+            authorizer: std::sync::Arc::new(crate::hooks::AllowAll),
         }
     }
 }
@@ -266,6 +280,21 @@ impl Proxy {
             .find(|(k, _)| k == "host")
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
+        if let Err(refusal) = self
+            .inner
+            .options
+            .authorizer
+            .authorize_egress(from, &request)
+            .await
+        {
+            let mut response = response_message(
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN),
+                &refusal.reason,
+            );
+            response.id = request_id;
+            self.send_to(from, &response);
+            return;
+        }
         let response = match self.inner.pattern.client_id(&host) {
             Some(target) if target != from => {
                 request.id = None;
@@ -416,6 +445,16 @@ impl Proxy {
             headers,
             body,
         };
+        if let Err(refusal) = self
+            .inner
+            .options
+            .authorizer
+            .authorize_ingress(id, &request)
+            .await
+        {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+            return plain(status, &refusal.reason);
+        }
         match self.forward(id, request).await {
             Ok(answer) => to_http(answer),
             Err(response) => response,
