@@ -51,6 +51,9 @@ pub struct Config {
     pub egress_allow: Vec<String>,
     /// Per-request authorization of proxied requests, both directions (default: allow all).
     pub authorizer: Arc<dyn browserver_transport_http::Authorizer>,
+    /// `Access-Control-Allow-Origin` on BrowserChannel responses, for pages served elsewhere
+    /// (default: none).
+    pub cors: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             public_status: false,
             egress_allow: Vec::new(),
             authorizer: Arc::new(browserver_transport_http::AllowAll),
+            cors: None,
         }
     }
 }
@@ -144,6 +148,11 @@ fn page(status: u16, content_type: &'static str, body: String) -> http::Response
     r
 }
 
+/// The demo page served at `/` by the proxy: the tab becomes a server.
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+/// The browser browserver client, served at `/browserver.js`.
+const BROWSERVER_JS: &str = include_str!("../web/browserver.js");
+
 const INDEX: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>browserver</title></head><body><h1>browserver</h1><p>BrowserChannel at <code>/channel</code> (client script <a href=\"/channel/bcsocket.js\">/channel/bcsocket.js</a>), WebSocket at <code>/ws</code>, connected clients at <a href=\"/_browserver/clients\">/_browserver/clients</a>.</p></body></html>";
 
 /// Runs the server on `listener` until `shutdown` resolves; then every session is closed.
@@ -173,6 +182,10 @@ pub async fn run(
         session_timeout_interval: config.session_timeout,
         max_body_bytes: message_limit,
         max_buffered_bytes: 4 * message_limit,
+        cors: config
+            .cors
+            .clone()
+            .map(browserver_transport_bc::Cors::Origin),
         ..Default::default()
     });
     let (ws, mut ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
@@ -358,7 +371,9 @@ async fn route(
             let body = serde_json::to_string_pretty(&proxy.list()).unwrap_or_default();
             page(200, "application/json", body)
         }
+        "/" if mode == Mode::Proxy => page(200, "text/html; charset=utf-8", DEMO_PAGE.into()),
         "/" => page(200, "text/html; charset=utf-8", INDEX.into()),
+        "/browserver.js" => page(200, "application/javascript", BROWSERVER_JS.into()),
         _ => page(404, "text/plain", "Not found".into()),
     }
 }

@@ -59,6 +59,10 @@ struct Cli {
         global = true
     )]
     egress_allow: Vec<String>,
+    /// `Access-Control-Allow-Origin` for BrowserChannel responses (a page served elsewhere
+    /// connecting to this server).
+    #[arg(long, env = "BROWSERVER_CORS", global = true)]
+    cors: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -85,6 +89,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Ok(addr) = listener.local_addr() {
+        println!("listening on {addr}");
+    }
     let config = Config {
         host_pattern: cli.host_pattern,
         channel_base: cli.channel_base,
@@ -94,6 +101,7 @@ async fn main() -> std::process::ExitCode {
         request_timeout: cli.request_timeout,
         public_status: cli.public_status,
         egress_allow: cli.egress_allow,
+        cors: cli.cors,
         ..Config::default()
     };
     let mode = match cli.command {

@@ -1,0 +1,167 @@
+// browserver.js: turn this page into an HTTP server behind a browserver proxy, with the
+// Node-style API of the original browserver-client:
+//
+//   import { createServer, request } from '/browserver.js';
+//   const server = createServer((req, res) => {
+//     res.writeHead(200, { 'content-type': 'text/plain' });
+//     res.end(`hello from ${server.hostname}: ${req.method} ${req.url}`);
+//   });
+//   await server.listen();                       // resolves to the hostname
+//   const r = await request({ host: 'other-id.localhost:3572', path: '/x' });  // client → client
+//
+// It speaks the proxy's extended message form over BCSocket (WebSocket session mode when the
+// server offers it, else BrowserChannel).
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function toBase64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function fromBase64(text) {
+  const s = atob(text || '');
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+function bytesOf(chunk) {
+  if (chunk === undefined || chunk === null) return new Uint8Array(0);
+  if (chunk instanceof Uint8Array) return chunk;
+  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  return encoder.encode(String(chunk));
+}
+
+let active = null; // the connection `request` uses
+
+class Connection {
+  constructor(options) {
+    this.options = { channel: '/channel', ws: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`, ...options };
+    this.pending = new Map();
+    this.nextId = 1;
+    this.handler = null;
+  }
+
+  async open() {
+    const { BCSocket } = await import(`${this.options.channel}/bcsocket.js`);
+    return new Promise((resolve, reject) => {
+      const socket = new BCSocket(this.options.channel, {
+        wsUrl: this.options.ws, extraParams: { brow: 2 }, reconnect: false,
+      });
+      this.socket = socket;
+      socket.onmessage = (e) => {
+        let m = e.data;
+        if (typeof m === 'string') {
+          try { m = JSON.parse(m); } catch { return; }
+        }
+        if (m && m.hello) {
+          this.id = m.hello.id;
+          this.hostname = m.hello.hostname;
+          resolve(this.hostname);
+        } else if (m && m.request) {
+          this.serve(m);
+        } else if (m && m.response && this.pending.has(m.id)) {
+          this.pending.get(m.id)(m);
+          this.pending.delete(m.id);
+        }
+      };
+      socket.onclose = (reason) => {
+        for (const done of this.pending.values()) done(null);
+        this.pending.clear();
+        if (!this.hostname) reject(new Error(`connection closed: ${reason}`));
+      };
+    });
+  }
+
+  serve(m) {
+    const headers = {};
+    for (const [k, v] of m.headers || []) headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
+    const bodyBytes = fromBase64(m.body);
+    const req = { method: m.request.method, url: m.request.target, headers, body: decoder.decode(bodyBytes), bodyBytes };
+    const chunks = [];
+    const res = {
+      statusCode: 200,
+      headers: [],
+      setHeader(name, value) {
+        this.headers = this.headers.filter(([k]) => k !== name.toLowerCase());
+        for (const v of [].concat(value)) this.headers.push([name.toLowerCase(), String(v)]);
+      },
+      writeHead(status, headers = {}) {
+        this.statusCode = status;
+        for (const [k, v] of Object.entries(headers)) this.setHeader(k, v);
+        return this;
+      },
+      write(chunk) { chunks.push(bytesOf(chunk)); },
+      end: (chunk) => {
+        if (chunk !== undefined) chunks.push(bytesOf(chunk));
+        const size = chunks.reduce((n, c) => n + c.length, 0);
+        const body = new Uint8Array(size);
+        let at = 0;
+        for (const c of chunks) { body.set(c, at); at += c.length; }
+        this.socket.send(JSON.stringify({
+          brow: 2, id: m.id, response: { status: res.statusCode, reason: '' }, headers: res.headers, body: toBase64(body),
+        }));
+      },
+    };
+    try {
+      this.handler(req, res);
+    } catch (e) {
+      res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end(`handler error: ${e}`);
+    }
+  }
+
+  request({ method = 'GET', host, path = '/', headers = {}, body }) {
+    const id = `b${this.nextId++}`;
+    const list = Object.entries({ host, ...headers }).map(([k, v]) => [k.toLowerCase(), String(v)]);
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, (m) => {
+        if (!m) return reject(new Error('connection closed'));
+        const bytes = fromBase64(m.body);
+        const out = {};
+        for (const [k, v] of m.headers || []) out[k] = out[k] === undefined ? v : `${out[k]}, ${v}`;
+        resolve({ statusCode: m.response.status, headers: out, body: decoder.decode(bytes), bodyBytes: bytes });
+      });
+      this.socket.send(JSON.stringify({
+        brow: 2, id, request: { method, target: path }, headers: list, body: toBase64(bytesOf(body)),
+      }));
+    });
+  }
+
+  close() {
+    if (this.socket) this.socket.close();
+  }
+}
+
+/** A server: `listen(options)` connects to the proxy and resolves to this page's hostname. */
+export function createServer(handler) {
+  const server = {
+    hostname: null,
+    id: null,
+    async listen(options = {}) {
+      const conn = new Connection(options);
+      conn.handler = (req, res) => server.handler(req, res);
+      server.hostname = await conn.open();
+      server.id = conn.id;
+      server.connection = conn;
+      active = conn;
+      return server.hostname;
+    },
+    handler,
+    close() {
+      if (server.connection) server.connection.close();
+    },
+  };
+  return server;
+}
+
+/** Sends a request through the proxy (to another client by hostname, or through egress). */
+export function request(options) {
+  if (!active) return Promise.reject(new Error('call createServer(...).listen() first'));
+  return active.request(options);
+}
+
+export default { createServer, request };
