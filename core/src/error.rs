@@ -48,6 +48,9 @@ pub enum Error {
     /// The id generator returned something that is not a valid id.
     #[error("the id generator produced an invalid id {0:?}")]
     InvalidId(String),
+    /// An application-chosen id is already in use.
+    #[error("the id {0:?} is already in use")]
+    IdInUse(String),
     /// The id generator kept returning ids already in use.
     #[error("the id generator produced {attempts} ids in a row that are already in use")]
     IdCollision {

@@ -77,6 +77,29 @@ impl<T> Registry<T> {
         })
     }
 
+    /// Creates an entry under an id the application chose (for example one an authenticated
+    /// client is entitled to). The id must be valid ([`is_valid_id`]) and not in use.
+    pub fn create_with_id(
+        &mut self,
+        id: &str,
+        make: impl FnOnce(&str) -> T,
+    ) -> Result<String, Error> {
+        if !is_valid_id(id) {
+            return Err(Error::InvalidId(id.to_string()));
+        }
+        if self.entries.contains_key(id) {
+            return Err(Error::IdInUse(id.to_string()));
+        }
+        if self.entries.len() >= self.max_sessions {
+            return Err(Error::RegistryFull {
+                limit: self.max_sessions,
+            });
+        }
+        let entry = make(id);
+        self.entries.insert(id.to_string(), entry);
+        Ok(id.to_string())
+    }
+
     /// The entry with this id.
     pub fn get(&self, id: &str) -> Option<&T> {
         self.entries.get(id)
@@ -187,6 +210,20 @@ mod tests {
         assert_eq!(r.create(|_| ()), Err(Error::IdCollision { attempts: 8 }));
         r.set_id_generator(|| "Not Valid".to_string());
         assert_eq!(r.create(|_| ()), Err(Error::InvalidId("Not Valid".into())));
+    }
+
+    #[test]
+    fn an_application_chosen_id_must_be_valid_and_free() {
+        let mut r = Registry::new(10);
+        assert_eq!(r.create_with_id("alice", |_| ()).as_deref(), Ok("alice"));
+        assert_eq!(
+            r.create_with_id("alice", |_| ()),
+            Err(Error::IdInUse("alice".into()))
+        );
+        assert_eq!(
+            r.create_with_id("Bob!", |_| ()),
+            Err(Error::InvalidId("Bob!".into()))
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Config {
     /// `Access-Control-Allow-Origin` on BrowserChannel responses, for pages served elsewhere
     /// (default: none).
     pub cors: Option<String>,
+    /// Decides who may connect and which id each client gets (default: everyone, random ids).
+    pub authenticator: Option<Arc<dyn browserver_transport_http::Authenticator>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             egress_allow: Vec::new(),
             authorizer: Arc::new(browserver_transport_http::AllowAll),
             cors: None,
+            authenticator: None,
         }
     }
 }
@@ -136,6 +139,32 @@ fn received_text(m: &Received) -> Option<String> {
     }
 }
 
+/// Runs the authenticator on a connecting request (the transports' admission step).
+fn admit(
+    authenticator: Arc<dyn browserver_transport_http::Authenticator>,
+    transport: &'static str,
+    parts: &http::request::Parts,
+) -> browserver_transport_ws::AdmissionFuture {
+    let client = browserver_transport_http::Connecting {
+        transport,
+        headers: parts.headers.clone(),
+        query: form_pairs(parts.uri.query().unwrap_or("")),
+        address: parts.extensions.get::<RemoteAddr>().map(|a| a.0),
+    };
+    Box::pin(async move {
+        authenticator
+            .authenticate(&client)
+            .await
+            .map_err(|r| (r.status, r.reason))
+    })
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 type Body = Either<browserver_transport_bc::ResponseBody, Full<Bytes>>;
 
 fn page(status: u16, content_type: &'static str, body: String) -> http::Response<Body> {
@@ -186,6 +215,11 @@ pub async fn run(
             .cors
             .clone()
             .map(browserver_transport_bc::Cors::Origin),
+        admission: config.authenticator.clone().map(|a| {
+            let admission: browserver_transport_bc::Admission =
+                Arc::new(move |parts| admit(a.clone(), "browserchannel", parts));
+            admission
+        }),
         ..Default::default()
     });
     let (ws, mut ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
@@ -194,6 +228,11 @@ pub async fn run(
         max_frame_size: message_limit,
         max_message_size: message_limit,
         max_buffered_bytes: 4 * message_limit,
+        admission: config.authenticator.clone().map(|a| {
+            let admission: browserver_transport_ws::Admission =
+                Arc::new(move |parts| admit(a.clone(), "websocket", parts));
+            admission
+        }),
         ..Default::default()
     });
     let p = proxy.clone();
@@ -354,7 +393,7 @@ async fn route(
     };
     let path = req.uri().path().to_string();
     if path == config.ws_path {
-        return ws.handle(req).map(Either::Right);
+        return ws.handle(req).await.map(Either::Right);
     }
     if bc.owns(&path) {
         return bc.handle(req).await.map(Either::Left);

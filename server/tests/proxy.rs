@@ -439,3 +439,74 @@ async fn authorization_hooks_refuse_with_401_and_403_and_a_reason() {
     assert_eq!(r.status(), 403);
     assert_eq!(r.body(), "no secrets");
 }
+
+/// Admits `token=alice-secret` as `alice`, `token=guest` with a random id, refuses the rest.
+struct Tokens;
+
+#[async_trait::async_trait]
+impl browserver_transport_http::Authenticator for Tokens {
+    async fn authenticate(
+        &self,
+        client: &browserver_transport_http::Connecting,
+    ) -> Result<Option<String>, browserver_transport_http::Refusal> {
+        match client.query_param("token") {
+            Some("alice-secret") => Ok(Some("alice".into())),
+            Some("guest") => Ok(None),
+            _ => Err(browserver_transport_http::Refusal::unauthorized(
+                "a valid token is required",
+            )),
+        }
+    }
+}
+
+#[tokio::test]
+async fn authentication_decides_who_connects_and_which_hostname_they_get() {
+    let config = Config {
+        authenticator: Some(std::sync::Arc::new(Tokens)),
+        ..Config::default()
+    };
+    for transport in [Transport::WebSocket, Transport::BrowserChannel] {
+        let addr = server(config.clone()).await;
+        let url = match transport {
+            Transport::WebSocket => format!("ws://{addr}/ws"),
+            _ => format!("http://{addr}/channel"),
+        };
+        let with_token = |token: &str| Options {
+            transport,
+            extra_params: vec![("token".into(), token.into())],
+            reconnect: false,
+            ..Options::default()
+        };
+        let alice = host::serve(&url, with_token("alice-secret"), tower::service_fn(mirror));
+        let name = tokio::time::timeout(WAIT, alice.hostname())
+            .await
+            .expect("in time");
+        assert_eq!(name.as_deref(), Some("alice.localhost"), "{transport:?}");
+        let r = request(addr, "alice.localhost", "GET", "/", &[], Bytes::new()).await;
+        assert_eq!(r.status(), 201);
+
+        let guest = host::serve(&url, with_token("guest"), tower::service_fn(mirror));
+        let name = tokio::time::timeout(WAIT, guest.hostname())
+            .await
+            .expect("in time")
+            .expect("name");
+        assert_ne!(name, "alice.localhost");
+
+        let refused = browserver_client::connect(&url, with_token("wrong"));
+        loop {
+            match tokio::time::timeout(WAIT, refused.next_event())
+                .await
+                .expect("in time")
+            {
+                Some(browserver_client::Event::Open { .. }) => {
+                    panic!("{transport:?}: admitted without a token")
+                }
+                Some(browserver_client::Event::Close { .. }) | None => break,
+                Some(browserver_client::Event::Error(e)) => {
+                    assert!(e.contains("401"), "{transport:?}: {e}")
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}

@@ -132,7 +132,7 @@ async fn main() -> std::io::Result<()> {
                     async move {
                         let path = req.uri().path().to_string();
                         let response = if path == "/ws" {
-                            ws.handle(req).map(Either::Right)
+                            ws.handle(req).await.map(Either::Right)
                         } else if bc.owns(&path) {
                             bc.handle(req).await.map(Either::Left)
                         } else {

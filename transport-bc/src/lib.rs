@@ -46,7 +46,7 @@ mod session;
 mod warp_filter;
 
 pub use body::ResponseBody;
-pub use options::{ConnectHook, Cors, CorsFn, Options};
+pub use options::{Admission, AdmissionFuture, ConnectHook, Cors, CorsFn, Options};
 pub use serve::serve;
 pub use service::{BrowserChannel, ClientAddr, Sessions, WithFallback};
 pub use session::{Ack, Received, SendError, Session, Status};

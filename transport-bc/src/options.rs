@@ -10,6 +10,18 @@ use crate::session::Session;
 /// Computes `Access-Control-Allow-Origin` per request (for example by checking `Origin`).
 pub type CorsFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
 
+/// Decides, before a session is created, whether the connecting client is admitted and,
+/// optionally, which session id it gets (for example from a bearer token or a signed claim).
+/// A refusal `(status, reason)` — 401 or 403 — is the answer to the creating request.
+pub type Admission = Arc<
+    dyn Fn(
+            &http::request::Parts,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Option<String>, (u16, String)>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// Runs synchronously when a session is created, before the creating request is answered:
 /// whatever it sends (or `stop`, or `close`) goes into the creation response, as with
 /// node-browserchannel's connect handler.
@@ -71,6 +83,8 @@ pub struct Options {
     pub back_channel_max_bytes: usize,
     /// Runs when a session is created, before the creating request is answered.
     pub connect_hook: Option<ConnectHook>,
+    /// Admits (or refuses) a connecting client before its session exists. None admits all.
+    pub admission: Option<Admission>,
     /// The client script served at `<base>/bcsocket.js`.
     pub client_script: &'static str,
 }
@@ -93,6 +107,7 @@ impl Default for Options {
             reorder_window: 4096,
             back_channel_max_bytes: 10 * 1024,
             connect_hook: None,
+            admission: None,
             client_script: crate::CLIENT_SCRIPT,
         }
     }

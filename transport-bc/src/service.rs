@@ -502,7 +502,17 @@ impl BrowserChannel {
         first_rid: u64,
     ) -> Result<Session, Response<ResponseBody>> {
         let headers = &self.inner.headers;
-        if let Some(old) = param(query, "OSID").and_then(|id| self.session(id)) {
+        let chosen = match &self.inner.options.admission {
+            Some(admit) => match admit(parts).await {
+                Ok(id) => id,
+                Err((status, reason)) => return Err(error_response(status, &reason, headers)),
+            },
+            None => None,
+        };
+        // An admitted client that owns an id takes it over from its previous session.
+        let replaced = chosen.as_deref().and_then(|id| self.session(id));
+        if let Some(old) = replaced.or_else(|| param(query, "OSID").and_then(|id| self.session(id)))
+        {
             let oaid = param(query, "OAID").and_then(leading_u64);
             let (done, rx) = oneshot::channel();
             if old
@@ -532,12 +542,16 @@ impl BrowserChannel {
             status: status_rx,
             messages: tokio::sync::Mutex::new(messages_rx),
         };
-        let created = self.inner.registry().create(|id| Session {
+        let make = |id: &str| Session {
             shared: Arc::new(Shared {
                 id: id.to_string(),
                 ..shared
             }),
-        });
+        };
+        let created = match &chosen {
+            Some(id) => self.inner.registry().create_with_id(id, make),
+            None => self.inner.registry().create(make),
+        };
         let id = match created {
             Ok(id) => id,
             Err(browserver_core::Error::RegistryFull { .. }) => {
@@ -545,6 +559,13 @@ impl BrowserChannel {
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 return Err(r);
+            }
+            Err(browserver_core::Error::IdInUse(_)) => {
+                return Err(error_response(409, "Session id in use", headers));
+            }
+            Err(browserver_core::Error::InvalidId(id)) if chosen.is_some() => {
+                tracing::warn!(id, "admission chose an invalid session id");
+                return Err(error_response(500, "Cannot create session", headers));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a session");

@@ -53,3 +53,35 @@ pub trait Authorizer: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {}
+
+/// What a connecting client presented, for [`Authenticator::authenticate`].
+#[derive(Debug, Clone)]
+pub struct Connecting {
+    /// `websocket` or `browserchannel`.
+    pub transport: &'static str,
+    /// The connecting request's headers (an `authorization` header, cookies, …).
+    pub headers: http::HeaderMap,
+    /// The connecting request's query parameters (a token, a signed claim, …).
+    pub query: Vec<(String, String)>,
+    /// The client's address, when known.
+    pub address: Option<std::net::SocketAddr>,
+}
+
+impl Connecting {
+    /// The first value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decides who may connect, and which id (hence hostname) a client gets.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Admits the client — `Ok(Some(id))` gives it that id (it must be a valid DNS label; a
+    /// previous session with the same id is replaced), `Ok(None)` a random one — or refuses it
+    /// with 401/403 and a reason, which is the answer to its connecting request.
+    async fn authenticate(&self, client: &Connecting) -> Result<Option<String>, Refusal>;
+}

@@ -26,6 +26,6 @@ pub mod message;
 mod proxy;
 
 pub use egress::{EgressPolicy, is_refused_address};
-pub use hooks::{AllowAll, Authorizer, Refusal};
+pub use hooks::{AllowAll, Authenticator, Authorizer, Connecting, Refusal};
 pub use host::{HostPattern, PatternError};
 pub use proxy::{Channel, ClientInfo, Proxy, ProxyOptions, RemoteAddr, Wire};

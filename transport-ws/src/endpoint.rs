@@ -38,6 +38,15 @@ pub struct ClientAddr(pub SocketAddr);
 /// Runs when a session is created, before its first frame is written.
 pub type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
 
+/// The future an [`Admission`] returns.
+pub type AdmissionFuture =
+    Pin<Box<dyn Future<Output = Result<Option<String>, (u16, String)>> + Send>>;
+
+/// Decides, before a new session is created, whether the connecting client is admitted and,
+/// optionally, which session id it gets. A refusal `(status, reason)` — 401 or 403 — is the
+/// answer to the upgrade request. Resumptions of an admitted session are not asked again.
+pub type Admission = Arc<dyn Fn(&http::request::Parts) -> AdmissionFuture + Send + Sync>;
+
 /// Options of a [`WsEndpoint`].
 #[derive(Clone)]
 pub struct Options {
@@ -60,6 +69,8 @@ pub struct Options {
     pub max_sessions: usize,
     /// Runs when a session is created.
     pub connect_hook: Option<ConnectHook>,
+    /// Admits (or refuses) a client before its session exists. None admits all.
+    pub admission: Option<Admission>,
 }
 
 impl Default for Options {
@@ -74,6 +85,7 @@ impl Default for Options {
             reorder_window: 4096,
             max_sessions: 100_000,
             connect_hook: None,
+            admission: None,
         }
     }
 }
@@ -135,11 +147,11 @@ impl std::fmt::Debug for WsEndpoint {
 }
 
 /// An upgrade refused: its status and a short reason (the response body).
-pub(crate) struct Refusal(StatusCode, &'static str);
+pub(crate) struct Refusal(StatusCode, std::borrow::Cow<'static, str>);
 
 impl Refusal {
     fn response(self) -> Response<Full<Bytes>> {
-        let mut r = Response::new(Full::new(Bytes::from_static(self.1.as_bytes())));
+        let mut r = Response::new(Full::new(Bytes::from(self.1.into_owned())));
         *r.status_mut() = self.0;
         let h = r.headers_mut();
         h.insert(
@@ -154,7 +166,7 @@ impl Refusal {
 }
 
 fn bad_request(reason: &'static str) -> Response<Full<Bytes>> {
-    Refusal(StatusCode::BAD_REQUEST, reason).response()
+    Refusal(StatusCode::BAD_REQUEST, reason.into()).response()
 }
 
 fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
@@ -237,12 +249,14 @@ impl WsEndpoint {
     }
 
     #[cfg(feature = "warp")]
-    pub(crate) fn target_for_warp(
+    pub(crate) async fn target_for_warp(
         &self,
         parts: &http::request::Parts,
         session_mode: bool,
-    ) -> Option<Target> {
-        self.target(parts, session_mode).ok()
+    ) -> Result<Target, Response<Full<Bytes>>> {
+        self.target(parts, session_mode)
+            .await
+            .map_err(Refusal::response)
     }
 
     fn ws_config(&self) -> WebSocketConfig {
@@ -253,7 +267,7 @@ impl WsEndpoint {
 
     /// Answers an upgrade request: `101 Switching Protocols` (and the connection is served in
     /// the background once hyper hands it over), or `400` with the reason.
-    pub fn handle<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>>
     where
         B: Send + 'static,
     {
@@ -264,7 +278,7 @@ impl WsEndpoint {
             Err(reason) => return bad_request(reason),
         };
         let session_mode = header_has_token(&parts.headers, SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL);
-        let target = match self.target(&parts, session_mode) {
+        let target = match self.target(&parts, session_mode).await {
             Ok(t) => t,
             Err(refusal) => return refusal.response(),
         };
@@ -304,7 +318,11 @@ impl WsEndpoint {
     /// Which session a new connection belongs to: a resumed one (session mode, `resume=SID`
     /// naming a live session, `ack=N`), or a new one. A stale `resume` gets a new session and
     /// the client learns it from the hello (`resumed: false`).
-    fn target(&self, parts: &http::request::Parts, session_mode: bool) -> Result<Target, Refusal> {
+    async fn target(
+        &self,
+        parts: &http::request::Parts,
+        session_mode: bool,
+    ) -> Result<Target, Refusal> {
         let query = parse_query(parts.uri.query());
         if session_mode {
             let resume = query
@@ -321,12 +339,26 @@ impl WsEndpoint {
                 return Ok(Target { session, ack });
             }
         }
+        let chosen = match &self.inner.options.admission {
+            Some(admit) => admit(parts).await.map_err(|(status, reason)| {
+                Refusal(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                    reason.into(),
+                )
+            })?,
+            None => None,
+        };
+        if let Some(old) = chosen.as_deref().and_then(|id| self.session(id)) {
+            // An admitted client that owns an id takes it over from its previous session.
+            old.close_with("Reconnected");
+            let _ = tokio::time::timeout(Duration::from_secs(1), old.closed()).await;
+        }
         let mode = if session_mode {
             Mode::Session
         } else {
             Mode::Plain
         };
-        let session = self.create(parts, query, mode)?;
+        let session = self.create(parts, query, mode, chosen.as_deref())?;
         Ok(Target { session, ack: None })
     }
 
@@ -335,6 +367,7 @@ impl WsEndpoint {
         parts: &http::request::Parts,
         query: Vec<(String, String)>,
         mode: Mode,
+        chosen: Option<&str>,
     ) -> Result<Session, Refusal> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (messages_tx, messages_rx) = mpsc::unbounded_channel::<Message>();
@@ -352,31 +385,38 @@ impl WsEndpoint {
             status: status_rx,
             messages: tokio::sync::Mutex::new(messages_rx),
         };
-        let created = self.inner.registry().create(|id| Session {
+        let make = |id: &str| Session {
             shared: Arc::new(Shared {
                 id: id.to_string(),
                 ..shared
             }),
-        });
+        };
+        let created = match chosen {
+            Some(id) => self.inner.registry().create_with_id(id, make),
+            None => self.inner.registry().create(make),
+        };
         let id = match created {
             Ok(id) => id,
+            Err(browserver_core::Error::IdInUse(_)) => {
+                return Err(Refusal(StatusCode::CONFLICT, "session id in use".into()));
+            }
             Err(browserver_core::Error::RegistryFull { .. }) => {
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "too many sessions",
+                    "too many sessions".into(),
                 ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a session");
                 return Err(Refusal(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot create session",
+                    "cannot create session".into(),
                 ));
             }
         };
         let session = self.session(&id).ok_or(Refusal(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot create session",
+            "cannot create session".into(),
         ))?;
         let actor = Actor::new(
             self.inner.clone(),
@@ -478,7 +518,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let response = self.handle(req);
-        Box::pin(async move { Ok(response) })
+        let endpoint = self.clone();
+        Box::pin(async move { Ok(endpoint.handle(req).await) })
     }
 }

@@ -39,6 +39,8 @@ mod session;
 mod warp_filter;
 
 pub use browserver_core::{CloseReason, State};
-pub use endpoint::{ClientAddr, ConnectHook, Options, Sessions, WsEndpoint};
+pub use endpoint::{
+    Admission, AdmissionFuture, ClientAddr, ConnectHook, Options, Sessions, WsEndpoint,
+};
 pub use serve::serve;
 pub use session::{Ack, Message, Mode, SendError, Session, Status};

@@ -25,8 +25,8 @@ pub async fn serve(listener: TcpListener, ws: WsEndpoint) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(ClientAddr(addr));
-                let response = ws.handle(req);
-                async move { Ok::<_, Infallible>(response) }
+                let ws = ws.clone();
+                async move { Ok::<_, Infallible>(ws.handle(req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

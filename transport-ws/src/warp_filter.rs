@@ -55,45 +55,58 @@ impl WsEndpoint {
             .and(warp::header::headers_cloned())
             .and(warp::query::raw().or(warp::any().map(String::new)).unify())
             .and(warp::addr::remote())
-            .map(
+            .then(
                 move |ws: warp::ws::Ws, headers: http::HeaderMap, query: String, remote| {
                     let endpoint = endpoint.clone();
-                    let offered = headers
-                        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-                        .iter()
-                        .any(|v| {
-                            v.to_str()
-                                .is_ok_and(|s| s.split(',').any(|t| t.trim() == SUBPROTOCOL))
-                        });
-                    let mut req = http::Request::new(());
-                    *req.headers_mut() = headers;
-                    if let Ok(uri) = format!("/?{query}").parse() {
-                        *req.uri_mut() = uri;
-                    }
-                    if let Some(addr) = remote {
-                        req.extensions_mut().insert(ClientAddr(addr));
-                    }
-                    let (parts, _) = req.into_parts();
-                    let target = endpoint.target_for_warp(&parts, offered);
-                    let reply = ws
-                        .max_frame_size(endpoint.options().max_frame_size)
-                        .max_message_size(endpoint.options().max_message_size)
-                        .on_upgrade(move |socket| async move {
-                            if let Some(target) = target {
+                    async move {
+                        let offered = headers
+                            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                            .iter()
+                            .any(|v| {
+                                v.to_str()
+                                    .is_ok_and(|s| s.split(',').any(|t| t.trim() == SUBPROTOCOL))
+                            });
+                        let mut req = http::Request::new(());
+                        *req.headers_mut() = headers;
+                        if let Ok(uri) = format!("/?{query}").parse() {
+                            *req.uri_mut() = uri;
+                        }
+                        if let Some(addr) = remote {
+                            req.extensions_mut().insert(ClientAddr(addr));
+                        }
+                        let (parts, _) = req.into_parts();
+                        let target = match endpoint.target_for_warp(&parts, offered).await {
+                            Ok(target) => target,
+                            Err(refused) => {
+                                let (parts, body) = refused.into_parts();
+                                let bytes = http_body_util::BodyExt::collect(body)
+                                    .await
+                                    .map(|c| c.to_bytes())
+                                    .unwrap_or_default();
+                                return warp::Reply::into_response(
+                                    warp::http::Response::from_parts(parts, bytes),
+                                );
+                            }
+                        };
+                        let options = endpoint.options().clone();
+                        let reply = ws
+                            .max_frame_size(options.max_frame_size)
+                            .max_message_size(options.max_message_size)
+                            .on_upgrade(move |socket| async move {
                                 let socket = socket.map(|r| r.map(to_tungstenite)).with(
                                     |m: WsMessage| async move { Ok::<_, warp::Error>(to_warp(m)) },
                                 );
                                 endpoint.run_connection(Box::pin(socket), target);
-                            }
-                        });
-                    let mut response = warp::Reply::into_response(reply);
-                    if offered {
-                        response.headers_mut().insert(
-                            http::header::SEC_WEBSOCKET_PROTOCOL,
-                            http::HeaderValue::from_static(SUBPROTOCOL),
-                        );
+                            });
+                        let mut response = warp::Reply::into_response(reply);
+                        if offered {
+                            response.headers_mut().insert(
+                                http::header::SEC_WEBSOCKET_PROTOCOL,
+                                http::HeaderValue::from_static(SUBPROTOCOL),
+                            );
+                        }
+                        response
                     }
-                    response
                 },
             )
     }
