@@ -13,13 +13,12 @@ pub type CorsFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + S
 /// Decides, before a session is created, whether the connecting client is admitted and,
 /// optionally, which session id it gets (for example from a bearer token or a signed claim).
 /// A refusal `(status, reason)` — 401 or 403 — is the answer to the creating request.
-pub type Admission = Arc<
-    dyn Fn(
-            &http::request::Parts,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Option<String>, (u16, String)>> + Send>,
-        > + Send
-        + Sync,
+pub type Admission = Arc<dyn Fn(&http::request::Parts) -> AdmissionFuture + Send + Sync>;
+
+/// The future an [`Admission`] returns: the id to give the client (or a random one), or a
+/// refusal `(status, reason)`.
+pub type AdmissionFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<String>, (u16, String)>> + Send>,
 >;
 
 /// Runs synchronously when a session is created, before the creating request is answered:
