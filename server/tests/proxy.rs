@@ -510,3 +510,100 @@ async fn authentication_decides_who_connects_and_which_hostname_they_get() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_plain_websocket_client_speaking_the_original_text_format_serves_requests() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let addr = server(Config::default()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("connect");
+    // A plain client is told nothing: find its id on the status endpoint.
+    let list = request(
+        addr,
+        "127.0.0.1",
+        "GET",
+        "/_browserver/clients",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    let list: serde_json::Value = serde_json::from_slice(list.body()).expect("json");
+    let hostname = list[0]["hostname"].as_str().expect("hostname").to_string();
+    let pending = tokio::spawn(async move {
+        request(
+            addr,
+            &hostname,
+            "POST",
+            "/form?x=1",
+            &[("content-type", "text/plain")],
+            Bytes::from_static(b"ping"),
+        )
+        .await
+    });
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("frame");
+    let Ws::Text(text) = first else {
+        panic!("expected a text frame, got {first:?}")
+    };
+    let text = text.as_str().to_string();
+    assert!(text.starts_with("POST /form?x=1 HTTP/1.1\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nping"), "{text}");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-brow-req-id: "))
+        .expect("x-brow-req-id")
+        .trim()
+        .to_string();
+    let answer =
+        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-brow-req-id: {id}\r\n\r\npong");
+    ws.send(Ws::Text(answer.into())).await.expect("send");
+    let r = tokio::time::timeout(WAIT, pending)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!((r.status().as_u16(), &r.body()[..]), (200, &b"pong"[..]));
+}
+
+#[tokio::test]
+async fn echo_mode_sends_every_message_back_over_both_transports() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(run(
+        listener,
+        Config::default(),
+        Mode::Echo,
+        std::future::pending(),
+    ));
+    for (transport, url) in [
+        (Transport::WebSocket, format!("ws://{addr}/ws")),
+        (Transport::BrowserChannel, format!("http://{addr}/channel")),
+    ] {
+        let client = browserver_client::connect(
+            &url,
+            Options {
+                transport,
+                ..Options::default()
+            },
+        );
+        let ack = client.send(&serde_json::json!({"echo": "me"}));
+        loop {
+            match tokio::time::timeout(WAIT, client.next_event())
+                .await
+                .expect("in time")
+            {
+                Some(browserver_client::Event::Message(v)) => {
+                    assert_eq!(v, serde_json::json!({"echo": "me"}), "{transport:?}");
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("ended"),
+            }
+        }
+        assert_eq!(ack.await, Ok(()));
+    }
+}
