@@ -90,9 +90,10 @@ test('chromium: BrowserChannel over fetch exchanges 1000 messages in order acros
     assert.deepEqual(result.received, [...Array(1000).keys()]);
     assert.deepEqual(result.events, ['open', 'close Closed']);
     const backChannels = requests.filter((u) => u.includes('RID=rpc'));
-    // 1000 echoes of ~90 bytes exceed the 10 KiB per-response limit several times over: the
-    // server ended back channels and the client reopened them without losing anything.
-    assert.ok(backChannels.length >= 3, `back channels opened: ${backChannels.length}`);
+    // 1000 echoes of ~90 bytes exceed the 10 KiB per-response limit, so the server ended at
+    // least one back channel (how many depends on how echoes were batched) and the client
+    // reopened it without losing or repeating anything.
+    assert.ok(backChannels.length >= 2, `back channels opened: ${backChannels.length}`);
     assert.ok(requests.some((u) => u.includes('TYPE=terminate')), 'close sent terminate');
   });
 });
