@@ -2,12 +2,9 @@
 //! client-role core session: test channel, open, forward channel (one POST in flight, retried
 //! under the same `RID`), back channel (reopened with `AID`), terminate.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use browserver_core::{
-    CloseReason, Config, Event as CoreEvent, PathMode, Payload, Role, Session, Transmit,
-};
+use browserver_core::{CloseReason, Config, PathMode, Payload, Role, Session, Transmit};
 use browserver_transport_bc::codec::{self, Map};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,7 +15,7 @@ use rand::RngExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Command, Ended, Event, Link, SendError, Transport};
+use crate::{Command, Ended, Event, Link, SendError, Tracker, Transport};
 
 type Http = HttpClient<HttpConnector, Full<Bytes>>;
 
@@ -177,7 +174,7 @@ struct Driver<'a> {
     http: Http,
     base: String,
     core: Session,
-    acks: HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
+    tracker: Tracker,
     sid: String,
     rid: u64,
     streaming: bool,
@@ -189,7 +186,6 @@ struct Driver<'a> {
     forward_retries: u32,
     back_generation: u64,
     back_retries: u32,
-    opened: bool,
 }
 
 /// Runs one BrowserChannel session from the test channel to its end.
@@ -249,7 +245,7 @@ pub(crate) async fn run(link: &mut Link, base: &str) -> Ended {
         link,
         http,
         base,
-        acks: HashMap::new(),
+        tracker: Tracker::new(Transport::BrowserChannel),
         sid: String::new(),
         rid: rand::rng().random_range(0..100_000),
         streaming,
@@ -260,7 +256,6 @@ pub(crate) async fn run(link: &mut Link, base: &str) -> Ended {
         forward_retries: 0,
         back_generation: 0,
         back_retries: 0,
-        opened: false,
     };
     let ended = driver.session(params).await;
     if !driver.sid.is_empty() {
@@ -388,14 +383,7 @@ impl Driver<'_> {
     }
 
     fn send(&mut self, now: Instant, json: Bytes, ack: oneshot::Sender<Result<(), SendError>>) {
-        match self.core.send(now, json) {
-            Ok(seq) => {
-                self.acks.insert(seq, ack);
-            }
-            Err(e) => {
-                let _ = ack.send(Err(SendError::Closed(CloseReason::Protocol(e.to_string()))));
-            }
-        }
+        self.tracker.send(&mut self.core, now, json, ack);
     }
 
     /// Takes the next batch of maps from the core (a one-shot path per POST; attaching
@@ -591,43 +579,7 @@ impl Driver<'_> {
 
     /// Applies the core's events; returns how the session ended, if it did.
     fn drain(&mut self) -> Option<Ended> {
-        let mut ended = None;
-        while let Some(e) = self.core.poll_event() {
-            match e {
-                CoreEvent::StateChanged {
-                    new: browserver_core::State::Ok,
-                    ..
-                } if !self.opened => {
-                    self.opened = true;
-                    self.link.emit(Event::Open {
-                        session_id: self.sid.clone(),
-                        transport: Transport::BrowserChannel,
-                    });
-                }
-                CoreEvent::StateChanged { .. } => {}
-                CoreEvent::Message { data, .. } => {
-                    let value = serde_json::from_slice(&data).unwrap_or(Value::Null);
-                    self.link.emit(Event::Message(value));
-                }
-                CoreEvent::Acked { seq } => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
-                CoreEvent::SendFailed { seq, reason } => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Err(SendError::Closed(reason)));
-                    }
-                }
-                CoreEvent::Closed(CloseReason::Stopped) => {
-                    self.link.emit(Event::Error("Stopped by server".into()));
-                    ended = Some(Ended::Stopped);
-                }
-                CoreEvent::Closed(reason) => {
-                    ended.get_or_insert(Ended::Closed(reason));
-                }
-            }
-        }
+        let ended = self.tracker.drain(&mut self.core, self.link, &self.sid);
         while self.core.poll_transmit().is_some() {}
         ended
     }

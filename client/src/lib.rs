@@ -250,6 +250,92 @@ pub(crate) enum Ended {
     Failed(String),
 }
 
+/// What both transport drivers keep around their core session: the pending acknowledgements,
+/// whether `Open` was reported, and the translation of core events into client events.
+pub(crate) struct Tracker {
+    acks: std::collections::HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
+    opened: bool,
+    transport: Transport,
+}
+
+impl Tracker {
+    pub(crate) fn new(transport: Transport) -> Tracker {
+        Tracker {
+            acks: std::collections::HashMap::new(),
+            opened: false,
+            transport,
+        }
+    }
+
+    /// Queues a message on the core session; its outcome resolves `ack`.
+    pub(crate) fn send(
+        &mut self,
+        core: &mut browserver_core::Session,
+        now: std::time::Instant,
+        json: Bytes,
+        ack: oneshot::Sender<Result<(), SendError>>,
+    ) {
+        match core.send(now, json) {
+            Ok(seq) => {
+                self.acks.insert(seq, ack);
+            }
+            Err(e) => {
+                let _ = ack.send(Err(SendError::Closed(CloseReason::Protocol(e.to_string()))));
+            }
+        }
+    }
+
+    /// Applies the core's events; returns how the session ended, if it did.
+    pub(crate) fn drain(
+        &mut self,
+        core: &mut browserver_core::Session,
+        link: &Link,
+        sid: &str,
+    ) -> Option<Ended> {
+        use browserver_core::Event as CoreEvent;
+        let mut ended = None;
+        while let Some(e) = core.poll_event() {
+            match e {
+                CoreEvent::StateChanged {
+                    new: browserver_core::State::Ok,
+                    ..
+                } if !self.opened => {
+                    self.opened = true;
+                    link.emit(Event::Open {
+                        session_id: sid.to_string(),
+                        transport: self.transport,
+                    });
+                }
+                CoreEvent::StateChanged { .. } => {}
+                CoreEvent::Message { data, .. } => {
+                    let value = serde_json::from_slice(&data).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&data).into_owned())
+                    });
+                    link.emit(Event::Message(value));
+                }
+                CoreEvent::Acked { seq } => {
+                    if let Some(ack) = self.acks.remove(&seq) {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+                CoreEvent::SendFailed { seq, reason } => {
+                    if let Some(ack) = self.acks.remove(&seq) {
+                        let _ = ack.send(Err(SendError::Closed(reason)));
+                    }
+                }
+                CoreEvent::Closed(CloseReason::Stopped) => {
+                    link.emit(Event::Error("Stopped by server".into()));
+                    ended = Some(Ended::Stopped);
+                }
+                CoreEvent::Closed(reason) => {
+                    ended.get_or_insert(Ended::Closed(reason));
+                }
+            }
+        }
+        ended
+    }
+}
+
 /// State shared by the outer loop and the transport drivers.
 pub(crate) struct Link {
     pub(crate) options: Options,

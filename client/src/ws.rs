@@ -1,23 +1,19 @@
 //! The WebSocket session-mode client around a client-role core session: sequenced frames,
 //! acknowledgements, and resumption of a dropped connection (`?resume=SID&ack=N`).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use browserver_core::{
-    CloseReason, Config, Event as CoreEvent, PathMode, Payload, Role, Session, Transmit,
-};
+use browserver_core::{CloseReason, Config, PathMode, Payload, Role, Session, Transmit};
 use browserver_transport_ws::codec::{self, CLOSE_CLOSED, CLOSE_STOPPED, Frame, SUBPROTOCOL};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{Command, Ended, Event, Link, SendError, Transport};
+use crate::{Command, Ended, Link, SendError, Tracker, Transport};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -77,9 +73,8 @@ fn with_query(url: &str, params: &[(String, String)]) -> String {
 struct Driver<'a> {
     link: &'a mut Link,
     core: Session,
-    acks: HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
+    tracker: Tracker,
     acked_sent: Option<u64>,
-    opened: bool,
     sid: String,
 }
 
@@ -102,9 +97,8 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
     let mut d = Driver {
         core: Session::new(Role::Client, config, now),
         link,
-        acks: HashMap::new(),
+        tracker: Tracker::new(Transport::WebSocket),
         acked_sent: None,
-        opened: false,
         sid,
     };
     for (json, ack) in std::mem::take(&mut d.link.queued) {
@@ -128,14 +122,7 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
 
 impl Driver<'_> {
     fn send(&mut self, now: Instant, json: Bytes, ack: oneshot::Sender<Result<(), SendError>>) {
-        match self.core.send(now, json) {
-            Ok(seq) => {
-                self.acks.insert(seq, ack);
-            }
-            Err(e) => {
-                let _ = ack.send(Err(SendError::Closed(CloseReason::Protocol(e.to_string()))));
-            }
-        }
+        self.tracker.send(&mut self.core, now, json, ack);
     }
 
     /// Serves one connection; `None` when it dropped without a close frame (resume), else how
@@ -165,7 +152,6 @@ impl Driver<'_> {
                             Some(CLOSE_STOPPED) => {
                                 let _ = self.core.close(now, CloseReason::Stopped);
                                 let _ = self.flush(ws).await;
-                                self.link.emit(Event::Error("Stopped by server".into()));
                                 Ended::Stopped
                             }
                             Some(CLOSE_CLOSED) => {
@@ -239,42 +225,7 @@ impl Driver<'_> {
             self.acked_sent = position;
         }
         let _ = ws.flush().await;
-        let mut ended = None;
-        while let Some(e) = self.core.poll_event() {
-            match e {
-                CoreEvent::StateChanged {
-                    new: browserver_core::State::Ok,
-                    ..
-                } if !self.opened => {
-                    self.opened = true;
-                    self.link.emit(Event::Open {
-                        session_id: self.sid.clone(),
-                        transport: Transport::WebSocket,
-                    });
-                }
-                CoreEvent::StateChanged { .. } => {}
-                CoreEvent::Message { data, .. } => {
-                    let value = serde_json::from_slice(&data).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&data).into_owned())
-                    });
-                    self.link.emit(Event::Message(value));
-                }
-                CoreEvent::Acked { seq } => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
-                CoreEvent::SendFailed { seq, reason } => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Err(SendError::Closed(reason)));
-                    }
-                }
-                CoreEvent::Closed(CloseReason::Stopped) => ended = Some(Ended::Stopped),
-                CoreEvent::Closed(reason) => {
-                    ended.get_or_insert(Ended::Closed(reason));
-                }
-            }
-        }
+        let ended = self.tracker.drain(&mut self.core, self.link, &self.sid);
         match ended {
             Some(e) => Err(e),
             None => Ok(()),
@@ -316,13 +267,7 @@ impl Driver<'_> {
         }
         let _ = self.core.close(Instant::now(), CloseReason::TimedOut);
         while self.core.poll_transmit().is_some() {}
-        while let Some(e) = self.core.poll_event() {
-            if let CoreEvent::SendFailed { seq, reason } = e
-                && let Some(ack) = self.acks.remove(&seq)
-            {
-                let _ = ack.send(Err(SendError::Closed(reason)));
-            }
-        }
+        self.tracker.drain(&mut self.core, self.link, &self.sid);
         Err(Ended::Closed(CloseReason::TimedOut))
     }
 }
