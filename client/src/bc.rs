@@ -72,10 +72,12 @@ fn form_urlencoded_serializer() -> url::form_urlencoded::Serializer<'static, Str
     url::form_urlencoded::Serializer::new(String::new())
 }
 
-async fn get_text(http: &Http, url: &str, timeout: Duration) -> Result<(u16, String), Failure> {
-    let req = http::Request::get(url)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| Failure::Transient(e.to_string()))?;
+/// One whole request: its status and body text, or why it failed (a timeout is transient).
+async fn exchange(
+    http: &Http,
+    req: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(u16, String), Failure> {
     let fut = async {
         let res = http
             .request(req)
@@ -95,6 +97,13 @@ async fn get_text(http: &Http, url: &str, timeout: Duration) -> Result<(u16, Str
     tokio::time::timeout(timeout, fut)
         .await
         .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())))
+}
+
+async fn get_text(http: &Http, url: &str, timeout: Duration) -> Result<(u16, String), Failure> {
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| Failure::Transient(e.to_string()))?;
+    exchange(http, req, timeout).await
 }
 
 fn classify(status: u16, body: &str) -> Result<(), Failure> {
@@ -624,27 +633,12 @@ async fn post(http: &Http, url: &str, body: String, timeout: Duration) -> Result
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Failure::Transient(e.to_string()))?;
-    let fut = async {
-        let res = http
-            .request(req)
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
-        let status = res.status().as_u16();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
-        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-        classify(status, &text)?;
-        if text.is_empty() {
-            return Err(Failure::Transient("no data".into()));
-        }
-        Ok(text)
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())))
+    let (status, text) = exchange(http, req, timeout).await?;
+    classify(status, &text)?;
+    if text.is_empty() {
+        return Err(Failure::Transient("no data".into()));
+    }
+    Ok(text)
 }
 
 /// Reads one back-channel response, forwarding its arrays; `Ok` when it completed normally

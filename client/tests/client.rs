@@ -1,5 +1,7 @@
 //! The Rust client against our own servers, over real sockets on loopback.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -7,11 +9,10 @@ use std::time::Duration;
 
 use browserver_client::{CloseReason, Event, Options, Transport, connect};
 use bytes::Bytes;
+use common::{WAIT, messages, next, until_open};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 async fn bc_echo() -> (SocketAddr, browserver_transport_bc::BrowserChannel) {
     let (bc, mut sessions) = browserver_transport_bc::BrowserChannel::new(Default::default());
@@ -54,35 +55,6 @@ async fn ws_echo() -> SocketAddr {
         }
     });
     addr
-}
-
-async fn next(client: &browserver_client::Client) -> Event {
-    tokio::time::timeout(WAIT, client.next_event())
-        .await
-        .expect("an event in time")
-        .expect("event")
-}
-
-async fn until_open(client: &browserver_client::Client) -> (String, Transport) {
-    loop {
-        if let Event::Open {
-            session_id,
-            transport,
-        } = next(client).await
-        {
-            return (session_id, transport);
-        }
-    }
-}
-
-async fn messages(client: &browserver_client::Client, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        if let Event::Message(v) = next(client).await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 fn bc_only() -> Options {

@@ -4,16 +4,17 @@
 //! Needs Node.js and `tests-js/node_modules`; `scripts/test` installs both and runs these with
 //! `--ignored`.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use browserver_client::{CloseReason, Event, Options, Transport, connect};
-use serde_json::{Value, json};
+use common::{WAIT, messages, next, until_open};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
-
-const WAIT: Duration = Duration::from_secs(15);
 
 struct NodeServer {
     base: String,
@@ -61,31 +62,6 @@ fn options() -> Options {
         reconnect_delay: Duration::from_millis(100),
         ..Options::default()
     }
-}
-
-async fn next(client: &browserver_client::Client) -> Event {
-    tokio::time::timeout(WAIT, client.next_event())
-        .await
-        .expect("an event in time")
-        .expect("event")
-}
-
-async fn until_open(client: &browserver_client::Client) -> String {
-    loop {
-        if let Event::Open { session_id, .. } = next(client).await {
-            return session_id;
-        }
-    }
-}
-
-async fn messages(client: &browserver_client::Client, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        if let Event::Message(v) = next(client).await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 #[tokio::test]
@@ -153,9 +129,9 @@ async fn node_browserchannel_stop_is_seen_as_stop_without_reconnect() {
 async fn node_browserchannel_close_makes_the_rust_client_reconnect_with_osid() {
     let mut server = node_server().await;
     let client = connect(&server.base, options());
-    let first = until_open(&client).await;
+    let (first, _) = until_open(&client).await;
     drop(client.send(&"close"));
-    let second = until_open(&client).await;
+    let (second, _) = until_open(&client).await;
     assert_ne!(first, second);
     drop(client.send(&"after"));
     assert_eq!(messages(&client, 1).await, [json!("after")]);
@@ -171,7 +147,7 @@ async fn node_browserchannel_close_makes_the_rust_client_reconnect_with_osid() {
 async fn rust_client_close_sends_terminate_to_node_browserchannel() {
     let mut server = node_server().await;
     let client = connect(&server.base, options());
-    let sid = until_open(&client).await;
+    let (sid, _) = until_open(&client).await;
     drop(client.send(&"x"));
     messages(&client, 1).await;
     client.close();
