@@ -117,18 +117,22 @@ pub fn chunk(payload: &str) -> String {
     out
 }
 
-/// The text of a back-channel batch, `[[id,data],…]⏎`, from ids and already-serialised JSON.
+/// The text of a back-channel batch, `[[id,data],…]⏎`, from ids and already-serialised JSON
+/// (ASCII, as [`to_ascii_json`] writes it; anything else is replaced lossily).
 pub fn array_batch<'a>(arrays: impl IntoIterator<Item = (u64, &'a [u8])>) -> String {
-    let mut out = String::with_capacity(64);
+    use std::fmt::Write;
+    let mut out = String::with_capacity(256);
     out.push('[');
     for (i, (id, data)) in arrays.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push('[');
-        out.push_str(&id.to_string());
-        out.push(',');
-        out.push_str(&String::from_utf8_lossy(data));
+        // Writing to a String cannot fail.
+        let _ = write!(out, "[{id},");
+        match std::str::from_utf8(data) {
+            Ok(text) => out.push_str(text),
+            Err(_) => out.push_str(&String::from_utf8_lossy(data)),
+        }
         out.push(']');
     }
     out.push_str("]\n");
