@@ -220,7 +220,7 @@ where
             Ok(response) => from_http(response).await,
             Err(never) => match never {},
         },
-        None => error(400, "the proxy sent a request that is not valid HTTP"),
+        None => Message::text_response(400, "the proxy sent a request that is not valid HTTP"),
     };
     let response = Message { id, ..response };
     drop(client.send(&message::encode_json(&response)));
@@ -247,31 +247,7 @@ where
     let (parts, body) = response.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(500, &format!("the service's body failed: {e}")),
+        Err(e) => return Message::text_response(500, &format!("the service's body failed: {e}")),
     };
-    Message {
-        id: None,
-        head: Head::Response {
-            status: parts.status.as_u16(),
-            reason: parts.status.canonical_reason().unwrap_or("").to_string(),
-        },
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect(),
-        body,
-    }
-}
-
-fn error(status: u16, text: &str) -> Message {
-    Message {
-        id: None,
-        head: Head::Response {
-            status,
-            reason: String::new(),
-        },
-        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
-        body: Bytes::from(text.to_string()),
-    }
+    Message::from_response(&parts, body)
 }

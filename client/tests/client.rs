@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -167,10 +166,21 @@ async fn browserchannel_client_close_terminates_the_server_session() {
     );
 }
 
-/// A front that answers the buffering-proxy probe in one piece (as a buffering proxy would)
-/// and records every back-channel query; everything else goes to the real endpoint.
-#[tokio::test]
-async fn browserchannel_client_falls_back_to_buffered_mode_behind_a_buffering_proxy() {
+/// What a [`front`] does with one request.
+enum Front {
+    /// Hand it to the real endpoint.
+    Pass,
+    /// Answer it with this body (as a buffering proxy would).
+    Answer(&'static [u8]),
+    /// Drop the connection without an answer (a transient network failure).
+    Drop,
+}
+
+/// A BrowserChannel echo server behind a front that decides, per request (method, path,
+/// query), what happens to it.
+async fn front(
+    decide: impl Fn(&http::Method, &str, &str) -> Front + Send + Sync + 'static,
+) -> SocketAddr {
     let (bc, mut sessions) = browserver_transport_bc::BrowserChannel::new(Default::default());
     tokio::spawn(async move {
         while let Some(s) = sessions.accept().await {
@@ -181,40 +191,52 @@ async fn browserchannel_client_falls_back_to_buffered_mode_behind_a_buffering_pr
             });
         }
     });
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let decide = Arc::new(decide);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (bc2, seen2) = (bc.clone(), seen.clone());
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (bc, seen) = (bc2.clone(), seen2.clone());
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (bc, seen) = (bc.clone(), seen.clone());
-                        async move {
-                            let q = req.uri().query().unwrap_or("").to_string();
-                            if let Ok(mut s) = seen.lock() {
-                                s.push(q.clone());
-                            }
-                            if req.uri().path().ends_with("/test") && q.contains("TYPE=xmlhttp") {
-                                let body = browserver_transport_bc::ResponseBody::full(
-                                    Bytes::from_static(b"111112"),
-                                );
-                                return Ok::<_, Infallible>(http::Response::new(body));
-                            }
-                            Ok(bc.handle(req).await)
+        while let Ok((stream, _)) = listener.accept().await {
+            let (bc, decide) = (bc.clone(), decide.clone());
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (bc, decide) = (bc.clone(), decide.clone());
+                    async move {
+                        let query = req.uri().query().unwrap_or("").to_string();
+                        match decide(req.method(), req.uri().path(), &query) {
+                            Front::Pass => Ok(bc.handle(req).await),
+                            Front::Answer(body) => Ok(http::Response::new(
+                                browserver_transport_bc::ResponseBody::full(Bytes::from_static(
+                                    body,
+                                )),
+                            )),
+                            Front::Drop => Err("drop this connection"),
                         }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
         }
     });
+    addr
+}
+
+/// A front that answers the buffering-proxy probe in one piece (as a buffering proxy would)
+/// and records every back-channel query.
+#[tokio::test]
+async fn browserchannel_client_falls_back_to_buffered_mode_behind_a_buffering_proxy() {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let addr = front(move |_, path, query| {
+        record.lock().expect("lock").push(query.to_string());
+        if path.ends_with("/test") && query.contains("TYPE=xmlhttp") {
+            Front::Answer(b"111112")
+        } else {
+            Front::Pass
+        }
+    })
+    .await;
     let client = connect(&format!("http://{addr}/channel"), bc_only());
     until_open(&client).await;
     for i in 0..20 {
@@ -362,57 +384,26 @@ async fn auto_falls_back_to_browserchannel_when_websocket_is_unavailable() {
 /// and records every forward POST's RID.
 #[tokio::test]
 async fn browserchannel_client_retries_a_failed_forward_post_under_the_same_rid() {
-    let (bc, mut sessions) = browserver_transport_bc::BrowserChannel::new(Default::default());
-    tokio::spawn(async move {
-        while let Some(s) = sessions.accept().await {
-            tokio::spawn(async move {
-                while let Some(m) = s.recv().await {
-                    drop(s.send(&m.value));
-                }
-            });
-        }
-    });
     let rids = Arc::new(Mutex::new(Vec::<String>::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (bc2, rids2) = (bc.clone(), rids.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (bc, rids) = (bc2.clone(), rids2.clone());
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (bc, rids) = (bc.clone(), rids.clone());
-                        async move {
-                            let q = req.uri().query().unwrap_or("").to_string();
-                            let forward = req.method() == http::Method::POST && q.contains("SID=");
-                            if forward {
-                                let rid = q
-                                    .split('&')
-                                    .find(|p| p.starts_with("RID="))
-                                    .unwrap_or("")
-                                    .to_string();
-                                let first = {
-                                    let mut r = rids.lock().expect("lock");
-                                    r.push(rid);
-                                    r.len() == 1
-                                };
-                                if first {
-                                    return Err("drop this connection");
-                                }
-                            }
-                            Ok(bc.handle(req).await)
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let record = rids.clone();
+    let addr = front(move |method, _, query| {
+        if method != http::Method::POST || !query.contains("SID=") {
+            return Front::Pass;
         }
-    });
+        let rid = query
+            .split('&')
+            .find(|p| p.starts_with("RID="))
+            .unwrap_or("")
+            .to_string();
+        let mut r = record.lock().expect("lock");
+        r.push(rid);
+        if r.len() == 1 {
+            Front::Drop
+        } else {
+            Front::Pass
+        }
+    })
+    .await;
     let client = connect(&format!("http://{addr}/channel"), bc_only());
     until_open(&client).await;
     for i in 0..5 {

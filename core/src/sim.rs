@@ -237,8 +237,8 @@ const CLIENT: usize = 1;
 enum Packet {
     /// The receiver asks the sender to attach a path (request number, acknowledgement).
     Attach { req: u64, ack: Option<u64> },
-    /// Items on a path answering request `req`.
-    Batch { req: u64, items: Vec<Item> },
+    /// Items on a path.
+    Batch { items: Vec<Item> },
     /// The path answering `req` ended normally.
     Ended { req: u64 },
     /// The connection answering `req` died.
@@ -693,9 +693,8 @@ impl World<'_> {
                     self.peers[me].last_write.insert(path, now);
                 }
             }
-            Packet::Batch { req, items } => {
+            Packet::Batch { items } => {
                 self.heard(me);
-                let _ = req;
                 for item in items {
                     let _ = self.sessions[me].handle_incoming(now, item.seq, item.payload);
                     self.drain(me)?;
@@ -806,7 +805,7 @@ impl World<'_> {
                     let keep = self.rng.random_range(1..items.len());
                     self.note(format!("{} batch {seqs:?} cut after {keep}", name(me)));
                     let prefix = items[..keep].to_vec();
-                    self.send_packet(me, Packet::Batch { req, items: prefix });
+                    self.send_packet(me, Packet::Batch { items: prefix });
                     self.mark_dead(me, path, true);
                     return Ok(());
                 }
@@ -815,7 +814,7 @@ impl World<'_> {
                     name(me),
                     path.0
                 ));
-                self.send_packet(me, Packet::Batch { req, items });
+                self.send_packet(me, Packet::Batch { items });
                 if end {
                     self.send_packet(me, Packet::Ended { req });
                 }

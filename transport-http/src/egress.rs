@@ -74,22 +74,6 @@ pub fn is_refused_address(ip: IpAddr) -> bool {
     }
 }
 
-fn reply(status: u16, reason: &str) -> Message {
-    Message {
-        id: None,
-        head: Head::Response {
-            status,
-            reason: http::StatusCode::from_u16(status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("")
-                .to_string(),
-        },
-        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
-        body: Bytes::from(reason.to_string()),
-    }
-}
-
 impl EgressPolicy {
     fn allowed_by_list(&self, host: &str, port: u16) -> bool {
         let host = host.to_ascii_lowercase();
@@ -104,10 +88,10 @@ impl EgressPolicy {
     /// target failed, 504 the target did not answer in time.
     pub async fn perform(&self, request: Message) -> Message {
         if !self.enabled {
-            return reply(403, "egress is disabled on this proxy");
+            return Message::text_response(403, "egress is disabled on this proxy");
         }
         let Head::Request { method, target } = &request.head else {
-            return reply(400, "not a request");
+            return Message::text_response(400, "not a request");
         };
         let host_header = request
             .headers
@@ -117,7 +101,7 @@ impl EgressPolicy {
             .unwrap_or_else(|| "localhost".into());
         let authority: http::uri::Authority = match host_header.parse() {
             Ok(a) => a,
-            Err(_) => return reply(400, "invalid Host header"),
+            Err(_) => return Message::text_response(400, "invalid Host header"),
         };
         let host = authority
             .host()
@@ -133,21 +117,23 @@ impl EgressPolicy {
         .await
         {
             Ok(Ok(a)) => a.collect(),
-            Ok(Err(e)) => return reply(502, &format!("cannot resolve {host}: {e}")),
-            Err(_) => return reply(504, &format!("resolving {host} timed out")),
+            Ok(Err(e)) => {
+                return Message::text_response(502, &format!("cannot resolve {host}: {e}"));
+            }
+            Err(_) => return Message::text_response(504, &format!("resolving {host} timed out")),
         };
         let Some(addr) = addrs
             .iter()
             .copied()
             .find(|a| listed || !is_refused_address(a.ip()))
         else {
-            return reply(
+            return Message::text_response(
                 403,
                 &format!("egress to {host} is refused by the proxy's policy"),
             );
         };
         if !listed && addrs.iter().any(|a| is_refused_address(a.ip())) {
-            return reply(
+            return Message::text_response(
                 403,
                 &format!("egress to {host} is refused by the proxy's policy"),
             );
@@ -159,12 +145,12 @@ impl EgressPolicy {
             builder = builder.header(k.as_str(), v.as_slice());
         }
         let Ok(req) = builder.body(Full::new(request.body.clone())) else {
-            return reply(400, "the request cannot be sent as HTTP");
+            return Message::text_response(400, "the request cannot be sent as HTTP");
         };
         match tokio::time::timeout(self.timeout, self.send(addr, req)).await {
             Ok(Ok(m)) => m,
-            Ok(Err(e)) => reply(502, &format!("{host}: {e}")),
-            Err(_) => reply(504, &format!("{host} did not answer in time")),
+            Ok(Err(e)) => Message::text_response(502, &format!("{host}: {e}")),
+            Err(_) => Message::text_response(504, &format!("{host} did not answer in time")),
         }
     }
 
@@ -188,19 +174,7 @@ impl EgressPolicy {
             .await
             .map_err(|_| "response too large or unreadable".to_string())?
             .to_bytes();
-        Ok(Message {
-            id: None,
-            head: Head::Response {
-                status: parts.status.as_u16(),
-                reason: parts.status.canonical_reason().unwrap_or("").to_string(),
-            },
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body,
-        })
+        Ok(Message::from_response(&parts, body))
     }
 }
 

@@ -55,6 +55,42 @@ pub struct Message {
     pub body: Bytes,
 }
 
+impl Message {
+    /// A plain-text response: `status`, its canonical reason, and `text` as the body.
+    pub fn text_response(status: u16, text: &str) -> Message {
+        Message {
+            id: None,
+            head: Head::Response {
+                status,
+                reason: http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("")
+                    .to_string(),
+            },
+            headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
+            body: Bytes::from(text.to_string()),
+        }
+    }
+
+    /// A response message from an HTTP response head and its whole body.
+    pub fn from_response(parts: &http::response::Parts, body: Bytes) -> Message {
+        Message {
+            id: None,
+            head: Head::Response {
+                status: parts.status.as_u16(),
+                reason: parts.status.canonical_reason().unwrap_or("").to_string(),
+            },
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+        }
+    }
+}
+
 /// Why a channel message is not a browserver message, or cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {

@@ -287,8 +287,10 @@ impl Proxy {
             .authorize_egress(from, &request)
             .await
         {
-            let mut response = response_message(
-                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN),
+            let mut response = Message::text_response(
+                StatusCode::from_u16(refusal.status)
+                    .unwrap_or(StatusCode::FORBIDDEN)
+                    .as_u16(),
                 &refusal.reason,
             );
             response.id = request_id;
@@ -300,10 +302,13 @@ impl Proxy {
                 request.id = None;
                 match self.forward(&target, request).await {
                     Ok(m) => m,
-                    Err(r) => response_message(r.status(), "client unavailable"),
+                    Err(r) => Message::text_response(r.status().as_u16(), "client unavailable"),
                 }
             }
-            Some(_) => response_message(StatusCode::LOOP_DETECTED, "a client cannot call itself"),
+            Some(_) => Message::text_response(
+                StatusCode::LOOP_DETECTED.as_u16(),
+                "a client cannot call itself",
+            ),
             None => self.inner.options.egress.perform(request).await,
         };
         let mut response = response;
@@ -328,7 +333,7 @@ impl Proxy {
     ) -> Result<Message, Response<Full<Bytes>>> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.options.request_timeout;
-        let rid = {
+        {
             let mut clients = self.clients();
             let Some(client) = clients.get_mut(id) else {
                 return Err(gateway_timeout("no such client"));
@@ -352,8 +357,7 @@ impl Proxy {
                 client.requests.resolve(rid);
                 return Err(gateway_timeout("the client's channel is closed"));
             }
-            rid
-        };
+        }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(gateway_timeout("the client disconnected")),
@@ -361,7 +365,6 @@ impl Proxy {
                 if let Some(client) = self.clients().get_mut(id) {
                     client.requests.handle_timeout(Instant::now());
                     while client.requests.poll_event().is_some() {}
-                    let _ = rid;
                 }
                 Err(gateway_timeout("the client did not answer in time"))
             }
@@ -478,18 +481,6 @@ fn encode_for(wire: Wire, m: &Message) -> Option<String> {
                 None
             }
         },
-    }
-}
-
-fn response_message(status: StatusCode, reason: &str) -> Message {
-    Message {
-        id: None,
-        head: Head::Response {
-            status: status.as_u16(),
-            reason: status.canonical_reason().unwrap_or("").into(),
-        },
-        headers: vec![("content-type".into(), b"text/plain; charset=utf-8".to_vec())],
-        body: Bytes::from(reason.to_string()),
     }
 }
 

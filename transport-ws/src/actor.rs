@@ -243,7 +243,6 @@ impl Actor {
             return;
         };
         c.last_heard = now;
-        let current = self.core.has_path();
         match (self.mode, message) {
             (_, WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
             // A close frame is the client's decision (a browser tab going away included); only
@@ -287,7 +286,6 @@ impl Actor {
                 self.protocol_error(now, "text frame in session mode")
             }
         }
-        let _ = current;
     }
 
     fn incoming(&mut self, now: StdInstant, tagged: Bytes) {
