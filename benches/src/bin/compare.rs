@@ -1,0 +1,676 @@
+//! `browserver-compare`: runs the same loads against browserver and its peers, alternately,
+//! and writes the results into `docs/benchmarks.md` (between its `results` markers), with a
+//! plot (`docs/benchmarks.svg`) and the raw figures (`docs/benchmarks.json`).
+//!
+//! Run it through `benches/compare`, which builds the binaries and installs the peers from
+//! npm first. Every server runs pinned to CPU 0 and every load to CPU 1 (`taskset`), so the
+//! server CPU time per message is measured apart from the load's.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Folder with the release binaries (browserver, browserver-load, baseline-server).
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+    /// node_modules folder holding browserchannel and socket.io.
+    #[arg(long)]
+    peers: PathBuf,
+    /// Folder with the peers' server scripts.
+    #[arg(long, default_value = "benches/peers")]
+    scripts: PathBuf,
+    /// Where to write benchmarks.md / .svg / .json.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    /// Alternating rounds per comparison (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Sessions for the head-to-head echo comparisons.
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// Session counts for the throughput plot.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    sweep: Vec<usize>,
+    /// Idle session counts for the memory figures.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    idle: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ours,
+    OursProxy,
+    NodeBc,
+    SocketIo,
+    BareWs,
+    BareHttp,
+}
+
+struct Server {
+    kind: Kind,
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_server(args: &Args, kind: Kind) -> Result<Server, String> {
+    let bin = |name: &str| args.bin.join(name).display().to_string();
+    let script = |name: &str| args.scripts.join(name).display().to_string();
+    let cmd: Vec<String> = match kind {
+        Kind::Ours => vec![
+            bin("browserver"),
+            "echo".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+        Kind::OursProxy => vec![bin("browserver"), "--listen".into(), "127.0.0.1:0".into()],
+        Kind::NodeBc => vec!["node".into(), script("browserchannel-echo.js")],
+        Kind::SocketIo => vec!["node".into(), script("socketio-echo.js")],
+        Kind::BareWs => vec![bin("baseline-server"), "ws-echo".into()],
+        Kind::BareHttp => vec![bin("baseline-server"), "http-hello".into()],
+    };
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .args(&cmd)
+        .env("NODE_PATH", &args.peers)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| format!("{cmd:?} did not start"))?;
+    Ok(Server { kind, child, addr })
+}
+
+/// The process's user + system CPU time, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(14) + field(15)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One echo target: a server and the load tool's transport and URL for it.
+#[derive(Clone, Copy)]
+struct Target {
+    label: &'static str,
+    kind: Kind,
+    transport: &'static str,
+}
+
+const OURS_BC: Target = Target {
+    label: "browserver BrowserChannel",
+    kind: Kind::Ours,
+    transport: "browserchannel",
+};
+const OURS_WS: Target = Target {
+    label: "browserver WebSocket",
+    kind: Kind::Ours,
+    transport: "websocket",
+};
+const OURS_WS_SESSION: Target = Target {
+    label: "browserver WebSocket session mode",
+    kind: Kind::Ours,
+    transport: "websocket-session",
+};
+const NODE_BC: Target = Target {
+    label: "node-browserchannel",
+    kind: Kind::NodeBc,
+    transport: "browserchannel",
+};
+const BARE_WS: Target = Target {
+    label: "bare tokio-tungstenite",
+    kind: Kind::BareWs,
+    transport: "websocket",
+};
+const SIO_WS: Target = Target {
+    label: "Socket.IO WebSocket",
+    kind: Kind::SocketIo,
+    transport: "socketio-websocket",
+};
+const SIO_POLL: Target = Target {
+    label: "Socket.IO polling",
+    kind: Kind::SocketIo,
+    transport: "socketio-polling",
+};
+
+fn url(target: Target, addr: &str) -> String {
+    match (target.kind, target.transport) {
+        (Kind::Ours | Kind::NodeBc, "browserchannel") => format!("http://{addr}/channel"),
+        (Kind::Ours, _) => format!("ws://{addr}/ws"),
+        (Kind::BareWs, _) => format!("ws://{addr}/"),
+        _ => format!("http://{addr}"),
+    }
+}
+
+struct Bench<'a> {
+    args: &'a Args,
+    servers: Vec<Server>,
+    tck: f64,
+}
+
+impl Bench<'_> {
+    fn server(&mut self, kind: Kind) -> Result<&Server, String> {
+        if !self.servers.iter().any(|s| s.kind == kind) {
+            let s = spawn_server(self.args, kind)?;
+            self.servers.push(s);
+        }
+        self.servers
+            .iter()
+            .find(|s| s.kind == kind)
+            .ok_or_else(|| "no server".into())
+    }
+
+    fn load(&self, args: &[String]) -> Result<Value, String> {
+        let out = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(self.args.bin.join("browserver-load"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&out.stdout).map_err(|_| {
+            format!(
+                "browserver-load {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// An echo run; the load tool's summary plus the server's CPU time per echoed message.
+    fn echo(&mut self, target: Target, sessions: usize, seconds: f64) -> Result<Value, String> {
+        let (pid, addr) = {
+            let s = self.server(target.kind)?;
+            (s.child.id(), s.addr.clone())
+        };
+        let before = cpu_ticks(pid);
+        let mut summary = self.load(&[
+            "echo".into(),
+            "--transport".into(),
+            target.transport.into(),
+            "--url".into(),
+            url(target, &addr),
+            "--sessions".into(),
+            sessions.to_string(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ])?;
+        let cpu = (cpu_ticks(pid) - before) as f64 / self.tck;
+        let echoed = summary["echoed"].as_f64().unwrap_or(0.0).max(1.0);
+        summary["server_cpu_us_per_message"] = json!((cpu * 1e6 / echoed * 100.0).round() / 100.0);
+        eprintln!(
+            "  {:<36} {sessions:>5} sessions  {:>8} msg/s  p99 {:>7} µs  {:>6} µs CPU/msg  lost {} errors {}",
+            target.label,
+            summary["messages_per_second"],
+            summary["latency_us"]["p99"],
+            summary["server_cpu_us_per_message"],
+            summary["lost"],
+            summary["errors"],
+        );
+        Ok(summary)
+    }
+
+    fn http(&mut self, kind: Kind, seconds: f64) -> Result<Value, String> {
+        let addr = self.server(kind)?.addr.clone();
+        let mut args: Vec<String> = if kind == Kind::OursProxy {
+            vec![
+                "proxy".into(),
+                "--url".into(),
+                format!("http://{addr}"),
+                "--hosts".into(),
+                "10".into(),
+            ]
+        } else {
+            vec!["http".into(), "--url".into(), format!("http://{addr}/")]
+        };
+        args.extend([
+            "--connections".into(),
+            "32".into(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ]);
+        let summary = self.load(&args)?;
+        eprintln!(
+            "  {:<36} {:>8} req/s  p99 {:>7} µs  errors {}",
+            if kind == Kind::OursProxy {
+                "browserver proxy → client hosts"
+            } else {
+                "bare hyper"
+            },
+            summary["requests_per_second"],
+            summary["latency_us"]["p99"],
+            summary["errors"],
+        );
+        Ok(summary)
+    }
+
+    /// RSS growth per idle session, in a fresh server process.
+    fn idle(&mut self, target: Target, sessions: usize) -> Result<Value, String> {
+        let server = spawn_server(self.args, target.kind)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = server.child.id();
+        let before = rss_kib(pid);
+        let mut load = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(self.args.bin.join("browserver-load"))
+            .args([
+                "echo",
+                "--transport",
+                target.transport,
+                "--url",
+                &url(target, &server.addr),
+            ])
+            .args([
+                "--sessions",
+                &sessions.to_string(),
+                "--window",
+                "0",
+                "--seconds",
+                "120",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stderr = load.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(120)).is_ok();
+        std::thread::sleep(Duration::from_secs(3));
+        let after = rss_kib(pid);
+        let _ = load.kill();
+        let _ = load.wait();
+        let per_session = (after.saturating_sub(before) * 1024) as f64 / sessions as f64;
+        eprintln!(
+            "  {:<36} {sessions:>6} idle sessions  RSS {before} → {after} KiB  {:.1} KiB/session{}",
+            target.label,
+            per_session / 1024.0,
+            if ready { "" } else { "  (not all opened)" }
+        );
+        Ok(json!({
+            "sessions": sessions,
+            "all_open": ready,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "bytes_per_session": per_session.round(),
+        }))
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn pick(runs: &[Value], f: impl Fn(&Value) -> Option<f64>) -> f64 {
+    median(&runs.iter().filter_map(f).collect::<Vec<_>>())
+}
+
+/// Median figures of several echo runs.
+fn echo_medians(runs: &[Value]) -> Value {
+    json!({
+        "messages_per_second": pick(runs, |r| r["messages_per_second"].as_f64()),
+        "p50_us": pick(runs, |r| r["latency_us"]["p50"].as_f64()),
+        "p99_us": pick(runs, |r| r["latency_us"]["p99"].as_f64()),
+        "p999_us": pick(runs, |r| r["latency_us"]["p999"].as_f64()),
+        "server_cpu_us_per_message": pick(runs, |r| r["server_cpu_us_per_message"].as_f64()),
+        "lost": runs.iter().filter_map(|r| r["lost"].as_u64()).sum::<u64>(),
+        "out_of_order": runs.iter().filter_map(|r| r["out_of_order"].as_u64()).sum::<u64>(),
+        "errors": runs.iter().filter_map(|r| r["errors"].as_u64()).sum::<u64>(),
+        "runs": runs,
+    })
+}
+
+fn http_medians(runs: &[Value]) -> Value {
+    json!({
+        "requests_per_second": pick(runs, |r| r["requests_per_second"].as_f64()),
+        "p50_us": pick(runs, |r| r["latency_us"]["p50"].as_f64()),
+        "p99_us": pick(runs, |r| r["latency_us"]["p99"].as_f64()),
+        "errors": runs.iter().filter_map(|r| r["errors"].as_u64()).sum::<u64>(),
+        "runs": runs,
+    })
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "–".into()
+    } else {
+        format!("{:.2}", a / b)
+    }
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn package_version(peers: &Path, name: &str) -> String {
+    std::fs::read_to_string(peers.join(name).join("package.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn plot(path: &Path, sweep: &[(String, Vec<(usize, f64)>)]) -> Result<(), String> {
+    let max_x = sweep
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let max_y = sweep
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Echo throughput against concurrent sessions (loopback, server on 1 core)",
+            ("sans-serif", 18),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1.0..max_x).log_scale(), 0.0..max_y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("sessions")
+        .y_desc("messages/s")
+        .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, (label, points)) in sweep.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let data: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x as f64, y)).collect();
+        chart
+            .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("browserver-compare: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let started = Instant::now();
+    let mut bench = Bench {
+        args,
+        servers: Vec::new(),
+        tck: clock_ticks(),
+    };
+    let mut report = json!({});
+    let mut md = String::new();
+    let machine = format!(
+        "{}, {} CPUs, {} · kernel {} · {} · node {} · browserchannel {} · socket.io {} · {} rounds × {} s, medians",
+        command_output(
+            "sh",
+            &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"]
+        ),
+        command_output("nproc", &[]),
+        command_output(
+            "sh",
+            &["-c", "free -g | awk '/Mem:/ {print $2 \" GiB RAM\"}'"]
+        ),
+        command_output("uname", &["-r"]),
+        command_output("rustc", &["-V"]),
+        command_output("node", &["-v"]),
+        package_version(&args.peers, "browserchannel"),
+        package_version(&args.peers, "socket.io"),
+        args.rounds,
+        args.seconds,
+    );
+    md.push_str(&format!(
+        "Generated by `benches/compare` on {} UTC.\n\nMachine: {machine}. Every server is pinned to CPU 0, every load to CPU 1.\n\n",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M"])
+    ));
+    report["machine"] = machine.into();
+
+    // Head-to-head echo comparisons.
+    let pairs = [
+        ("BrowserChannel echo", OURS_BC, NODE_BC),
+        ("WebSocket echo", OURS_WS, BARE_WS),
+        (
+            "Channel with acknowledgements over WebSocket",
+            OURS_WS_SESSION,
+            SIO_WS,
+        ),
+        ("HTTP long-polling channel", OURS_BC, SIO_POLL),
+    ];
+    md.push_str(&format!(
+        "## Echo, {} sessions × 16 messages in flight, 32-byte padding\n\n\
+         Ratios are ours ÷ peer: above 1 is better for messages/s, below 1 is better for latency, CPU and memory.\n\n\
+         | comparison | ours | peer | msg/s ours | msg/s peer | ratio | p99 ours (ms) | p99 peer (ms) | ratio | server CPU µs/msg ours | peer | ratio | lost / out of order |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        args.sessions
+    ));
+    let mut echo_results = serde_json::Map::new();
+    for (title, ours, peer) in pairs {
+        eprintln!("{title}");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            a.push(bench.echo(ours, args.sessions, args.seconds)?);
+            b.push(bench.echo(peer, args.sessions, args.seconds)?);
+        }
+        let (a, b) = (echo_medians(&a), echo_medians(&b));
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+        md.push_str(&format!(
+            "| {title} | {} | {} | {:.0} | {:.0} | **{}** | {:.1} | {:.1} | **{}** | {:.2} | {:.2} | **{}** | {} / {} · {} / {} |\n",
+            ours.label,
+            peer.label,
+            f(&a, "messages_per_second"),
+            f(&b, "messages_per_second"),
+            ratio(f(&a, "messages_per_second"), f(&b, "messages_per_second")),
+            f(&a, "p99_us") / 1000.0,
+            f(&b, "p99_us") / 1000.0,
+            ratio(f(&a, "p99_us"), f(&b, "p99_us")),
+            f(&a, "server_cpu_us_per_message"),
+            f(&b, "server_cpu_us_per_message"),
+            ratio(f(&a, "server_cpu_us_per_message"), f(&b, "server_cpu_us_per_message")),
+            a["lost"], a["out_of_order"], b["lost"], b["out_of_order"],
+        ));
+        echo_results.insert(
+            title.into(),
+            json!({"ours": a, "peer": b, "ours_label": ours.label, "peer_label": peer.label}),
+        );
+    }
+    report["echo"] = echo_results.into();
+
+    // Proxied GET against a bare hyper server.
+    eprintln!("Proxied GET");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        a.push(bench.http(Kind::OursProxy, args.seconds)?);
+        b.push(bench.http(Kind::BareHttp, args.seconds)?);
+    }
+    let (a, b) = (http_medians(&a), http_medians(&b));
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    md.push_str(&format!(
+        "\n## HTTP GET, 32 keep-alive connections\n\n\
+         Through the proxy, the request crosses the proxy to one of 10 client hosts (the Rust client's host mode, in the load process, over WebSocket) and back.\n\n\
+         | | requests/s | p50 (ms) | p99 (ms) | errors |\n|---|---:|---:|---:|---:|\n\
+         | browserver proxy → client host | {:.0} | {:.2} | {:.2} | {} |\n\
+         | bare hyper server | {:.0} | {:.2} | {:.2} | {} |\n\
+         | **ratio** | **{}** | {} | **{}** | |\n",
+        f(&a, "requests_per_second"), f(&a, "p50_us") / 1000.0, f(&a, "p99_us") / 1000.0, a["errors"],
+        f(&b, "requests_per_second"), f(&b, "p50_us") / 1000.0, f(&b, "p99_us") / 1000.0, b["errors"],
+        ratio(f(&a, "requests_per_second"), f(&b, "requests_per_second")),
+        ratio(f(&a, "p50_us"), f(&b, "p50_us")),
+        ratio(f(&a, "p99_us"), f(&b, "p99_us")),
+    ));
+    report["proxy"] = json!({"proxy": a, "direct": b});
+
+    // Throughput against the number of sessions.
+    let sweep_targets = [OURS_BC, NODE_BC, SIO_POLL, OURS_WS, BARE_WS, SIO_WS];
+    let mut sweep = Vec::new();
+    eprintln!("Sweep");
+    for t in sweep_targets {
+        let mut points = Vec::new();
+        for &n in &args.sweep {
+            let r = bench.echo(t, n, (args.seconds / 2.0).max(1.0))?;
+            points.push((n, r["messages_per_second"].as_f64().unwrap_or(0.0)));
+        }
+        sweep.push((t.label.to_string(), points));
+    }
+    bench.servers.clear();
+    plot(&args.out.join("benchmarks.svg"), &sweep)?;
+    md.push_str(&format!(
+        "\n## Throughput against sessions\n\n![echo messages/s against concurrent sessions](benchmarks.svg)\n\n\
+         | sessions | {} |\n|---:|{}\n",
+        sweep.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(" | "),
+        "---:|".repeat(sweep.len())
+    ));
+    for (k, n) in args.sweep.iter().enumerate() {
+        md.push_str(&format!(
+            "| {n} | {} |\n",
+            sweep
+                .iter()
+                .map(|s| format!("{:.0}", s.1[k].1))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    report["sweep"] = json!(sweep);
+
+    // Memory per idle session.
+    eprintln!("Idle sessions");
+    let idle_targets = [OURS_BC, NODE_BC, SIO_POLL, OURS_WS, SIO_WS, BARE_WS];
+    md.push_str(&format!(
+        "\n## Memory per idle session\n\n\
+         Growth of the server's RSS with N idle sessions open (a fresh server for each figure; long-polling sessions keep a back channel hanging), divided by N.\n\n\
+         | server | {} |\n|---|{}\n",
+        args.idle.iter().map(|n| format!("KiB/session at {n}")).collect::<Vec<_>>().join(" | "),
+        "---:|".repeat(args.idle.len())
+    ));
+    let mut idle = serde_json::Map::new();
+    for t in idle_targets {
+        let mut row = Vec::new();
+        for &n in &args.idle {
+            let r = bench.idle(t, n)?;
+            let cell = format!(
+                "{:.1}{}",
+                r["bytes_per_session"].as_f64().unwrap_or(0.0) / 1024.0,
+                if r["all_open"].as_bool() == Some(true) {
+                    ""
+                } else {
+                    " (not all opened)"
+                }
+            );
+            row.push(cell);
+            idle.insert(format!("{} {n}", t.label), r);
+        }
+        md.push_str(&format!("| {} | {} |\n", t.label, row.join(" | ")));
+    }
+    report["idle"] = idle.into();
+    md.push_str(&format!(
+        "\nThe whole run took {:.0} s. Raw figures: [benchmarks.json](benchmarks.json).\n",
+        started.elapsed().as_secs_f64()
+    ));
+
+    std::fs::write(
+        args.out.join("benchmarks.json"),
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let doc = args.out.join("benchmarks.md");
+    let old = std::fs::read_to_string(&doc).unwrap_or_else(|_| {
+        "# Benchmarks\n\n<!-- results:begin -->\n<!-- results:end -->\n".into()
+    });
+    let (begin, end) = ("<!-- results:begin -->", "<!-- results:end -->");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{md}{}", &old[..b], &old[e..]),
+        _ => format!("{old}\n{begin}\n{md}{end}\n"),
+    };
+    std::fs::write(&doc, new).map_err(|e| e.to_string())?;
+    eprintln!("wrote {}", doc.display());
+    Ok(())
+}

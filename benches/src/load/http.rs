@@ -1,0 +1,170 @@
+//! HTTP plumbing shared by the long-polling transports, and HTTP request load (through the
+//! proxy to client hosts, or straight to a server).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::percentile;
+
+/// A pooled HTTP/1.1 client with `TCP_NODELAY`.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client keeping up to `idle` connections per host.
+pub fn client(idle: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(idle)
+        .build(connector)
+}
+
+/// One request; the status and the whole body as text.
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: String,
+    content_type: &str,
+    body: String,
+) -> Result<(u16, String), String> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let res = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends GETs for `path` one after another on one keep-alive connection to `addr`, cycling
+/// through `hosts` as the Host header, until `stop`. Returns latencies (µs) and errors.
+pub async fn get_loop(
+    addr: std::net::SocketAddr,
+    hosts: Arc<Vec<String>>,
+    first: usize,
+    path: String,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> (Vec<u32>, u64) {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return (Vec::new(), 1);
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return (Vec::new(), 1);
+    };
+    tokio::spawn(conn);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut k = first;
+    while !stop.load(Ordering::Relaxed) {
+        let host = &hosts[k % hosts.len()];
+        k += 1;
+        let Ok(req) = http::Request::get(path.as_str())
+            .header("host", host.as_str())
+            .body(Full::new(Bytes::new()))
+        else {
+            break;
+        };
+        let started = Instant::now();
+        match sender.send_request(req).await {
+            Ok(r) if r.status() == 200 => {
+                if r.into_body().collect().await.is_ok() {
+                    latencies.push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors += 1;
+                }
+            }
+            _ => {
+                errors += 1;
+                if sender.ready().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+/// Runs `connections` GET loops for `seconds` and sums up as JSON.
+pub async fn run_gets(
+    addr: std::net::SocketAddr,
+    hosts: Vec<String>,
+    path: &str,
+    connections: usize,
+    seconds: f64,
+) -> serde_json::Value {
+    let hosts = Arc::new(hosts);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..connections)
+        .map(|k| {
+            tokio::spawn(get_loop(
+                addr,
+                hosts.clone(),
+                k,
+                path.to_string(),
+                stop.clone(),
+                done.clone(),
+            ))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut last = (Instant::now(), 0);
+    while started.elapsed().as_secs_f64() < seconds {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if last.0.elapsed() >= Duration::from_secs(1) {
+            let n = done.load(Ordering::Relaxed);
+            eprintln!(
+                "{:>6.1} s  {:>9.0} req/s",
+                started.elapsed().as_secs_f64(),
+                (n - last.1) as f64 / last.0.elapsed().as_secs_f64()
+            );
+            last = (Instant::now(), n);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let completed = done.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok(Ok((l, e))) = tokio::time::timeout(Duration::from_secs(10), t).await {
+            all.extend(l);
+            errors += e;
+        } else {
+            errors += 1;
+        }
+    }
+    all.sort_unstable();
+    serde_json::json!({
+        "connections": connections,
+        "hosts": hosts.len(),
+        "seconds": seconds,
+        "requests": all.len(),
+        "requests_per_second": (completed as f64 / elapsed).round(),
+        "latency_us": {
+            "p50": percentile(&all, 0.50),
+            "p99": percentile(&all, 0.99),
+            "p999": percentile(&all, 0.999),
+        },
+        "errors": errors,
+    })
+}
