@@ -379,9 +379,12 @@ async fn route(
         .insert(browserver_transport_ws::ClientAddr(peer));
     req.extensions_mut().insert(RemoteAddr(peer));
     let started = std::time::Instant::now();
+    // The handlers' futures are boxed: hyper keeps room for this function's future on every
+    // connection, in use or not, so it is kept small (a hanging back channel's connection
+    // would otherwise carry several KiB of it).
     let req = if mode == Mode::Proxy {
         let line = format!("{} {}", req.method(), req.uri());
-        match proxy.handle(req).await {
+        match Box::pin(proxy.handle(req)).await {
             Ok(response) => {
                 tracing::info!(request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
                 return response.map(Either::Right);
@@ -393,10 +396,10 @@ async fn route(
     };
     let path = req.uri().path().to_string();
     if path == config.ws_path {
-        return ws.handle(req).await.map(Either::Right);
+        return Box::pin(ws.handle(req)).await.map(Either::Right);
     }
     if bc.owns(&path) {
-        return bc.handle(req).await.map(Either::Left);
+        return Box::pin(bc.handle(req)).await.map(Either::Left);
     }
     match path.as_str() {
         "/_browserver/clients" => {

@@ -175,7 +175,7 @@ impl Actor {
                 self.sinks.remove(&path);
                 self.core.detach(now, path);
             }
-            Command::Http(http) => self.http(now, http),
+            Command::Http(http) => self.http(now, *http),
         }
     }
 
@@ -493,22 +493,25 @@ impl Actor {
             Command::Send { ack, .. } => {
                 let _ = ack.send(Err(self.closed_error()));
             }
-            // The application closed the session before its creating request was answered.
-            Command::Http(HttpCommand::Post {
-                headers,
-                reply,
-                creating: true,
-                ..
-            }) => {
-                let _ = reply.send(error_response(403, "Forbidden", &headers));
-            }
-            Command::Http(HttpCommand::Post { headers, reply, .. })
-            | Command::Http(HttpCommand::BackChannel { headers, reply, .. }) => {
-                let _ = reply.send(error_response(400, "Unknown SID", &headers));
-            }
-            Command::Http(HttpCommand::Ghost { done, .. }) => {
-                let _ = done.send(());
-            }
+            Command::Http(http) => match *http {
+                // The application closed the session before its creating request was answered.
+                HttpCommand::Post {
+                    headers,
+                    reply,
+                    creating: true,
+                    ..
+                } => {
+                    let _ = reply.send(error_response(403, "Forbidden", &headers));
+                }
+                HttpCommand::Post { headers, reply, .. }
+                | HttpCommand::BackChannel { headers, reply, .. } => {
+                    let _ = reply.send(error_response(400, "Unknown SID", &headers));
+                }
+                HttpCommand::Ghost { done, .. } => {
+                    let _ = done.send(());
+                }
+                HttpCommand::Terminate { .. } => {}
+            },
             _ => {}
         }
     }

@@ -105,6 +105,21 @@ pub(crate) fn ok_response(headers: &HeaderMap, body: ResponseBody) -> Response<R
     r
 }
 
+/// A copy of request headers that owns its bytes. hyper's header values are slices of the
+/// connection's read buffer; a session keeping them would keep that buffer (8 KiB or more)
+/// alive as long as the session lives.
+pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                HeaderValue::from_bytes(value.as_bytes()).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// `<html><body><h1>MESSAGE</h1></body></html>` with the configured headers, in one write.
 pub(crate) fn error_response(
     status: u16,
@@ -439,7 +454,7 @@ impl BrowserChannel {
                         let _ = session
                             .shared
                             .tx
-                            .send(Command::Http(HttpCommand::Terminate { rid, aid }));
+                            .send(Command::Http(Box::new(HttpCommand::Terminate { rid, aid })));
                     }
                     ok_response(&headers, ResponseBody::empty())
                 }
@@ -487,7 +502,12 @@ impl BrowserChannel {
         rx: oneshot::Receiver<Response<ResponseBody>>,
         refused: Response<ResponseBody>,
     ) -> Response<ResponseBody> {
-        if session.shared.tx.send(Command::Http(command)).is_err() {
+        if session
+            .shared
+            .tx
+            .send(Command::Http(Box::new(command)))
+            .is_err()
+        {
             return refused;
         }
         rx.await.unwrap_or(refused)
@@ -518,7 +538,7 @@ impl BrowserChannel {
             if old
                 .shared
                 .tx
-                .send(Command::Http(HttpCommand::Ghost { oaid, done }))
+                .send(Command::Http(Box::new(HttpCommand::Ghost { oaid, done })))
                 .is_ok()
             {
                 let _ = rx.await;
@@ -534,7 +554,7 @@ impl BrowserChannel {
             id: String::new(),
             address: parts.extensions.get::<ClientAddr>().map(|a| a.0),
             query: query.clone(),
-            headers: parts.headers.clone(),
+            headers: owned_headers(&parts.headers),
             app_version: param(query, "CVER")
                 .filter(|v| !v.is_empty())
                 .map(str::to_string),
@@ -654,6 +674,38 @@ where
         } else {
             let future = self.fallback.call(req);
             Box::pin(async move { Ok(future.await?.map(http_body_util::Either::Right)) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_headers_keep_every_value_without_sharing_the_request_buffer() {
+        let buffer = bytes::Bytes::from_static(b"a1a2z");
+        let mut headers = HeaderMap::new();
+        let name = HeaderName::from_static("x-repeated");
+        headers.append(
+            &name,
+            HeaderValue::from_maybe_shared(buffer.slice(0..2)).expect("valid value"),
+        );
+        headers.append(
+            &name,
+            HeaderValue::from_maybe_shared(buffer.slice(2..4)).expect("valid value"),
+        );
+        headers.insert(http::header::HOST, HeaderValue::from_static("example"));
+        let owned = owned_headers(&headers);
+        assert_eq!(owned, headers);
+        let values: Vec<_> = owned.get_all(&name).iter().collect();
+        assert_eq!(values, ["a1", "a2"]);
+        for value in owned.values() {
+            let range = buffer.as_ptr_range();
+            assert!(
+                !range.contains(&value.as_bytes().as_ptr()),
+                "a value still points into the buffer"
+            );
         }
     }
 }

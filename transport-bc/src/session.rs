@@ -62,7 +62,8 @@ pub(crate) enum Command {
         written: oneshot::Sender<()>,
     },
     Close(Option<String>),
-    Http(crate::actor::HttpCommand),
+    /// Boxed: it is the largest command, and the channel's blocks are sized by the largest.
+    Http(Box<crate::actor::HttpCommand>),
     PathGone(browserver_core::PathId),
 }
 

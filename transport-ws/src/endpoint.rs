@@ -17,7 +17,7 @@ use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
@@ -61,6 +61,10 @@ pub struct Options {
     pub max_frame_size: usize,
     /// Largest message accepted. 4 MiB.
     pub max_message_size: usize,
+    /// Bytes read from the socket at a time, per connection. 8 KiB: tungstenite's default
+    /// (128 KiB) reads large messages a little faster but costs that much memory per
+    /// connection, idle or not.
+    pub read_buffer_size: usize,
     /// Unacknowledged outbound bytes per session; past it `send` fails with `BufferFull`. 4 MiB.
     pub max_buffered_bytes: usize,
     /// How far ahead of a missing message others are held (session mode). 4 096.
@@ -81,6 +85,7 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(60),
             max_frame_size: 1 << 20,
             max_message_size: 4 << 20,
+            read_buffer_size: 8 << 10,
             max_buffered_bytes: 4 << 20,
             reorder_window: 4096,
             max_sessions: 100_000,
@@ -167,6 +172,21 @@ impl Refusal {
 
 fn bad_request(reason: &'static str) -> Response<Full<Bytes>> {
     Refusal(StatusCode::BAD_REQUEST, reason.into()).response()
+}
+
+/// A copy of request headers that owns its bytes. hyper's header values are slices of the
+/// connection's read buffer; a session keeping them would keep that buffer (8 KiB or more)
+/// alive as long as the session lives.
+fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
+                HeaderValue::from_bytes(value.as_bytes()).ok()?,
+            ))
+        })
+        .collect()
 }
 
 fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
@@ -261,6 +281,7 @@ impl WsEndpoint {
 
     fn ws_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
+            .read_buffer_size(self.inner.options.read_buffer_size)
             .max_frame_size(Some(self.inner.options.max_frame_size))
             .max_message_size(Some(self.inner.options.max_message_size))
     }
@@ -380,7 +401,7 @@ impl WsEndpoint {
             mode,
             address: parts.extensions.get::<ClientAddr>().map(|a| a.0),
             query,
-            headers: parts.headers.clone(),
+            headers: owned_headers(&parts.headers),
             tx,
             status: status_rx,
             messages: tokio::sync::Mutex::new(messages_rx),
@@ -520,5 +541,37 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let endpoint = self.clone();
         Box::pin(async move { Ok(endpoint.handle(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_headers_keep_every_value_without_sharing_the_request_buffer() {
+        let buffer = bytes::Bytes::from_static(b"a1a2z");
+        let mut headers = HeaderMap::new();
+        let name = HeaderName::from_static("x-repeated");
+        headers.append(
+            &name,
+            HeaderValue::from_maybe_shared(buffer.slice(0..2)).expect("valid value"),
+        );
+        headers.append(
+            &name,
+            HeaderValue::from_maybe_shared(buffer.slice(2..4)).expect("valid value"),
+        );
+        headers.insert(http::header::HOST, HeaderValue::from_static("example"));
+        let owned = owned_headers(&headers);
+        assert_eq!(owned, headers);
+        let values: Vec<_> = owned.get_all(&name).iter().collect();
+        assert_eq!(values, ["a1", "a2"]);
+        for value in owned.values() {
+            let range = buffer.as_ptr_range();
+            assert!(
+                !range.contains(&value.as_bytes().as_ptr()),
+                "a value still points into the buffer"
+            );
+        }
     }
 }
