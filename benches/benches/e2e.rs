@@ -1,11 +1,18 @@
-//! End-to-end round trips on loopback with the Rust client: one message out, its echo back.
+//! End-to-end round trips on loopback: one message out through the Rust client and its echo
+//! back (over WebSocket and BrowserChannel), and one GET through the browserver proxy to a
+//! client host and its answer back.
 //!
 //! `cargo bench -p browserver-benches --bench e2e`
 
 use std::time::Duration;
 
-use browserver_client::{Client, Event, Options, Transport, connect};
+use std::hint::black_box;
+
+use browserver_client::{Client, Event, Options, Transport, connect, host};
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -91,5 +98,80 @@ fn round_trips(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trips);
+async fn hello(
+    _req: http::Request<Full<Bytes>>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
+}
+
+/// A proxy, a client host connected to it, and a keep-alive HTTP connection to the proxy.
+async fn proxied(
+    transport: Transport,
+) -> (
+    host::Host,
+    String,
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(browserver_server::run(
+        listener,
+        browserver_server::Config::default(),
+        browserver_server::Mode::Proxy,
+        std::future::pending(),
+    ));
+    let url = match transport {
+        Transport::BrowserChannel => format!("http://{addr}/channel"),
+        _ => format!("ws://{addr}/ws"),
+    };
+    let h = host::serve(
+        &url,
+        Options {
+            transport,
+            ..Options::default()
+        },
+        tower::service_fn(hello),
+    );
+    let hostname = tokio::time::timeout(Duration::from_secs(10), h.hostname())
+        .await
+        .ok()
+        .flatten()
+        .expect("the host connects");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    (h, hostname, sender)
+}
+
+fn proxied_get(c: &mut Criterion) {
+    let rt = Runtime::new().expect("runtime");
+    let mut group = c.benchmark_group("e2e/proxied_get");
+    group.throughput(Throughput::Elements(1));
+    for (name, transport) in [
+        ("websocket_host", Transport::WebSocket),
+        ("browserchannel_host", Transport::BrowserChannel),
+    ] {
+        let (_host, hostname, sender) = rt.block_on(proxied(transport));
+        let sender = tokio::sync::Mutex::new(sender);
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let req = http::Request::get("/")
+                    .header("host", hostname.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let mut sender = sender.lock().await;
+                sender.ready().await.expect("connection ready");
+                let res = sender.send_request(req).await.expect("response");
+                assert_eq!(res.status(), 200);
+                black_box(res.into_body().collect().await.expect("body"));
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, round_trips, proxied_get);
 criterion_main!(benches);
