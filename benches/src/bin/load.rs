@@ -109,24 +109,6 @@ enum Command {
     },
 }
 
-fn loopback(url: &str) -> Result<(std::net::SocketAddr, String), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let authority = uri.authority().ok_or(format!("{url}: no host"))?;
-    let port = authority.port_u16().unwrap_or(80);
-    let ip: std::net::IpAddr = match authority.host() {
-        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
-        h => h
-            .trim_matches(['[', ']'])
-            .parse()
-            .map_err(|_| format!("{url}: give a loopback IP address"))?,
-    };
-    if !ip.is_loopback() {
-        return Err(format!("{url}: this tool talks to loopback only"));
-    }
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Ok(((ip, port).into(), path))
-}
-
 async fn hello(
     _req: http::Request<Full<Bytes>>,
 ) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
@@ -151,7 +133,7 @@ async fn run(command: Command) -> Result<serde_json::Value, String> {
                 }
                 (None, _) => return Err("--url: the Socket.IO server's origin".into()),
             };
-            loopback(&url.replacen("ws", "http", 1))?;
+            load::http::loopback(&url.replacen("ws", "http", 1))?;
             let ctx = Ctx::new(url, window, size);
             let name = transport
                 .to_possible_value()
@@ -197,7 +179,7 @@ async fn run(command: Command) -> Result<serde_json::Value, String> {
             connections,
             seconds,
         } => {
-            let (addr, _) = loopback(&url)?;
+            let (addr, _) = load::http::loopback(&url)?;
             let origin = url.trim_end_matches('/');
             let (transport, channel) = match host_transport {
                 HostTransport::Websocket => (
@@ -240,7 +222,7 @@ async fn run(command: Command) -> Result<serde_json::Value, String> {
             connections,
             seconds,
         } => {
-            let (addr, path) = loopback(&url)?;
+            let (addr, path) = load::http::loopback(&url)?;
             let host = addr.to_string();
             Ok(load::http::run_gets(addr, vec![host], &path, connections, seconds).await)
         }

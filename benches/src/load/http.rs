@@ -51,6 +51,26 @@ pub async fn request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// The socket address and path of `url`, which must name a loopback address (`localhost`,
+/// 127.0.0.0/8, `[::1]`): the tool never sends load anywhere else.
+pub fn loopback(url: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri.authority().ok_or(format!("{url}: no host"))?;
+    let port = authority.port_u16().unwrap_or(80);
+    let ip: std::net::IpAddr = match authority.host() {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        h => h
+            .trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| format!("{url}: give a loopback IP address"))?,
+    };
+    if !ip.is_loopback() {
+        return Err(format!("{url}: this tool talks to loopback only"));
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Ok(((ip, port).into(), path))
+}
+
 /// Sends GETs for `path` one after another on one keep-alive connection to `addr`, cycling
 /// through `hosts` as the Host header, until `stop`. Returns latencies (µs) and errors.
 pub async fn get_loop(
@@ -167,4 +187,22 @@ pub async fn run_gets(
         },
         "errors": errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback;
+
+    #[test]
+    fn only_loopback_urls_are_accepted() {
+        let (addr, path) = loopback("http://127.0.0.1:3572/channel?x=1").expect("loopback");
+        assert_eq!(addr.to_string(), "127.0.0.1:3572");
+        assert_eq!(path, "/channel?x=1");
+        assert!(loopback("http://localhost/").is_ok());
+        assert!(loopback("http://[::1]:80/").is_ok());
+        assert!(loopback("http://127.9.9.9:1/").is_ok());
+        assert!(loopback("http://10.0.0.1:3572/").is_err());
+        assert!(loopback("http://example.com/").is_err());
+        assert!(loopback("not a url").is_err());
+    }
 }

@@ -62,7 +62,10 @@ async fn receiver(
             } => break,
         };
         if status != 200 {
-            ctx.error();
+            // A poll that crossed our own close is not an error.
+            if !done.load(Ordering::Relaxed) {
+                ctx.error();
+            }
             break;
         }
         for packet in body.split(SEPARATOR) {
