@@ -130,7 +130,17 @@ impl Actor {
             let deadline = self.core.poll_timeout();
             tokio::select! {
                 command = self.rx.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        self.handle(command);
+                        // Take whatever else is queued before flushing: an application
+                        // answering a batch of messages then gets one chunk, one write.
+                        for _ in 0..64 {
+                            match self.rx.try_recv() {
+                                Ok(command) => self.handle(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep_until(deadline) => self.core.handle_timeout(now()),
