@@ -563,7 +563,7 @@ fn run(args: &Args) -> Result<(), String> {
             json!({"ours": a, "peer": b, "ours_label": ours.label, "peer_label": peer.label}),
         );
     }
-    report["echo"] = echo_results.into();
+    report["echo"] = echo_results.clone().into();
 
     // Proxied GET against a bare hyper server.
     eprintln!("Proxied GET");
@@ -592,12 +592,23 @@ fn run(args: &Args) -> Result<(), String> {
     // Throughput against the number of sessions.
     let sweep_targets = [OURS_BC, NODE_BC, SIO_POLL, OURS_WS, BARE_WS, SIO_WS];
     let mut sweep = Vec::new();
+    let mut sweep_notes = Vec::new();
     eprintln!("Sweep");
     for t in sweep_targets {
         let mut points = Vec::new();
         for &n in &args.sweep {
             let r = bench.echo(t, n, (args.seconds / 2.0).max(1.0))?;
             points.push((n, r["messages_per_second"].as_f64().unwrap_or(0.0)));
+            let (lost, errors) = (
+                r["lost"].as_u64().unwrap_or(0),
+                r["errors"].as_u64().unwrap_or(0),
+            );
+            if lost + errors > 0 {
+                sweep_notes.push(format!(
+                    "{} at {n} sessions: {lost} echoes lost, {errors} errors",
+                    t.label
+                ));
+            }
         }
         sweep.push((t.label.to_string(), points));
     }
@@ -618,6 +629,12 @@ fn run(args: &Args) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(" | ")
         ));
+    }
+    for note in &sweep_notes {
+        md.push_str(&format!("\n{note}."));
+    }
+    if !sweep_notes.is_empty() {
+        md.push('\n');
     }
     report["sweep"] = json!(sweep);
 
@@ -650,6 +667,48 @@ fn run(args: &Args) -> Result<(), String> {
         }
         md.push_str(&format!("| {} | {} |\n", t.label, row.join(" | ")));
     }
+    // The issue's targets, measured.
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let bc = &echo_results["BrowserChannel echo"];
+    let ws = &echo_results["WebSocket echo"];
+    let px = &report["proxy"];
+    let bc_rate =
+        f(&bc["ours"]["messages_per_second"]) / f(&bc["peer"]["messages_per_second"]).max(1.0);
+    let bc_cpu = f(&bc["peer"]["server_cpu_us_per_message"])
+        / f(&bc["ours"]["server_cpu_us_per_message"]).max(0.01);
+    let bc_p99 = f(&bc["ours"]["p99_us"]) / f(&bc["peer"]["p99_us"]).max(1.0);
+    let ws_rate =
+        f(&ws["ours"]["messages_per_second"]) / f(&ws["peer"]["messages_per_second"]).max(1.0);
+    let ws_cpu = f(&ws["ours"]["server_cpu_us_per_message"])
+        / f(&ws["peer"]["server_cpu_us_per_message"]).max(0.01);
+    let px_rate =
+        f(&px["proxy"]["requests_per_second"]) / f(&px["direct"]["requests_per_second"]).max(1.0);
+    let px_p99 = f(&px["proxy"]["p99_us"]) / f(&px["direct"]["p99_us"]).max(1.0);
+    let bc_idle = idle
+        .get(&format!(
+            "{} {}",
+            OURS_BC.label,
+            args.idle.iter().max().copied().unwrap_or(0)
+        ))
+        .map_or(0.0, |r| f(&r["bytes_per_session"]) / 1024.0);
+    let yes = |met: bool| if met { "met" } else { "**not met**" };
+    md.push_str(&format!(
+        "\n## Targets\n\n| target | measured | |\n|---|---|---|\n\
+         | BrowserChannel echo ≥ 10× node-browserchannel's messages/s at {s} sessions | {bc_rate:.2}× (server CPU per message: node's ÷ ours = {bc_cpu:.2}) | {} |\n\
+         | … with a lower p99 | {bc_p99:.2}× node's | {} |\n\
+         | WebSocket echo within 10 % of bare tokio-tungstenite | messages/s {ws_rate:.2}×, server CPU per message {ws_cpu:.2}× | {} |\n\
+         | proxied GET ≥ 50 % of direct hyper's requests/s | {px_rate:.2} | {} |\n\
+         | proxied GET p99 ≤ 2× direct | {px_p99:.2}× | {} |\n\
+         | ≤ 8 KiB RSS per idle BrowserChannel session at {n} | {bc_idle:.1} KiB | {} |\n",
+        yes(bc_rate >= 10.0),
+        yes(bc_p99 < 1.0),
+        yes(ws_rate >= 0.9 && ws_cpu <= 1.1),
+        yes(px_rate >= 0.5),
+        yes(px_p99 <= 2.0),
+        yes(bc_idle > 0.0 && bc_idle <= 8.0),
+        s = args.sessions,
+        n = args.idle.iter().max().copied().unwrap_or(0),
+    ));
     report["idle"] = idle.into();
     md.push_str(&format!(
         "\nThe whole run took {:.0} s. Raw figures: [benchmarks.json](benchmarks.json).\n",
