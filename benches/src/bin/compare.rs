@@ -418,7 +418,27 @@ fn package_version(peers: &Path, name: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn plot(path: &Path, sweep: &[(String, Vec<(usize, f64)>)]) -> Result<(), String> {
+/// One figure per series label: (sessions, value) points.
+type Series = [(String, Vec<(usize, f64)>)];
+
+/// Line colours: ours in warm colours, the peers in cool ones (same order as the sweep).
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(23, 190, 207),
+];
+
+fn plot(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    sweep: &Series,
+    unit: f64,
+    suffix: &str,
+) -> Result<(), String> {
     let max_x = sweep
         .iter()
         .flat_map(|(_, p)| p.iter().map(|p| p.0))
@@ -433,10 +453,7 @@ fn plot(path: &Path, sweep: &[(String, Vec<(usize, f64)>)]) -> Result<(), String
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Echo throughput against concurrent sessions (loopback, server on 1 core)",
-            ("sans-serif", 18),
-        )
+        .caption(title, ("sans-serif", 18))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -444,13 +461,15 @@ fn plot(path: &Path, sweep: &[(String, Vec<(usize, f64)>)]) -> Result<(), String
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("sessions")
-        .y_desc("messages/s")
-        .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+        .x_desc("concurrent sessions (log scale)")
+        .y_desc(y_desc)
+        .light_line_style(RGBColor(238, 238, 238))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{:.0}{suffix}", v / unit))
         .draw()
         .map_err(|e| e.to_string())?;
     for (i, (label, points)) in sweep.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLOURS[i % COLOURS.len()];
         let data: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x as f64, y)).collect();
         chart
             .draw_series(LineSeries::new(data.clone(), color.stroke_width(2)))
@@ -593,12 +612,15 @@ fn run(args: &Args) -> Result<(), String> {
     let sweep_targets = [OURS_BC, NODE_BC, SIO_POLL, OURS_WS, BARE_WS, SIO_WS];
     let mut sweep = Vec::new();
     let mut sweep_notes = Vec::new();
+    let mut sweep_cpu = Vec::new();
     eprintln!("Sweep");
     for t in sweep_targets {
         let mut points = Vec::new();
+        let mut cpu = Vec::new();
         for &n in &args.sweep {
             let r = bench.echo(t, n, (args.seconds / 2.0).max(1.0))?;
             points.push((n, r["messages_per_second"].as_f64().unwrap_or(0.0)));
+            cpu.push((n, r["server_cpu_us_per_message"].as_f64().unwrap_or(0.0)));
             let (lost, errors) = (
                 r["lost"].as_u64().unwrap_or(0),
                 r["errors"].as_u64().unwrap_or(0),
@@ -611,24 +633,54 @@ fn run(args: &Args) -> Result<(), String> {
             }
         }
         sweep.push((t.label.to_string(), points));
+        sweep_cpu.push((t.label.to_string(), cpu));
     }
     bench.servers.clear();
-    plot(&args.out.join("benchmarks.svg"), &sweep)?;
-    md.push_str(&format!(
-        "\n## Throughput against sessions\n\n![echo messages/s against concurrent sessions](benchmarks.svg)\n\n\
-         | sessions | {} |\n|---:|{}\n",
-        sweep.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(" | "),
-        "---:|".repeat(sweep.len())
-    ));
-    for (k, n) in args.sweep.iter().enumerate() {
+    plot(
+        &args.out.join("benchmarks.svg"),
+        "Echo messages/s against concurrent sessions (server on 1 CPU, load on the other)",
+        "messages/s",
+        &sweep,
+        1000.0,
+        "k",
+    )?;
+    plot(
+        &args.out.join("benchmarks-cpu.svg"),
+        "Server CPU time per echoed message against concurrent sessions",
+        "µs per message",
+        &sweep_cpu,
+        1.0,
+        "",
+    )?;
+    md.push_str(
+        "\n## Throughput against sessions\n\n\
+         One run per point, half the duration of the head-to-head runs.\n\n\
+         ![echo messages/s against concurrent sessions](benchmarks.svg)\n\n\
+         ![server CPU time per message against concurrent sessions](benchmarks-cpu.svg)\n",
+    );
+    for (caption, series, decimals) in [
+        ("Messages/s", &sweep, 0),
+        ("Server CPU time per message (µs)", &sweep_cpu, 2),
+    ] {
         md.push_str(&format!(
-            "| {n} | {} |\n",
-            sweep
+            "\n{caption}:\n\n| sessions | {} |\n|---:|{}\n",
+            series
                 .iter()
-                .map(|s| format!("{:.0}", s.1[k].1))
+                .map(|s| s.0.as_str())
                 .collect::<Vec<_>>()
-                .join(" | ")
+                .join(" | "),
+            "---:|".repeat(series.len())
         ));
+        for (k, n) in args.sweep.iter().enumerate() {
+            md.push_str(&format!(
+                "| {n} | {} |\n",
+                series
+                    .iter()
+                    .map(|s| format!("{:.decimals$}", s.1[k].1))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ));
+        }
     }
     for note in &sweep_notes {
         md.push_str(&format!("\n{note}."));
@@ -636,7 +688,7 @@ fn run(args: &Args) -> Result<(), String> {
     if !sweep_notes.is_empty() {
         md.push('\n');
     }
-    report["sweep"] = json!(sweep);
+    report["sweep"] = json!({"messages_per_second": sweep, "server_cpu_us_per_message": sweep_cpu});
 
     // Memory per idle session.
     eprintln!("Idle sessions");
