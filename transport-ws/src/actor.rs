@@ -13,12 +13,13 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::codec::{self, CLOSE_CLOSED, CLOSE_STOPPED, Frame};
 use crate::endpoint::Inner;
-use crate::session::{Message, Mode, SendError, Status};
+use crate::session::{Message, Mode, SendError, Status, tag};
 
 /// A connection's outbound queue (drained by its writer task).
 pub(crate) type ConnTx = mpsc::UnboundedSender<WsMessage>;
@@ -252,10 +253,10 @@ impl Actor {
                 let _ = self.core.handle_peer_close(now);
             }
             (Mode::Plain, WsMessage::Text(text)) => {
-                self.incoming(now, Message::Text(text.as_str().to_string()).tagged());
+                self.incoming(now, tag(b'T', text.as_bytes()));
             }
             (Mode::Plain, WsMessage::Binary(data)) => {
-                self.incoming(now, Message::Binary(data).tagged());
+                self.incoming(now, tag(b'B', &data));
             }
             (Mode::Session, WsMessage::Binary(data)) => match codec::decode(&data) {
                 Ok(Frame::Text { seq, text }) => {
@@ -351,10 +352,14 @@ impl Actor {
                 for item in &items {
                     last = Some(item.seq);
                     let message = match (&item.payload, self.mode) {
-                        (Payload::Message(data), Mode::Plain) => match Message::from_tagged(data) {
-                            Some(Message::Text(t)) => Some(WsMessage::Text(t.into())),
-                            Some(Message::Binary(b)) => Some(WsMessage::Binary(b)),
-                            None => None,
+                        // The body is sliced out of the payload, not copied (text was
+                        // valid UTF-8 when the application gave it).
+                        (Payload::Message(data), Mode::Plain) => match data.first() {
+                            Some(b'T') => Utf8Bytes::try_from(data.slice(1..))
+                                .ok()
+                                .map(WsMessage::Text),
+                            Some(b'B') => Some(WsMessage::Binary(data.slice(1..))),
+                            _ => None,
                         },
                         (Payload::Message(data), Mode::Session) => {
                             let frame = match data.first() {

@@ -22,14 +22,10 @@ pub enum Message {
 
 impl Message {
     pub(crate) fn tagged(&self) -> Bytes {
-        let (tag, body): (u8, &[u8]) = match self {
-            Message::Text(t) => (b'T', t.as_bytes()),
-            Message::Binary(b) => (b'B', b),
-        };
-        let mut out = Vec::with_capacity(body.len() + 1);
-        out.push(tag);
-        out.extend_from_slice(body);
-        Bytes::from(out)
+        match self {
+            Message::Text(t) => tag(b'T', t.as_bytes()),
+            Message::Binary(b) => tag(b'B', b),
+        }
     }
 
     /// Splits a core payload (tag byte + body) back into a message.
@@ -42,6 +38,14 @@ impl Message {
             _ => None,
         }
     }
+}
+
+/// A core payload: the tag byte (`T` text, `B` binary), then the body, in one copy.
+pub(crate) fn tag(tag: u8, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(body);
+    Bytes::from(out)
 }
 
 /// How the client speaks.
