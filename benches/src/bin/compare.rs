@@ -510,7 +510,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut report = json!({});
     let mut md = String::new();
     let machine = format!(
-        "{}, {} CPUs, {} · kernel {} · {} · node {} · browserchannel {} · socket.io {} · {} rounds × {} s, medians",
+        "{}, {} CPUs, {} · kernel {} · {} · browserver {} · node {} · browserchannel {} · socket.io {} · {} rounds × {} s, medians",
         command_output(
             "sh",
             &["-c", "lscpu | sed -n 's/^Model name: *//p' | head -1"]
@@ -522,6 +522,7 @@ fn run(args: &Args) -> Result<(), String> {
         ),
         command_output("uname", &["-r"]),
         command_output("rustc", &["-V"]),
+        command_output("git", &["describe", "--always", "--dirty"]),
         command_output("node", &["-v"]),
         package_version(&args.peers, "browserchannel"),
         package_version(&args.peers, "socket.io"),

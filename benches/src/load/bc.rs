@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use super::http::{HttpClient, request};
-use super::{Ctx, Echoes};
+use super::{Ctx, Echoes, take_batch};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -118,21 +118,9 @@ pub async fn session(ctx: Arc<Ctx>, client: HttpClient) -> Echoes {
     let mut rid = 1000u64;
     let mut sent = 0u64;
     while ctx.sending() && !receiver.is_finished() {
-        let Ok(Ok(first)) =
-            tokio::time::timeout(Duration::from_millis(100), permits.acquire()).await
-        else {
+        let batch = take_batch(&permits).await;
+        if batch == 0 {
             continue;
-        };
-        first.forget();
-        let mut batch = 1;
-        while batch < 100 {
-            match permits.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    batch += 1;
-                }
-                Err(_) => break,
-            }
         }
         let maps: Vec<Map> = (0..batch)
             .map(|k| [("JSON".to_string(), ctx.message(sent + k))].into())

@@ -163,6 +163,28 @@ impl Echoes {
     }
 }
 
+/// How many messages a long-polling session may put in its next request: waits up to 100 ms
+/// for the window to open, then takes every free slot, at most 100 (a Closure client's forward
+/// channel sends up to 1 000 maps a POST; 100 keeps requests small). 0 if none opened.
+pub async fn take_batch(window: &tokio::sync::Semaphore) -> u64 {
+    let Ok(Ok(first)) = tokio::time::timeout(Duration::from_millis(100), window.acquire()).await
+    else {
+        return 0;
+    };
+    first.forget();
+    let mut batch = 1;
+    while batch < 100 {
+        match window.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                batch += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// The value at quantile `p` of sorted samples (0 when there are none).
 pub fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use super::http::{HttpClient, request};
-use super::{Ctx, Echoes};
+use super::{Ctx, Echoes, take_batch};
 
 const TEXT: &str = "text/plain;charset=UTF-8";
 const SEPARATOR: char = '\u{1e}';
@@ -112,30 +112,16 @@ pub async fn session(ctx: Arc<Ctx>, client: HttpClient) -> Echoes {
         if pong_due.swap(false, Ordering::Relaxed) {
             body.push('3');
         }
-        if let Ok(Ok(first)) =
-            tokio::time::timeout(Duration::from_millis(100), permits.acquire()).await
-        {
-            first.forget();
-            let mut batch = 1;
-            while batch < 100 {
-                match permits.try_acquire() {
-                    Ok(p) => {
-                        p.forget();
-                        batch += 1;
-                    }
-                    Err(_) => break,
-                }
+        let batch = take_batch(&permits).await;
+        for k in 0..batch {
+            if !body.is_empty() {
+                body.push(SEPARATOR);
             }
-            for k in 0..batch {
-                if !body.is_empty() {
-                    body.push(SEPARATOR);
-                }
-                body.push_str("42[\"echo\",");
-                body.push_str(&ctx.message(sent + k));
-                body.push(']');
-            }
-            sent += batch;
+            body.push_str("42[\"echo\",");
+            body.push_str(&ctx.message(sent + k));
+            body.push(']');
         }
+        sent += batch;
         if body.is_empty() {
             continue;
         }
