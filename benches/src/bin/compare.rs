@@ -628,7 +628,7 @@ fn run(args: &Args) -> Result<(), String> {
             );
             if lost + errors > 0 {
                 sweep_notes.push(format!(
-                    "{} at {n} sessions: {lost} echoes lost, {errors} errors",
+                    "{} at {n} sessions: {lost} echoes not back 5 s after sending stopped, {errors} errors",
                     t.label
                 ));
             }
