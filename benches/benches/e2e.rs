@@ -146,17 +146,58 @@ async fn proxied(
     (h, hostname, sender)
 }
 
+/// A hyper server answering `hello` (the baseline for the proxied GET) and a connection to it.
+async fn direct() -> (String, hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"hello"),
+                    )))
+                }),
+            ));
+        }
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    (addr.to_string(), sender)
+}
+
+/// One GET through the proxy to a client host, and the same GET to a bare hyper server
+/// (`direct_hyper`, the baseline: the ratio of the two is the proxy's cost in latency).
 fn proxied_get(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
     let mut group = c.benchmark_group("e2e/proxied_get");
     group.throughput(Throughput::Elements(1));
+    let mut targets = Vec::new();
     for (name, transport) in [
-        ("websocket_host", Transport::WebSocket),
-        ("browserchannel_host", Transport::BrowserChannel),
+        ("websocket_host", Some(Transport::WebSocket)),
+        ("browserchannel_host", Some(Transport::BrowserChannel)),
+        ("direct_hyper", None),
     ] {
-        let (_host, hostname, sender) = rt.block_on(proxied(transport));
-        let sender = tokio::sync::Mutex::new(sender);
-        group.bench_function(name, |b| {
+        let (host, hostname, sender) = match transport {
+            Some(t) => {
+                let (h, name, sender) = rt.block_on(proxied(t));
+                (Some(h), name, sender)
+            }
+            None => {
+                let (name, sender) = rt.block_on(direct());
+                (None, name, sender)
+            }
+        };
+        targets.push((name, host, hostname, tokio::sync::Mutex::new(sender)));
+    }
+    for (name, _host, hostname, sender) in &targets {
+        group.bench_function(*name, |b| {
             b.to_async(&rt).iter(|| async {
                 let req = http::Request::get("/")
                     .header("host", hostname.as_str())
