@@ -74,7 +74,6 @@ struct Driver<'a> {
     link: &'a mut Link,
     core: Session,
     tracker: Tracker,
-    acked_sent: Option<u64>,
     sid: String,
 }
 
@@ -91,6 +90,7 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
     let config = Config {
         keepalive_interval: Duration::MAX,
         session_timeout: Duration::MAX,
+        ack_delay: ACK_DELAY,
         ..Config::default()
     };
     let now = Instant::now();
@@ -98,7 +98,6 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
         core: Session::new(Role::Client, config, now),
         link,
         tracker: Tracker::new(Transport::WebSocket),
-        acked_sent: None,
         sid,
     };
     for (json, ack) in std::mem::take(&mut d.link.queued) {
@@ -120,6 +119,17 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
     }
 }
 
+/// How long an acknowledgement of the server's messages waits for company (more messages, or
+/// a frame of ours to travel with): fewer frames when messages come in bursts.
+const ACK_DELAY: Duration = Duration::from_millis(10);
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Driver<'_> {
     fn send(&mut self, now: Instant, json: Bytes, ack: oneshot::Sender<Result<(), SendError>>) {
         self.tracker.send(&mut self.core, now, json, ack);
@@ -132,7 +142,9 @@ impl Driver<'_> {
             if let Err(ended) = self.flush(ws).await {
                 return Some(ended);
             }
+            let deadline = self.core.poll_timeout();
             tokio::select! {
+                _ = sleep_until(deadline) => self.core.handle_timeout(Instant::now()),
                 command = self.link.commands.recv() => match command {
                     Some(Command::Send { json, ack }) => self.send(Instant::now(), json, ack),
                     Some(Command::Close) | None => {
@@ -196,8 +208,10 @@ impl Driver<'_> {
 
     /// Writes what the core transmits, acknowledges what it released, reports events.
     async fn flush(&mut self, ws: &mut Ws) -> Result<(), Ended> {
+        let mut wrote = false;
         while let Some(t) = self.core.poll_transmit() {
             if let Transmit::Batch { items, .. } = t {
+                wrote = true;
                 for item in items {
                     if let Payload::Message(json) = item.payload {
                         let frame = Frame::Text {
@@ -215,14 +229,10 @@ impl Driver<'_> {
                 }
             }
         }
-        let position = self.core.ack_position();
-        if position > self.acked_sent
-            && let Some(upto) = position
-        {
+        if let Some(upto) = self.core.poll_ack(wrote) {
             let _ = ws
                 .feed(WsMessage::Binary(codec::encode(&Frame::Ack { upto })))
                 .await;
-            self.acked_sent = position;
         }
         let _ = ws.flush().await;
         let ended = self.tracker.drain(&mut self.core, self.link, &self.sid);
@@ -241,6 +251,8 @@ impl Driver<'_> {
             if let Some(ack) = self.core.ack_position() {
                 p.push(("ack".into(), ack.to_string()));
             }
+            // The resumption request carries the acknowledgement.
+            let _ = self.core.poll_ack(true);
             if let Ok(mut ws) = open(&with_query(url, &p)).await {
                 match hello(&mut ws).await {
                     Ok((_, ack, true)) => {
@@ -249,7 +261,6 @@ impl Driver<'_> {
                             let _ = self.core.handle_ack(now, ack);
                         }
                         let _ = self.core.attach(now, PathMode::default());
-                        self.acked_sent = None;
                         return Ok(ws);
                     }
                     Ok((_, _, false)) => {

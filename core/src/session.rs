@@ -33,6 +33,15 @@ pub struct Config {
     pub reorder_window: u64,
     /// Bytes of out-of-order inbound messages held behind a gap. Default 4 MiB.
     pub max_held_bytes: usize,
+    /// How long an acknowledgement may wait, for more messages to acknowledge at once or for
+    /// an outgoing write to travel with, before [`Session::poll_ack`] reports it. Default 0:
+    /// at once. `Duration::MAX`: only when [`ack_every`](Self::ack_every) is reached or a
+    /// write goes out anyway (for transports whose acknowledgements ride on requests, such as
+    /// BrowserChannel's `AID`, and which do not call `poll_ack`).
+    pub ack_delay: Duration,
+    /// Unacknowledged inbound messages after which the acknowledgement goes at once, however
+    /// short the delay so far. Default 64.
+    pub ack_every: u64,
 }
 
 impl Default for Config {
@@ -44,6 +53,8 @@ impl Default for Config {
             max_buffered_bytes: 4 << 20,
             reorder_window: 4096,
             max_held_bytes: 4 << 20,
+            ack_delay: Duration::ZERO,
+            ack_every: 64,
         }
     }
 }
@@ -245,6 +256,10 @@ pub struct Session {
     events: VecDeque<Event>,
     transmits: VecDeque<Transmit>,
     now: Instant,
+    /// The acknowledgement last reported by `poll_ack`.
+    ack_reported: Option<u64>,
+    /// The ack timer fired, or a duplicate showed the peer missed an acknowledgement.
+    ack_due: bool,
 }
 
 impl Session {
@@ -274,6 +289,8 @@ impl Session {
             events: VecDeque::new(),
             transmits: VecDeque::new(),
             now,
+            ack_reported: None,
+            ack_due: false,
         }
     }
 
@@ -434,6 +451,8 @@ impl Session {
             }
             Inserted::Duplicate(_) => {
                 self.duplicates += 1;
+                // The peer sent it again: it has not heard our acknowledgement.
+                self.ack_due = true;
                 Ok(())
             }
             Inserted::BeyondWindow(_) => {
@@ -468,6 +487,7 @@ impl Session {
                         return;
                     }
                 }
+                Timer::Ack => self.ack_due = true,
             }
         }
     }
@@ -526,6 +546,36 @@ impl Session {
         self.inbound.next().checked_sub(1)
     }
 
+    /// The acknowledgement to send now, if one is due; reporting it counts as sending it.
+    ///
+    /// One is due when [`ack_position`](Self::ack_position) has moved past what was last
+    /// reported (or the peer repeated an item, a sign it missed our acknowledgement) and:
+    /// `piggyback` is set (the caller is writing to the peer anyway, so the acknowledgement
+    /// costs nothing extra), or [`Config::ack_every`] messages wait for it, or they have
+    /// waited [`Config::ack_delay`] (the deadline is in [`poll_timeout`](Self::poll_timeout)).
+    /// Call it after every input, timeout and write, as [`poll_transmit`](Self::poll_transmit).
+    pub fn poll_ack(&mut self, piggyback: bool) -> Option<u64> {
+        let position = self.ack_position()?;
+        let waiting = match self.ack_reported {
+            Some(reported) => position.saturating_sub(reported),
+            None => position + 1,
+        };
+        if waiting == 0 && !self.ack_due {
+            return None;
+        }
+        let due = piggyback
+            || self.ack_due
+            || self.config.ack_delay.is_zero()
+            || waiting >= self.config.ack_every;
+        if !due {
+            return None;
+        }
+        self.ack_reported = Some(position);
+        self.ack_due = false;
+        self.timers.stop(Timer::Ack);
+        Some(position)
+    }
+
     /// The sequence number of the last item transmitted, if any.
     pub fn last_sent(&self) -> Option<u64> {
         self.outbound.last_sent()
@@ -574,6 +624,10 @@ impl Session {
     }
 
     fn release_inbound(&mut self) {
+        if !self.timers.is_set(Timer::Ack) && !self.config.ack_delay.is_zero() {
+            self.timers
+                .set_after(Timer::Ack, self.now, self.config.ack_delay);
+        }
         while let Some((seq, payload)) = self.inbound.pop_ready() {
             match payload {
                 Payload::Message(data) => {
@@ -668,6 +722,91 @@ mod tests {
         transmits(&mut s);
         events(&mut s);
         (s, path)
+    }
+
+    /// A client-role session with acknowledgements delayed by `delay`, up to `every`.
+    fn delayed_acks(now: Instant, delay: Duration, every: u64) -> Session {
+        let config = Config {
+            ack_delay: delay,
+            ack_every: every,
+            // No other timers, so that `poll_timeout` shows the acknowledgement's.
+            session_timeout: Duration::MAX,
+            keepalive_interval: Duration::MAX,
+            ..Config::default()
+        };
+        let mut c = Session::new(Role::Client, config, now);
+        c.handle_incoming(now, 0, Payload::Open).expect("open");
+        c
+    }
+
+    // 0. Acknowledgement policy.
+
+    #[test]
+    fn by_default_every_release_is_acknowledged_at_once_and_once() {
+        let t = t0();
+        let mut c = delayed_acks(t, Duration::ZERO, 64);
+        assert_eq!(c.poll_ack(false), Some(0));
+        assert_eq!(c.poll_ack(false), None);
+        c.handle_message(t, 1, b("a")).expect("message");
+        assert_eq!(c.poll_ack(false), Some(1));
+        assert_eq!(c.poll_timeout(), None, "no ack timer without a delay");
+    }
+
+    #[test]
+    fn a_delayed_acknowledgement_waits_for_its_deadline_and_not_longer() {
+        let t = t0();
+        let ms = Duration::from_millis(1);
+        let mut c = delayed_acks(t, 10 * ms, 64);
+        c.handle_message(t + ms, 1, b("a")).expect("message");
+        c.handle_message(t + 2 * ms, 2, b("b")).expect("message");
+        assert_eq!(c.poll_ack(false), None);
+        assert_eq!(
+            c.poll_timeout(),
+            Some(t + 10 * ms),
+            "armed by the first release"
+        );
+        c.handle_timeout(t + 9 * ms);
+        assert_eq!(c.poll_ack(false), None, "not before the deadline");
+        c.handle_timeout(t + 10 * ms);
+        assert_eq!(
+            c.poll_ack(false),
+            Some(2),
+            "one acknowledgement for all three"
+        );
+        assert_eq!(c.poll_ack(false), None);
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_write_or_a_full_window_sends_the_acknowledgement_early() {
+        let t = t0();
+        let mut c = delayed_acks(t, SEC, 3);
+        c.handle_message(t, 1, b("a")).expect("message");
+        assert_eq!(c.poll_ack(false), None);
+        assert_eq!(c.poll_ack(true), Some(1), "rides with a write");
+        assert_eq!(c.poll_timeout(), None, "the timer stops once reported");
+        for seq in 2..4 {
+            c.handle_message(t, seq, b("x")).expect("message");
+        }
+        assert_eq!(c.poll_ack(false), None, "two waiting, three needed");
+        c.handle_message(t, 4, b("x")).expect("message");
+        assert_eq!(c.poll_ack(false), Some(4), "three waiting");
+    }
+
+    #[test]
+    fn a_repeated_item_is_acknowledged_again_at_once() {
+        let t = t0();
+        let mut c = delayed_acks(t, SEC, 64);
+        c.handle_message(t, 1, b("a")).expect("message");
+        assert_eq!(c.poll_ack(true), Some(1));
+        c.handle_message(t, 1, b("a"))
+            .expect("duplicate is not an error");
+        assert_eq!(
+            c.poll_ack(false),
+            Some(1),
+            "the peer missed our acknowledgement"
+        );
+        assert_eq!(c.poll_ack(false), None);
     }
 
     // 1. State machine.

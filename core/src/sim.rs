@@ -159,6 +159,11 @@ impl Scenario {
         if rng.random_bool(0.2) {
             session.max_held_bytes = rng.random_range(512..4096);
         }
+        if rng.random_bool(0.5) {
+            // Delayed, coalesced acknowledgements (as over WebSocket).
+            session.ack_delay = Duration::from_millis(rng.random_range(1..3_000));
+            session.ack_every = rng.random_range(1..100);
+        }
         let ending = match rng.random_range(0..6u32) {
             0 => Ending::ServerClose(rng.random_range(1..200) * sec),
             1 => Ending::ServerStop(rng.random_range(1..200) * sec),
@@ -652,6 +657,9 @@ impl World<'_> {
         if let Some(e) = self.sessions[peer].poll_event() {
             return Err(self.fail(format!("{}: early timer produced {e:?}", name(peer))));
         }
+        if let Some(a) = self.sessions[peer].poll_ack(false) {
+            return Err(self.fail(format!("{}: early timer made ack {a} due", name(peer))));
+        }
         if self.sessions[peer].state() != state || self.sessions[peer].poll_timeout() != Some(due) {
             return Err(self.fail(format!("{}: early timer changed the session", name(peer))));
         }
@@ -699,11 +707,7 @@ impl World<'_> {
                     let _ = self.sessions[me].handle_incoming(now, item.seq, item.payload);
                     self.drain(me)?;
                 }
-                if let Some(ack) = self.sessions[me].ack_position()
-                    && !self.sessions[me].is_closed()
-                {
-                    self.send_packet(me, Packet::Ack(ack));
-                }
+                // The acknowledgement goes when `poll_ack` says so (see `drain_all`).
             }
             Packet::Ended { req } | Packet::Broken { req } => {
                 if req == self.peers[me].current_req && !self.sessions[me].is_closed() {
@@ -730,6 +734,11 @@ impl World<'_> {
         for peer in [SERVER, CLIENT] {
             if !self.peers[peer].crashed {
                 self.drain(peer)?;
+                if let Some(ack) = self.sessions[peer].poll_ack(false)
+                    && !self.sessions[peer].is_closed()
+                {
+                    self.send_packet(peer, Packet::Ack(ack));
+                }
             }
         }
         Ok(())

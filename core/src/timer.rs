@@ -10,13 +10,15 @@ pub(crate) enum Timer {
     Keepalive = 0,
     /// No downstream path has been attached for the session timeout.
     SessionTimeout = 1,
+    /// Inbound messages have waited the acknowledgement delay for their acknowledgement.
+    Ack = 2,
 }
 
-const ALL: [Timer; 2] = [Timer::Keepalive, Timer::SessionTimeout];
+const ALL: [Timer; 3] = [Timer::Keepalive, Timer::SessionTimeout, Timer::Ack];
 
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
-    deadlines: [Option<Instant>; 2],
+    deadlines: [Option<Instant>; 3],
 }
 
 impl Timers {
@@ -26,12 +28,16 @@ impl Timers {
         self.deadlines[timer as usize] = now.checked_add(after);
     }
 
+    pub(crate) fn is_set(&self, timer: Timer) -> bool {
+        self.deadlines[timer as usize].is_some()
+    }
+
     pub(crate) fn stop(&mut self, timer: Timer) {
         self.deadlines[timer as usize] = None;
     }
 
     pub(crate) fn stop_all(&mut self) {
-        self.deadlines = [None; 2];
+        self.deadlines = [None; 3];
     }
 
     pub(crate) fn next(&self) -> Option<Instant> {
@@ -40,7 +46,7 @@ impl Timers {
 
     /// Clears and returns the timers whose deadline is at or before `now`.
     pub(crate) fn take_expired(&mut self, now: Instant) -> impl Iterator<Item = Timer> + use<> {
-        let mut fired = [None; 2];
+        let mut fired = [None; 3];
         for t in ALL {
             if self.deadlines[t as usize].is_some_and(|at| at <= now) {
                 self.deadlines[t as usize] = None;

@@ -75,7 +75,6 @@ pub(crate) struct Actor {
     messages: Option<mpsc::UnboundedSender<Message>>,
     status: watch::Sender<Status>,
     inbound_next: u64,
-    acked_sent: Option<u64>,
     inner: Arc<Inner>,
 }
 
@@ -103,6 +102,12 @@ impl Actor {
             keepalive: browserver_core::KeepaliveMode::Ping,
             max_buffered_bytes: o.max_buffered_bytes,
             reorder_window: o.reorder_window,
+            // Plain clients get no acknowledgements: no timer for them.
+            ack_delay: if parts.mode == Mode::Session {
+                o.ack_delay
+            } else {
+                std::time::Duration::ZERO
+            },
             ..browserver_core::Config::default()
         };
         Actor {
@@ -116,7 +121,6 @@ impl Actor {
             messages: Some(parts.messages),
             status: parts.status,
             inbound_next: 0,
-            acked_sent: None,
             inner,
         }
     }
@@ -211,7 +215,8 @@ impl Actor {
                                 resumed,
                             };
                             let _ = tx.send(WsMessage::Binary(codec::encode(&hello)));
-                            self.acked_sent = self.core.ack_position();
+                            // The hello carries the acknowledgement.
+                            let _ = self.core.poll_ack(true);
                         }
                         self.conns.insert(
                             conn,
@@ -312,6 +317,7 @@ impl Actor {
     }
 
     fn flush(&mut self) {
+        let mut wrote = false;
         loop {
             let transmit = self.core.poll_transmit();
             let event = self.core.poll_event();
@@ -319,23 +325,22 @@ impl Actor {
                 break;
             }
             if let Some(t) = transmit {
+                wrote |= matches!(t, Transmit::Batch { .. });
                 self.write(t);
             }
             if let Some(e) = event {
                 self.event(e);
             }
         }
-        // Session mode: acknowledge what the application has been given.
-        if self.mode == Mode::Session {
-            let position = self.core.ack_position();
-            if position > self.acked_sent
-                && let (Some(upto), Some(conn)) = (position, self.conns.values().next())
-            {
-                let _ = conn
-                    .tx
-                    .send(WsMessage::Binary(codec::encode(&Frame::Ack { upto })));
-                self.acked_sent = position;
-            }
+        // Session mode: acknowledge what the application has been given, when the core says
+        // it is due (at once if frames were just written: they leave in the same write).
+        if self.mode == Mode::Session
+            && let Some(conn) = self.conns.values().next()
+            && let Some(upto) = self.core.poll_ack(wrote)
+        {
+            let _ = conn
+                .tx
+                .send(WsMessage::Binary(codec::encode(&Frame::Ack { upto })));
         }
     }
 
