@@ -1,6 +1,7 @@
 //! `browserver-compare`: runs the same loads against browserver and its peers, alternately,
-//! and writes the results into `docs/benchmarks.md` (between its `results` markers), with a
-//! plot (`docs/benchmarks.svg`) and the raw figures (`docs/benchmarks.json`).
+//! and writes the results into `docs/benchmarks.md` (between its `results` markers), with two
+//! plots (`docs/benchmarks.svg`: messages/s, `docs/benchmarks-cpu.svg`: server CPU time per
+//! message, both against concurrent sessions) and the raw figures (`docs/benchmarks.json`).
 //!
 //! Run it through `benches/compare`, which builds the binaries and installs the peers from
 //! npm first. Every server runs pinned to CPU 0 and every load to CPU 1 (`taskset`), so the
