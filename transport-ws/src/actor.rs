@@ -176,6 +176,8 @@ impl Actor {
         let now = now();
         match command {
             Command::Send { data, ack } => match self.core.send(now, data) {
+                // An application that dropped its `Ack` is not told.
+                Ok(_) if ack.is_closed() => {}
                 Ok(seq) => {
                     self.acks.insert(seq, ack);
                 }
