@@ -26,7 +26,10 @@
 //!    [`Session::handle_peer_close`], [`Session::close`], [`Session::stop`], or
 //!    [`Session::handle_timeout`].
 //! 2. Drain [`Session::poll_transmit`] (write each batch on its path) and
-//!    [`Session::poll_event`] (tell the application) until both return `None`.
+//!    [`Session::poll_event`] (tell the application) until both return `None`. A transport
+//!    whose acknowledgements travel on their own then sends what [`Session::poll_ack`]
+//!    returns (one whose acknowledgements ride on requests reads
+//!    [`Session::ack_position`] instead).
 //! 3. Sleep until [`Session::poll_timeout`] or the next input, whichever comes first; on
 //!    waking for the deadline, call [`Session::handle_timeout`]. A spurious wake-up is
 //!    harmless: only what is due fires.

@@ -35,9 +35,9 @@ pub struct Config {
     pub max_held_bytes: usize,
     /// How long an acknowledgement may wait, for more messages to acknowledge at once or for
     /// an outgoing write to travel with, before [`Session::poll_ack`] reports it. Default 0:
-    /// at once. `Duration::MAX`: only when [`ack_every`](Self::ack_every) is reached or a
-    /// write goes out anyway (for transports whose acknowledgements ride on requests, such as
-    /// BrowserChannel's `AID`, and which do not call `poll_ack`).
+    /// at once (and no timer). `Duration::MAX`: only when [`ack_every`](Self::ack_every) is
+    /// reached or a write goes out anyway. Transports whose acknowledgements ride on requests
+    /// (BrowserChannel's `AID`) keep 0 and read [`Session::ack_position`] instead.
     pub ack_delay: Duration,
     /// Unacknowledged inbound messages after which the acknowledgement goes at once, however
     /// short the delay so far. Default 64.
