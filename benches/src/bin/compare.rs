@@ -22,9 +22,17 @@ struct Args {
     /// Folder with the release binaries (browserver, browserver-load, baseline-server).
     #[arg(long, default_value = "target/release")]
     bin: PathBuf,
-    /// node_modules folder holding browserchannel and socket.io.
-    #[arg(long)]
-    peers: PathBuf,
+    /// node_modules folder holding browserchannel and socket.io (for the comparison).
+    #[arg(long, required_unless_present = "ab")]
+    peers: Option<PathBuf>,
+    /// Instead of the comparison with the peers: two builds of the `browserver` binary,
+    /// before and after a change, under the same load, alternating (`benches/ab`).
+    #[arg(long, num_args = 2, value_names = ["BEFORE", "AFTER"])]
+    ab: Option<Vec<PathBuf>>,
+    /// With `--ab`: browserchannel, websocket, websocket-session (echo), or proxy (GETs
+    /// through the proxy to 10 client hosts).
+    #[arg(long, default_value = "browserchannel")]
+    load: String,
     /// Folder with the peers' server scripts.
     #[arg(long, default_value = "benches/peers")]
     scripts: PathBuf,
@@ -56,6 +64,10 @@ enum Kind {
     SocketIo,
     BareWs,
     BareHttp,
+    /// `--ab`'s first binary.
+    Before,
+    /// `--ab`'s second binary.
+    After,
 }
 
 struct Server {
@@ -86,11 +98,25 @@ fn spawn_server(args: &Args, kind: Kind) -> Result<Server, String> {
         Kind::SocketIo => vec!["node".into(), script("socketio-echo.js")],
         Kind::BareWs => vec![bin("baseline-server"), "ws-echo".into()],
         Kind::BareHttp => vec![bin("baseline-server"), "http-hello".into()],
+        Kind::Before | Kind::After => {
+            let which = usize::from(kind == Kind::After);
+            let path = args
+                .ab
+                .as_ref()
+                .and_then(|b| b.get(which))
+                .ok_or("no --ab binary")?;
+            let mut cmd = vec![path.display().to_string()];
+            if args.load != "proxy" {
+                cmd.push("echo".into());
+            }
+            cmd.extend(["--listen".into(), "127.0.0.1:0".into()]);
+            cmd
+        }
     };
     let mut child = Command::new("taskset")
         .args(["-c", "0"])
         .args(&cmd)
-        .env("NODE_PATH", &args.peers)
+        .env("NODE_PATH", args.peers.clone().unwrap_or_default())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -191,8 +217,10 @@ const SIO_POLL: Target = Target {
 
 fn url(target: Target, addr: &str) -> String {
     match (target.kind, target.transport) {
-        (Kind::Ours | Kind::NodeBc, "browserchannel") => format!("http://{addr}/channel"),
-        (Kind::Ours, _) => format!("ws://{addr}/ws"),
+        (Kind::Ours | Kind::NodeBc | Kind::Before | Kind::After, "browserchannel") => {
+            format!("http://{addr}/channel")
+        }
+        (Kind::Ours | Kind::Before | Kind::After, _) => format!("ws://{addr}/ws"),
         (Kind::BareWs, _) => format!("ws://{addr}/"),
         _ => format!("http://{addr}"),
     }
@@ -266,9 +294,14 @@ impl Bench<'_> {
         Ok(summary)
     }
 
+    /// A GET run; the load tool's summary plus the server's CPU time per request.
     fn http(&mut self, kind: Kind, seconds: f64) -> Result<Value, String> {
-        let addr = self.server(kind)?.addr.clone();
-        let mut args: Vec<String> = if kind == Kind::OursProxy {
+        let proxy = kind != Kind::BareHttp;
+        let (pid, addr) = {
+            let s = self.server(kind)?;
+            (s.child.id(), s.addr.clone())
+        };
+        let mut args: Vec<String> = if proxy {
             vec![
                 "proxy".into(),
                 "--url".into(),
@@ -285,16 +318,23 @@ impl Bench<'_> {
             "--seconds".into(),
             seconds.to_string(),
         ]);
-        let summary = self.load(&args)?;
+        let before = cpu_ticks(pid);
+        let mut summary = self.load(&args)?;
+        let cpu = (cpu_ticks(pid) - before) as f64 / self.tck;
+        let requests = summary["requests"].as_f64().unwrap_or(0.0).max(1.0);
+        summary["server_cpu_us_per_request"] =
+            json!((cpu * 1e6 / requests * 100.0).round() / 100.0);
         eprintln!(
-            "  {:<36} {:>8} req/s  p99 {:>7} µs  errors {}",
-            if kind == Kind::OursProxy {
-                "browserver proxy → client hosts"
-            } else {
-                "bare hyper"
+            "  {:<36} {:>8} req/s  p99 {:>7} µs  {:>6} µs CPU/req  errors {}",
+            match kind {
+                Kind::OursProxy => "browserver proxy → client hosts",
+                Kind::BareHttp => "bare hyper",
+                Kind::Before => "before",
+                _ => "after",
             },
             summary["requests_per_second"],
             summary["latency_us"]["p99"],
+            summary["server_cpu_us_per_request"],
             summary["errors"],
         );
         Ok(summary)
@@ -501,7 +541,78 @@ fn main() {
     }
 }
 
+/// `--ab`: before and after, alternating; the medians and after ÷ before on stdout.
+fn ab(args: &Args) -> Result<(), String> {
+    let mut bench = Bench {
+        args,
+        servers: Vec::new(),
+        tck: clock_ticks(),
+    };
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        for (kind, runs) in [(Kind::Before, &mut before), (Kind::After, &mut after)] {
+            runs.push(if args.load == "proxy" {
+                bench.http(kind, args.seconds)?
+            } else {
+                let label = if kind == Kind::Before {
+                    "before"
+                } else {
+                    "after"
+                };
+                let transport = match args.load.as_str() {
+                    "browserchannel" => "browserchannel",
+                    "websocket" => "websocket",
+                    "websocket-session" => "websocket-session",
+                    other => return Err(format!("--load {other}: not a load this mode knows")),
+                };
+                bench.echo(
+                    Target {
+                        label,
+                        kind,
+                        transport,
+                    },
+                    args.sessions,
+                    args.seconds,
+                )?
+            });
+        }
+    }
+    let median_of = |runs: &[Value]| {
+        [
+            pick(runs, |r| {
+                r["messages_per_second"]
+                    .as_f64()
+                    .or(r["requests_per_second"].as_f64())
+            }),
+            pick(runs, |r| r["latency_us"]["p99"].as_f64()),
+            pick(runs, |r| {
+                r["server_cpu_us_per_message"]
+                    .as_f64()
+                    .or(r["server_cpu_us_per_request"].as_f64())
+            }),
+        ]
+    };
+    let (b, a) = (median_of(&before), median_of(&after));
+    for (name, m) in [("before", b), ("after", a)] {
+        println!(
+            "median {name:6} {:>9.0}/s  p99 {:>7.0} µs  server CPU {:6.2} µs each",
+            m[0], m[1], m[2]
+        );
+    }
+    println!(
+        "after ÷ before: rate {:.2}, p99 {:.2}, server CPU {:.2}",
+        a[0] / b[0].max(1.0),
+        a[1] / b[1].max(1.0),
+        a[2] / b[2].max(0.01)
+    );
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    if args.ab.is_some() {
+        return ab(args);
+    }
+    let peers = args.peers.clone().unwrap_or_default();
     let started = Instant::now();
     let mut bench = Bench {
         args,
@@ -525,8 +636,8 @@ fn run(args: &Args) -> Result<(), String> {
         command_output("rustc", &["-V"]),
         command_output("git", &["describe", "--always", "--dirty"]),
         command_output("node", &["-v"]),
-        package_version(&args.peers, "browserchannel"),
-        package_version(&args.peers, "socket.io"),
+        package_version(&peers, "browserchannel"),
+        package_version(&peers, "socket.io"),
         args.rounds,
         args.seconds,
     );
