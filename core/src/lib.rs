@@ -80,8 +80,10 @@ pub mod correlate;
 mod error;
 pub mod id;
 mod outbound;
+pub mod quota;
 pub mod registry;
 pub mod reorder;
+pub mod secret;
 pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -91,6 +93,7 @@ pub use correlate::{RequestEvent, RequestId, Requests, Resolved, Unanswered};
 pub use error::Error;
 pub use id::{IdGenerator, RandomIds, is_valid_id};
 pub use outbound::{Item, Payload};
+pub use quota::{AddressQuota, QuotaConfig, QuotaError};
 pub use registry::{Closable, Registry};
 pub use reorder::{Inserted, Reorder};
 pub use session::{

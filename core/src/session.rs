@@ -23,6 +23,11 @@ pub struct Config {
     /// [`CloseReason::TimedOut`]. Default 30 s. `Duration::MAX` disables the timeout (a client
     /// learns that its session is gone from the server instead).
     pub session_timeout: Duration,
+    /// A new session that has never had a downstream path attached closes after this long
+    /// (or after [`session_timeout`](Self::session_timeout), whichever is shorter) with
+    /// [`CloseReason::TimedOut`]: a client that creates sessions and never listens holds them
+    /// only briefly. Default 10 s.
+    pub attach_timeout: Duration,
     /// How keep-alives travel. Default [`KeepaliveMode::Sequenced`].
     pub keepalive: KeepaliveMode,
     /// Bytes of unacknowledged application messages the session retains; past it `send`
@@ -49,6 +54,7 @@ impl Default for Config {
         Config {
             keepalive_interval: Duration::from_secs(20),
             session_timeout: Duration::from_secs(30),
+            attach_timeout: Duration::from_secs(10),
             keepalive: KeepaliveMode::Sequenced,
             max_buffered_bytes: 4 << 20,
             reorder_window: 4096,
@@ -263,8 +269,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session in state `Init`. The session timeout starts now: a server-role session
-    /// must see a downstream path attached within it.
+    /// A new session in state `Init`. The attach timeout starts now: a server-role session
+    /// must see a downstream path attached within it (and within the session timeout).
     pub fn new(role: Role, config: Config, now: Instant) -> Session {
         let mut outbound = Outbound::new(config.max_buffered_bytes);
         if role == Role::Server {
@@ -272,7 +278,11 @@ impl Session {
             let _ = outbound.push(Payload::Open);
         }
         let mut timers = Timers::default();
-        timers.set_after(Timer::SessionTimeout, now, config.session_timeout);
+        timers.set_after(
+            Timer::SessionTimeout,
+            now,
+            config.session_timeout.min(config.attach_timeout),
+        );
         Session {
             role,
             inbound: Reorder::new(0, config.reorder_window),
@@ -731,6 +741,7 @@ mod tests {
             ack_every: every,
             // No other timers, so that `poll_timeout` shows the acknowledgement's.
             session_timeout: Duration::MAX,
+            attach_timeout: Duration::MAX,
             keepalive_interval: Duration::MAX,
             ..Config::default()
         };
@@ -1188,13 +1199,50 @@ mod tests {
     #[test]
     fn a_session_without_a_path_times_out_after_the_timeout_and_not_before() {
         let now = t0();
-        let mut s = Session::new(Role::Server, Config::default(), now);
+        let config = Config {
+            attach_timeout: Duration::MAX,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
         assert_eq!(s.poll_timeout(), Some(now + 30 * SEC));
         s.handle_timeout(now + 29 * SEC);
         assert_eq!(s.state(), State::Init);
         s.handle_timeout(now + 30 * SEC);
         assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_session_that_never_attaches_closes_after_the_attach_timeout() {
+        let now = t0();
+        let config = Config {
+            attach_timeout: 4 * SEC,
+            session_timeout: 30 * SEC,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
+        assert_eq!(s.poll_timeout(), Some(now + 4 * SEC));
+        s.handle_timeout(now + 4 * SEC - Duration::from_millis(1));
+        assert_eq!(s.close_reason(), None, "not before the deadline");
+        s.handle_timeout(now + 4 * SEC);
+        assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
+    }
+
+    #[test]
+    fn once_attached_the_full_session_timeout_applies_again() {
+        let now = t0();
+        let config = Config {
+            attach_timeout: 4 * SEC,
+            session_timeout: 30 * SEC,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
+        let path = s.attach(now + SEC, PathMode::default()).expect("attach");
+        assert!(s.detach(now + 2 * SEC, path));
+        s.handle_timeout(now + 10 * SEC);
+        assert_eq!(s.close_reason(), None);
+        s.handle_timeout(now + 32 * SEC);
+        assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
     }
 
     #[test]
@@ -1214,6 +1262,7 @@ mod tests {
         let config = Config {
             keepalive_interval: Duration::MAX,
             session_timeout: Duration::MAX,
+            attach_timeout: Duration::MAX,
             ..Config::default()
         };
         let mut s = Session::new(Role::Client, config, now);
@@ -1228,6 +1277,7 @@ mod tests {
         let config = Config {
             keepalive_interval: 2 * SEC,
             session_timeout: 3 * SEC,
+            attach_timeout: 5 * SEC,
             ..Config::default()
         };
         let mut s = Session::new(Role::Server, config, now);

@@ -147,6 +147,7 @@ impl Scenario {
         let mut session = Config {
             keepalive_interval: rng.random_range(5..25) * sec,
             session_timeout: rng.random_range(20..40) * sec,
+            attach_timeout: rng.random_range(5..40) * sec,
             keepalive: KeepaliveMode::Sequenced,
             ..Config::default()
         };
@@ -909,7 +910,16 @@ impl World<'_> {
                 self.note(format!("{} closed: {reason}", name(me)));
                 if reason == CloseReason::TimedOut {
                     let lost = self.peers[me].path_lost_at;
-                    if lost.is_none_or(|l| self.now < l + self.sc.session.session_timeout) {
+                    let session = &self.sc.session;
+                    // Never attached: the attach timeout (or the session timeout) applies.
+                    let earliest = match lost {
+                        Some(l) => Some(l + session.session_timeout),
+                        None if !self.peers[me].had_path => {
+                            Some(self.t0 + session.session_timeout.min(session.attach_timeout))
+                        }
+                        None => None,
+                    };
+                    if earliest.is_none_or(|e| self.now < e) {
                         return Err(self.fail(format!(
                             "{}: timed out early (path lost at {:?})",
                             name(me),
