@@ -30,7 +30,13 @@ fn forward_parsing(c: &mut Criterion) {
         let body = forward_body(payload);
         group.throughput(Throughput::Elements(MAPS as u64));
         group.bench_with_input(BenchmarkId::new("maps", payload), &body, |b, body| {
-            b.iter(|| black_box(codec::parse_forward(body.as_bytes(), false, 1000)));
+            b.iter(|| {
+                black_box(codec::parse_forward(
+                    body.as_bytes(),
+                    false,
+                    codec::ForwardLimits::default(),
+                ))
+            });
         });
     }
     group.finish();

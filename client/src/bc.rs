@@ -247,6 +247,7 @@ pub(crate) async fn run(link: &mut Link, base: &str) -> Ended {
     let config = Config {
         keepalive_interval: Duration::MAX,
         session_timeout: Duration::MAX,
+        attach_timeout: Duration::MAX,
         ..Config::default()
     };
     let mut driver = Driver {

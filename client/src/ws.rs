@@ -45,13 +45,25 @@ async fn open(url: &str) -> Result<Ws, String> {
     Ok(ws)
 }
 
-async fn hello(ws: &mut Ws) -> Result<(String, Option<u64>, bool), String> {
+/// The hello's session id, acknowledgement, whether it resumed, and the resume token.
+type Hello = (String, Option<u64>, bool, String);
+
+async fn hello(ws: &mut Ws) -> Result<Hello, String> {
     let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .map_err(|_| "no hello".to_string())?;
     match first {
         Some(Ok(WsMessage::Binary(b))) => match codec::decode(&b) {
-            Ok(Frame::Hello { sid, ack, resumed }) => Ok((sid, ack, resumed)),
+            Ok(Frame::Hello {
+                sid,
+                ack,
+                resumed,
+                token,
+            }) => {
+                // Servers before resume tokens resumed by session id.
+                let token = token.unwrap_or_else(|| sid.clone());
+                Ok((sid, ack, resumed, token))
+            }
             _ => Err("the first frame is not a hello".into()),
         },
         _ => Err("the connection closed before the hello".into()),
@@ -75,6 +87,8 @@ struct Driver<'a> {
     core: Session,
     tracker: Tracker,
     sid: String,
+    /// The secret that resumes this session (given only in our hello).
+    resume_token: String,
 }
 
 pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
@@ -83,13 +97,14 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
         Ok(ws) => ws,
         Err(e) => return Ended::Failed(e),
     };
-    let (sid, _, _) = match hello(&mut ws).await {
+    let (sid, _, _, resume_token) = match hello(&mut ws).await {
         Ok(h) => h,
         Err(e) => return Ended::Failed(e),
     };
     let config = Config {
         keepalive_interval: Duration::MAX,
         session_timeout: Duration::MAX,
+        attach_timeout: Duration::MAX,
         ack_delay: ACK_DELAY,
         ..Config::default()
     };
@@ -99,6 +114,7 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
         link,
         tracker: Tracker::new(Transport::WebSocket),
         sid,
+        resume_token,
     };
     for (json, ack) in std::mem::take(&mut d.link.queued) {
         d.send(now, json, ack);
@@ -247,7 +263,7 @@ impl Driver<'_> {
         let mut delay = Duration::from_millis(100);
         while started.elapsed() < RESUME_FOR {
             let mut p = params.to_vec();
-            p.push(("resume".into(), self.sid.clone()));
+            p.push(("resume".into(), self.resume_token.clone()));
             if let Some(ack) = self.core.ack_position() {
                 p.push(("ack".into(), ack.to_string()));
             }
@@ -255,7 +271,7 @@ impl Driver<'_> {
             let _ = self.core.poll_ack(true);
             if let Ok(mut ws) = open(&with_query(url, &p)).await {
                 match hello(&mut ws).await {
-                    Ok((_, ack, true)) => {
+                    Ok((_, ack, true, _)) => {
                         let now = Instant::now();
                         if let Some(ack) = ack {
                             let _ = self.core.handle_ack(now, ack);
@@ -263,7 +279,7 @@ impl Driver<'_> {
                         let _ = self.core.attach(now, PathMode::default());
                         return Ok(ws);
                     }
-                    Ok((_, _, false)) => {
+                    Ok((_, _, false, _)) => {
                         // The server forgot the session: end the new one it made, start over.
                         let _ = ws.close(None).await;
                         let _ = self.core.close(Instant::now(), CloseReason::PeerClosed);

@@ -79,6 +79,7 @@
 pub mod correlate;
 mod error;
 pub mod id;
+pub mod origin;
 mod outbound;
 pub mod quota;
 pub mod registry;
@@ -92,6 +93,7 @@ mod timer;
 pub use correlate::{RequestEvent, RequestId, Requests, Resolved, Unanswered};
 pub use error::Error;
 pub use id::{IdGenerator, RandomIds, is_valid_id};
+pub use origin::OriginPolicy;
 pub use outbound::{Item, Payload};
 pub use quota::{AddressQuota, QuotaConfig, QuotaError};
 pub use registry::{Closable, Registry};

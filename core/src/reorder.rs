@@ -40,12 +40,14 @@ impl<T> Reorder<T> {
         }
     }
 
-    /// Offers the item at `pos`.
+    /// Offers the item at `pos` (a peer-supplied number: any value is handled, the last one,
+    /// `u64::MAX`, is refused as beyond the window).
     pub fn insert(&mut self, pos: u64, item: T) -> Inserted<T> {
         if pos < self.next || self.held.contains_key(&pos) {
             return Inserted::Duplicate(item);
         }
-        if pos - self.next >= self.window {
+        // The last position is never accepted, so that `next` cannot step past `u64::MAX`.
+        if pos - self.next >= self.window || pos == u64::MAX {
             return Inserted::BeyondWindow(item);
         }
         self.held.insert(pos, item);
@@ -88,6 +90,19 @@ impl<T> Reorder<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_near_the_end_of_the_number_space_neither_overflow_nor_wrap() {
+        let mut r = Reorder::new(u64::MAX - 1, 8);
+        assert!(matches!(r.insert(u64::MAX - 1, 'a'), Inserted::Ready));
+        assert_eq!(r.pop_ready(), Some((u64::MAX - 1, 'a')));
+        assert!(matches!(
+            r.insert(u64::MAX, 'b'),
+            Inserted::BeyondWindow('b')
+        ));
+        assert!(matches!(r.insert(0, 'c'), Inserted::Duplicate('c')));
+        assert_eq!(r.next(), u64::MAX);
+    }
 
     fn drain(r: &mut Reorder<char>) -> String {
         std::iter::from_fn(|| r.pop_ready())

@@ -13,12 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use browserver_transport_bc::{BrowserChannel, Received};
-use browserver_transport_http::{Channel, HostPattern, Proxy, ProxyOptions, RemoteAddr, Wire};
+use browserver_transport_http::{
+    Channel, Connected, HostPattern, Proxy, ProxyOptions, RemoteAddr, Wire,
+};
 use browserver_transport_ws::{Message, Mode as WsMode, WsEndpoint};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+
+mod admin;
+pub mod conn;
+
+pub use conn::Limits;
 
 /// What the server does with its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,20 +49,41 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// How long a session may be without a connection (default 30 s).
     pub session_timeout: Duration,
+    /// How long a new BrowserChannel session may wait for its first back channel (default
+    /// 10 s).
+    pub attach_timeout: Duration,
     /// How long a proxied request waits for the client's answer (default 30 s).
     pub request_timeout: Duration,
-    /// Answer the status endpoint to any address, not only loopback (default false).
-    pub public_status: bool,
+    /// Bearer token for the status endpoint `/_browserver/clients`. Without one it answers
+    /// only loopback peers that name a loopback (or this server's) host and come through no
+    /// proxy (default: none).
+    pub admin_token: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For`/`-Proto`/`-Host` are believed (default: none).
+    pub trusted_proxies: Vec<browserver_transport_http::IpNet>,
+    /// Web origins that may open sessions besides this server's own; `*` for any (default:
+    /// none).
+    pub allowed_origins: Vec<String>,
+    /// What clients may reach through egress (default `public`).
+    pub egress: browserver_transport_http::EgressMode,
     /// Egress destinations allowed although their addresses are refused by default
-    /// (`host` or `host:port`).
+    /// (`host` or `host:port`); with `EgressMode::AllowList`, the only ones.
     pub egress_allow: Vec<String>,
     /// Per-request authorization of proxied requests, both directions (default: allow all).
     pub authorizer: Arc<dyn browserver_transport_http::Authorizer>,
     /// `Access-Control-Allow-Origin` on BrowserChannel responses, for pages served elsewhere
     /// (default: none).
     pub cors: Option<String>,
-    /// Decides who may connect and which id each client gets (default: everyone, random ids).
+    /// Decides who may connect and which public name each client gets (default: everyone,
+    /// random names).
     pub authenticator: Option<Arc<dyn browserver_transport_http::Authenticator>>,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+    /// Sessions per client address: live and created per minute.
+    pub quota: browserver_core::QuotaConfig,
+    /// Most live sessions per transport (default 100 000).
+    pub max_sessions: usize,
+    /// Body bytes the proxy holds in memory at once over all clients (default 256 MiB).
+    pub max_in_flight_body_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -65,7 +93,13 @@ impl std::fmt::Debug for Config {
             .field("channel_base", &self.channel_base)
             .field("ws_path", &self.ws_path)
             .field("request_timeout", &self.request_timeout)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "…"))
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("egress", &self.egress)
             .field("egress_allow", &self.egress_allow)
+            .field("limits", &self.limits)
+            .field("quota", &self.quota)
             .finish_non_exhaustive()
     }
 }
@@ -78,12 +112,20 @@ impl Default for Config {
             ws_path: "/ws".into(),
             keepalive_interval: Duration::from_secs(20),
             session_timeout: Duration::from_secs(30),
+            attach_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            public_status: false,
+            admin_token: None,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            egress: browserver_transport_http::EgressMode::Public,
             egress_allow: Vec::new(),
             authorizer: Arc::new(browserver_transport_http::AllowAll),
             cors: None,
             authenticator: None,
+            limits: Limits::default(),
+            quota: browserver_core::QuotaConfig::default(),
+            max_sessions: 100_000,
+            max_in_flight_body_bytes: 256 << 20,
         }
     }
 }
@@ -104,6 +146,10 @@ impl Channel for BcChannel {
         drop(self.0.send(&message));
         self.0.close_reason().is_none()
     }
+
+    fn replace(&self) {
+        drop(self.0.replace());
+    }
 }
 
 /// A WebSocket session as a proxy channel: one text frame per message.
@@ -113,6 +159,10 @@ impl Channel for WsChannel {
     fn send(&self, message: String) -> bool {
         drop(self.0.send_text(message));
         self.0.close_reason().is_none()
+    }
+
+    fn replace(&self) {
+        drop(self.0.replace());
     }
 }
 
@@ -195,22 +245,31 @@ pub async fn run(
     let proxy_options = ProxyOptions {
         request_timeout: config.request_timeout,
         egress: browserver_transport_http::EgressPolicy {
+            mode: config.egress,
             allow: config.egress_allow.clone(),
             ..Default::default()
         },
         authorizer: config.authorizer.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        max_in_flight_body_bytes: config.max_in_flight_body_bytes,
         ..ProxyOptions::default()
     };
     // One channel message carries one HTTP message: a body of up to the proxy's limit, in
     // base64 (4/3), plus its head.
     let message_limit = proxy_options.max_body_bytes / 3 * 4 + (1 << 20);
+    let origins = browserver_core::OriginPolicy::allow(&config.allowed_origins);
     let proxy = Proxy::new(pattern, proxy_options);
     let (bc, mut bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
         base: config.channel_base.clone(),
         keep_alive_interval: config.keepalive_interval,
         session_timeout_interval: config.session_timeout,
+        attach_timeout: config.attach_timeout,
         max_body_bytes: message_limit,
+        max_held_bytes: message_limit,
         max_buffered_bytes: 4 * message_limit,
+        max_sessions: config.max_sessions,
+        quota: config.quota.clone(),
+        origins: origins.clone(),
         cors: config
             .cors
             .clone()
@@ -228,6 +287,9 @@ pub async fn run(
         max_frame_size: message_limit,
         max_message_size: message_limit,
         max_buffered_bytes: 4 * message_limit,
+        max_sessions: config.max_sessions,
+        quota: config.quota.clone(),
+        origins,
         admission: config.authenticator.clone().map(|a| {
             let admission: browserver_transport_ws::Admission =
                 Arc::new(move |parts| admit(a.clone(), "websocket", parts));
@@ -240,37 +302,44 @@ pub async fn run(
         while let Some(session) = bc_sessions.accept().await {
             let proxy = p.clone();
             tokio::spawn(async move {
-                let id = session.id().to_string();
-                tracing::info!(client = %id, transport = "browserchannel", address = ?session.address(), "connected");
                 let wire = if session.query_param("brow") == Some("2") {
                     Wire::Json
                 } else {
                     Wire::Text
                 };
-                if mode == Mode::Proxy {
-                    let hostname = proxy.connect(
-                        &id,
-                        Arc::new(BcChannel(session.clone())),
-                        wire,
-                        "browserchannel",
-                    );
-                    if wire == Wire::Json {
-                        drop(session.send(&hello(&id, &hostname)));
-                    }
+                let channel = Arc::new(BcChannel(session.clone()));
+                let Some(client) = register(
+                    &proxy,
+                    mode,
+                    session.name(),
+                    channel,
+                    wire,
+                    "browserchannel",
+                ) else {
+                    session.close();
+                    return;
+                };
+                log_connected(client.as_ref(), "browserchannel", session.address());
+                if let Some(c) = &client
+                    && wire == Wire::Json
+                {
+                    drop(session.send(&hello(&c.name, &c.hostname)));
                 }
                 while let Some(m) = session.recv().await {
-                    match mode {
-                        Mode::Echo => drop(session.send(&m.value)),
-                        Mode::Proxy => {
+                    match &client {
+                        None => drop(session.send(&m.value)),
+                        Some(c) => {
                             if let Some(text) = received_text(&m) {
-                                proxy.from_client(&id, text.as_bytes());
+                                proxy.from_client(c, text.as_bytes());
                             }
                         }
                     }
                 }
                 let reason = session.closed().await;
-                proxy.disconnect(&id, &reason);
-                tracing::info!(client = %id, %reason, "disconnected");
+                if let Some(c) = &client {
+                    proxy.disconnect(c, &reason);
+                }
+                log_disconnected(client.as_ref(), &reason);
             });
         }
     });
@@ -279,60 +348,87 @@ pub async fn run(
         while let Some(session) = ws_sessions.accept().await {
             let proxy = p.clone();
             tokio::spawn(async move {
-                let id = session.id().to_string();
-                tracing::info!(client = %id, transport = "websocket", address = ?session.address(), "connected");
                 let wire = if session.mode() == WsMode::Session {
                     Wire::Json
                 } else {
                     Wire::Text
                 };
-                if mode == Mode::Proxy {
-                    let hostname =
-                        proxy.connect(&id, Arc::new(WsChannel(session.clone())), wire, "websocket");
-                    if wire == Wire::Json {
-                        drop(session.send_text(hello(&id, &hostname)));
-                    }
+                let channel = Arc::new(WsChannel(session.clone()));
+                let Some(client) =
+                    register(&proxy, mode, session.name(), channel, wire, "websocket")
+                else {
+                    session.close();
+                    return;
+                };
+                log_connected(client.as_ref(), "websocket", session.address());
+                if let Some(c) = &client
+                    && wire == Wire::Json
+                {
+                    drop(session.send_text(hello(&c.name, &c.hostname)));
                 }
                 while let Some(m) = session.recv().await {
-                    match mode {
-                        Mode::Echo => drop(session.send(m)),
-                        Mode::Proxy => match &m {
-                            Message::Text(t) => proxy.from_client(&id, message_text(t).as_bytes()),
-                            Message::Binary(b) => proxy.from_client(&id, b),
+                    match &client {
+                        None => drop(session.send(m)),
+                        Some(c) => match &m {
+                            Message::Text(t) => proxy.from_client(c, message_text(t).as_bytes()),
+                            Message::Binary(b) => proxy.from_client(c, b),
                         },
                     }
                 }
                 let reason = session.closed().await;
-                proxy.disconnect(&id, &reason);
-                tracing::info!(client = %id, %reason, "disconnected");
+                if let Some(c) = &client {
+                    proxy.disconnect(c, &reason);
+                }
+                log_disconnected(client.as_ref(), &reason);
             });
         }
+    });
+    let limits = config.limits.clone();
+    let max_connections = match conn::file_limit() {
+        Some(files) => {
+            let ceiling = usize::try_from(files.saturating_sub(256)).unwrap_or(usize::MAX);
+            if limits.max_connections > ceiling {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    files,
+                    "the file limit lowers max_connections to {ceiling}"
+                );
+            }
+            limits.max_connections.min(ceiling).max(1)
+        }
+        None => limits.max_connections,
+    };
+    let connections = conn::Connections::new(max_connections, limits.max_connections_per_address);
+    let local = listener.local_addr().ok();
+    let shared = Arc::new(Shared {
+        bc: bc.clone(),
+        ws: ws.clone(),
+        proxy: proxy.clone(),
+        config,
+        mode,
+        local,
     });
     let serve = async {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
+                    // Out of file descriptors or similar: keep accepting once some close.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            let slot = match connections.try_open(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(%peer, why, "connection refused");
+                    drop(stream);
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
-            let (bc, ws, proxy, config) = (bc.clone(), ws.clone(), proxy.clone(), config.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let (bc, ws, proxy, config) =
-                        (bc.clone(), ws.clone(), proxy.clone(), config.clone());
-                    async move {
-                        Ok::<_, Infallible>(route(req, peer, &bc, &ws, &proxy, &config, mode).await)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
+            tokio::spawn(serve_connection(stream, peer, slot, shared.clone()));
         }
     };
     tokio::select! {
@@ -364,15 +460,107 @@ pub async fn run(
     Ok(())
 }
 
-async fn route(
-    mut req: http::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
-    bc: &BrowserChannel,
-    ws: &WsEndpoint,
-    proxy: &Proxy,
-    config: &Config,
+/// What every connection's requests are routed with.
+struct Shared {
+    bc: BrowserChannel,
+    ws: WsEndpoint,
+    proxy: Proxy,
+    config: Config,
     mode: Mode,
+    local: Option<SocketAddr>,
+}
+
+/// Registers a session with the proxy (proxy mode): `Some(None)` in echo mode, `None` if
+/// it cannot be registered.
+fn register(
+    proxy: &Proxy,
+    mode: Mode,
+    name: Option<&str>,
+    channel: Arc<dyn Channel>,
+    wire: Wire,
+    transport: &str,
+) -> Option<Option<Connected>> {
+    if mode == Mode::Echo {
+        return Some(None);
+    }
+    match proxy.connect(name, channel, wire, transport) {
+        Ok(c) => Some(Some(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register a client");
+            None
+        }
+    }
+}
+
+fn log_connected(client: Option<&Connected>, transport: &str, address: Option<SocketAddr>) {
+    match client {
+        Some(c) => tracing::info!(client = %c.name, transport, address = ?address, "connected"),
+        None => tracing::debug!(transport, address = ?address, "connected"),
+    }
+}
+
+fn log_disconnected(client: Option<&Connected>, reason: &browserver_core::CloseReason) {
+    match client {
+        Some(c) => tracing::info!(client = %c.name, %reason, "disconnected"),
+        None => tracing::debug!(%reason, "disconnected"),
+    }
+}
+
+/// Serves one accepted connection under the limits: header-read timeout, idle timeout, body
+/// minimum rate; its slot is held by the socket (upgraded connections included).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: conn::Slot,
+    shared: Arc<Shared>,
+) {
+    let limits = shared.config.limits.clone();
+    let activity = conn::Activity::new();
+    let io = TokioIo::new(conn::Tracked::new(stream, activity.clone(), slot));
+    let requests = activity.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        let in_flight = requests.request();
+        let limits = shared.config.limits.clone();
+        async move {
+            let req =
+                req.map(|body| conn::MinRate::new(body, limits.body_min_rate, limits.body_grace));
+            let response = route(req, peer, &shared).await;
+            Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, in_flight)))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(connection);
+    let check = (limits.idle_timeout / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = tokio::time::sleep(check) => {
+                if activity.is_idle(limits.idle_timeout) {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn route(
+    mut req: http::Request<conn::MinRate<hyper::body::Incoming>>,
+    peer: SocketAddr,
+    shared: &Shared,
 ) -> http::Response<Body> {
+    let (bc, ws, proxy, config, mode) = (
+        &shared.bc,
+        &shared.ws,
+        &shared.proxy,
+        &shared.config,
+        shared.mode,
+    );
     req.extensions_mut()
         .insert(browserver_transport_bc::ClientAddr(peer));
     req.extensions_mut()
@@ -383,10 +571,16 @@ async fn route(
     // connection, in use or not, so it is kept small (a hanging back channel's connection
     // would otherwise carry several KiB of it).
     let req = if mode == Mode::Proxy {
-        let line = format!("{} {}", req.method(), req.uri());
+        let line = format!("{} {}", req.method(), req.uri().path());
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         match Box::pin(proxy.handle(req)).await {
             Ok(response) => {
-                tracing::info!(request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
+                tracing::info!(host = %host, request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
                 return response.map(Either::Right);
             }
             Err(req) => req,
@@ -403,12 +597,20 @@ async fn route(
     }
     match path.as_str() {
         "/_browserver/clients" => {
-            if !config.public_status && !peer.ip().is_loopback() {
-                return page(
-                    403,
-                    "text/plain",
-                    "Forbidden: the status endpoint answers loopback only".into(),
-                );
+            if let Err((status, why)) = admin::authorize(
+                req.headers(),
+                peer,
+                shared.local,
+                config.admin_token.as_deref(),
+            ) {
+                let mut r = page(status, "text/plain", why.into());
+                if status == 401 {
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                return r;
             }
             let body = serde_json::to_string_pretty(&proxy.list()).unwrap_or_default();
             page(200, "application/json", body)

@@ -47,9 +47,40 @@ struct Cli {
     /// How long a proxied request waits for the client's answer (e.g. `30s`); then 504.
     #[arg(long, env = "BROWSERVER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     request_timeout: Duration,
-    /// Answer /_browserver/clients to any address, not only loopback.
-    #[arg(long, env = "BROWSERVER_PUBLIC_STATUS", global = true)]
-    public_status: bool,
+    /// How long a new BrowserChannel session may wait for its first back channel.
+    #[arg(long, env = "BROWSERVER_ATTACH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    attach_timeout: Duration,
+    /// Bearer token for /_browserver/clients. Without it the endpoint answers only local,
+    /// unforwarded requests to a loopback host.
+    #[arg(long, env = "BROWSERVER_ADMIN_TOKEN", global = true)]
+    admin_token: Option<String>,
+    /// Reverse proxies (CIDR, comma-separated) whose X-Forwarded-For/-Proto/-Host are believed.
+    #[arg(
+        long,
+        env = "BROWSERVER_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_cidr,
+        global = true
+    )]
+    trusted_proxies: Vec<browserver_transport_http::IpNet>,
+    /// Web origins (comma-separated, `*` for any) allowed to open sessions besides this
+    /// server's own; requests without Origin (non-browser clients) are always allowed.
+    #[arg(
+        long,
+        env = "BROWSERVER_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    allowed_origins: Vec<String>,
+    /// What clients may reach through egress: `off`, `public` (every public address, plus
+    /// --egress-allow) or `allow-list` (only --egress-allow).
+    #[arg(
+        long,
+        env = "BROWSERVER_EGRESS",
+        default_value = "public",
+        global = true
+    )]
+    egress: browserver_transport_http::EgressMode,
     /// Allow clients' requests to this destination (`host` or `host:port`) although its
     /// address is loopback, private, link-local or metadata; repeatable.
     #[arg(
@@ -59,6 +90,75 @@ struct Cli {
         global = true
     )]
     egress_allow: Vec<String>,
+    /// A request head must arrive within this long.
+    #[arg(long, env = "BROWSERVER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    header_read_timeout: Duration,
+    /// A connection that moved no bytes for this long closes (when nothing is in flight, or
+    /// its writes are stuck).
+    #[arg(long, env = "BROWSERVER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    idle_timeout: Duration,
+    /// Minimum request-body rate in bytes per second, after --body-grace (0: none).
+    #[arg(
+        long,
+        env = "BROWSERVER_BODY_MIN_RATE",
+        default_value_t = 1024,
+        global = true
+    )]
+    body_min_rate: u64,
+    /// Time a request body gets before the minimum rate applies.
+    #[arg(long, env = "BROWSERVER_BODY_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    body_grace: Duration,
+    /// Most open connections (never more than the file limit allows).
+    #[arg(
+        long,
+        env = "BROWSERVER_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    max_connections: usize,
+    /// Most open connections per client address (IPv6 by /64; 0: no limit).
+    #[arg(
+        long,
+        env = "BROWSERVER_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        global = true
+    )]
+    max_connections_per_address: usize,
+    /// Most live sessions per transport.
+    #[arg(
+        long,
+        env = "BROWSERVER_MAX_SESSIONS",
+        default_value_t = 100_000,
+        global = true
+    )]
+    max_sessions: usize,
+    /// Most live sessions per client address (0: no limit).
+    #[arg(
+        long,
+        env = "BROWSERVER_MAX_SESSIONS_PER_ADDRESS",
+        default_value_t = 256,
+        global = true
+    )]
+    max_sessions_per_address: usize,
+    /// Sessions one client address may create per minute (0: no limit).
+    #[arg(
+        long,
+        env = "BROWSERVER_SESSION_RATE",
+        default_value_t = 120,
+        global = true
+    )]
+    session_rate: u32,
+    /// Sessions one client address may create in a burst before --session-rate applies.
+    #[arg(
+        long,
+        env = "BROWSERVER_SESSION_BURST",
+        default_value_t = 60,
+        global = true
+    )]
+    session_burst: u32,
+    /// Request-body bytes the proxy holds in memory at once, over all clients.
+    #[arg(long, env = "BROWSERVER_MAX_IN_FLIGHT_BODY_BYTES", default_value_t = 256 << 20, global = true)]
+    max_in_flight_body_bytes: usize,
     /// `Access-Control-Allow-Origin` for BrowserChannel responses (a page served elsewhere
     /// connecting to this server).
     #[arg(long, env = "BROWSERVER_CORS", global = true)]
@@ -99,8 +199,28 @@ async fn main() -> std::process::ExitCode {
         keepalive_interval: cli.keepalive_interval,
         session_timeout: cli.session_timeout,
         request_timeout: cli.request_timeout,
-        public_status: cli.public_status,
+        attach_timeout: cli.attach_timeout,
+        admin_token: cli.admin_token,
+        trusted_proxies: cli.trusted_proxies,
+        allowed_origins: cli.allowed_origins,
+        egress: cli.egress,
         egress_allow: cli.egress_allow,
+        limits: browserver_server::Limits {
+            header_read_timeout: cli.header_read_timeout,
+            idle_timeout: cli.idle_timeout,
+            body_min_rate: cli.body_min_rate,
+            body_grace: cli.body_grace,
+            max_connections: cli.max_connections,
+            max_connections_per_address: cli.max_connections_per_address,
+        },
+        quota: browserver_core::QuotaConfig {
+            max_sessions: cli.max_sessions_per_address,
+            creations_per_minute: cli.session_rate,
+            burst: cli.session_burst,
+            ..browserver_core::QuotaConfig::default()
+        },
+        max_sessions: cli.max_sessions,
+        max_in_flight_body_bytes: cli.max_in_flight_body_bytes,
         cors: cli.cors,
         ..Config::default()
     };
@@ -120,6 +240,13 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`).
+fn parse_cidr(s: &str) -> Result<browserver_transport_http::IpNet, String> {
+    s.parse::<browserver_transport_http::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(Into::into))
+        .map_err(|_| format!("not a CIDR or an address: {s:?}"))
 }
 
 async fn shutdown_signal() {

@@ -168,6 +168,7 @@ class BrowserChannel {
   constructor(socket) {
     this.socket = socket;
     this.sid = null;
+    this.resumeToken = null;
     this.lastArrayId = -1;
     this.rid = Math.floor(Math.random() * 100000);
     this.nextMapId = 0;
@@ -378,6 +379,7 @@ class WsChannel {
   constructor(socket) {
     this.socket = socket;
     this.sid = null;
+    this.resumeToken = null;
     this.lastArrayId = -1; // highest server position received in order
     this.nextSeq = 0; // next outgoing sequence number
     this.sent = []; // [{ seq, value }] not yet acknowledged
@@ -389,7 +391,7 @@ class WsChannel {
     let url = this.socket.options.wsUrl;
     const params = { ...this.socket.options.extraParams };
     if (resume) {
-      params.resume = this.sid;
+      params.resume = this.resumeToken || this.sid;
       if (this.lastArrayId >= 0) params.ack = this.lastArrayId;
     }
     const q = query(params);
@@ -423,6 +425,8 @@ class WsChannel {
       this.helloSeen = true;
       if (this.sid && !hello.resumed) return this.fail(new Failure(6));
       this.sid = hello.sid;
+      // The secret that resumes this session; only this connection was given it.
+      if (hello.token) this.resumeToken = hello.token;
       if (hello.ack !== null) this.acknowledged(hello.ack);
       for (const m of this.sent) this.write('T', m.seq, JSON.stringify(m.value)); // resend
       return this.flush();

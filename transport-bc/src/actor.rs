@@ -56,6 +56,15 @@ enum Pending {
     Terminate,
 }
 
+impl Pending {
+    fn size(&self) -> usize {
+        match self {
+            Pending::Forward(body) => body.size(),
+            Pending::Terminate => 0,
+        }
+    }
+}
+
 struct Sink {
     tx: mpsc::UnboundedSender<Bytes>,
     html: bool,
@@ -73,6 +82,8 @@ pub(crate) struct Actor {
     rx: mpsc::UnboundedReceiver<Command>,
     tx: mpsc::WeakUnboundedSender<Command>,
     rids: Reorder<Pending>,
+    /// Bytes of forward bodies held in `rids` behind a missing `RID`.
+    held_bytes: usize,
     sinks: HashMap<PathId, Sink>,
     acks: HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
@@ -101,6 +112,7 @@ impl Actor {
         let config = browserver_core::Config {
             keepalive_interval: o.keep_alive_interval,
             session_timeout: o.session_timeout_interval,
+            attach_timeout: o.attach_timeout,
             max_buffered_bytes: o.max_buffered_bytes,
             reorder_window: o.reorder_window,
             ..browserver_core::Config::default()
@@ -108,6 +120,7 @@ impl Actor {
         Actor {
             core: Core::new(browserver_core::Role::Server, config, now()),
             rids: Reorder::new(parts.first_rid, o.reorder_window),
+            held_bytes: 0,
             id: parts.id,
             host_prefix: parts.host_prefix,
             rx: parts.rx,
@@ -249,16 +262,29 @@ impl Actor {
     }
 
     /// Runs `pending` in `RID` order: now if its turn has come (or it is a retry of an earlier
-    /// request), later if a lower `RID` is missing. False if the `RID` is absurdly far ahead.
+    /// request), later if a lower `RID` is missing. False if the `RID` is absurdly far ahead,
+    /// or holding it would exceed the held-bytes limit.
     fn order(&mut self, now: std::time::Instant, rid: u64, pending: Pending) -> bool {
+        let size = pending.size();
+        if rid > self.rids.next()
+            && self.held_bytes.saturating_add(size) > self.inner.options.max_held_bytes
+        {
+            return false;
+        }
         match self.rids.insert(rid, pending) {
             Inserted::Ready => {
-                while let Some((_, p)) = self.rids.pop_ready() {
+                while let Some((pos, p)) = self.rids.pop_ready() {
+                    if pos != rid {
+                        self.held_bytes = self.held_bytes.saturating_sub(p.size());
+                    }
                     self.process(now, p);
                 }
                 true
             }
-            Inserted::Held => true,
+            Inserted::Held => {
+                self.held_bytes = self.held_bytes.saturating_add(size);
+                true
+            }
             Inserted::Duplicate(p) => {
                 self.process(now, p);
                 true
@@ -271,15 +297,15 @@ impl Actor {
         match pending {
             Pending::Forward(ForwardBody::Empty) => {}
             Pending::Forward(ForwardBody::Maps { ofs, maps }) => {
-                for (i, map) in maps.iter().enumerate() {
+                for (map, seq) in maps.iter().zip(ofs..) {
                     let data = encode_map(map);
-                    let _ = self.core.handle_message(now, ofs + i as u64, data);
+                    let _ = self.core.handle_message(now, seq, data);
                 }
             }
             Pending::Forward(ForwardBody::Json { ofs, messages }) => {
-                for (i, value) in messages.iter().enumerate() {
-                    let data = encode_message(TAG_VALUE, &value.to_string());
-                    let _ = self.core.handle_message(now, ofs + i as u64, data);
+                for (value, seq) in messages.iter().zip(ofs..) {
+                    let data = encode_message(TAG_VALUE, value.get());
+                    let _ = self.core.handle_message(now, seq, data);
                 }
             }
             Pending::Terminate => {

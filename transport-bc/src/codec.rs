@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::io;
 
 use serde::Serialize;
-use serde_json::Value;
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// A forward-channel map: string keys to string values.
 pub type Map = BTreeMap<String, String>;
@@ -40,13 +41,38 @@ pub enum CodecError {
         /// The configured limit.
         limit: u64,
     },
+    /// More keys in one request's maps than allowed.
+    #[error("too many map entries in one request (limit {limit})")]
+    TooManyEntries {
+        /// The configured limit.
+        limit: usize,
+    },
     /// A server → client chunk is malformed.
     #[error("bad chunk: {0}")]
     BadChunk(&'static str),
 }
 
+/// Bounds on one forward-channel request, so that parsing it costs memory in proportion to
+/// its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardLimits {
+    /// Most maps (or JSON messages). 1 000 (the Closure client's own batch).
+    pub max_maps: u64,
+    /// Most keys over all maps of a form body. 10 000.
+    pub max_entries: usize,
+}
+
+impl Default for ForwardLimits {
+    fn default() -> Self {
+        ForwardLimits {
+            max_maps: 1000,
+            max_entries: 10_000,
+        }
+    }
+}
+
 /// What a forward-channel request carried.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum ForwardBody {
     /// `count=0`: no maps.
     Empty,
@@ -61,9 +87,49 @@ pub enum ForwardBody {
     Json {
         /// Id of the first message.
         ofs: u64,
-        /// The messages.
-        messages: Vec<Value>,
+        /// The messages, as the JSON text the client sent (validated, not parsed into a tree).
+        messages: Vec<Box<RawValue>>,
     },
+}
+
+impl ForwardBody {
+    /// Bytes of keys, values and messages it holds.
+    pub fn size(&self) -> usize {
+        match self {
+            ForwardBody::Empty => 0,
+            ForwardBody::Maps { maps, .. } => maps
+                .iter()
+                .flat_map(|m| m.iter())
+                .map(|(k, v)| k.len().saturating_add(v.len()))
+                .fold(0, usize::saturating_add),
+            ForwardBody::Json { messages, .. } => messages
+                .iter()
+                .map(|m| m.get().len())
+                .fold(0, usize::saturating_add),
+        }
+    }
+}
+
+impl PartialEq for ForwardBody {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ForwardBody::Empty, ForwardBody::Empty) => true,
+            (ForwardBody::Maps { ofs: a, maps: x }, ForwardBody::Maps { ofs: b, maps: y }) => {
+                a == b && x == y
+            }
+            (
+                ForwardBody::Json {
+                    ofs: a,
+                    messages: x,
+                },
+                ForwardBody::Json {
+                    ofs: b,
+                    messages: y,
+                },
+            ) => a == b && x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.get() == q.get()),
+            _ => false,
+        }
+    }
 }
 
 /// A serde_json formatter that escapes every non-ASCII UTF-16 unit as `\uXXXX` (lowercase hex).
@@ -189,10 +255,14 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 /// Parses a forward-channel body. `json` selects node-browserchannel's JSON body form
-/// (`Content-Type: application/json`). At most `max_maps` maps are accepted.
-pub fn parse_forward(body: &[u8], json: bool, max_maps: u64) -> Result<ForwardBody, CodecError> {
+/// (`Content-Type: application/json`). The ids `ofs .. ofs + count` must fit in a `u64`.
+pub fn parse_forward(
+    body: &[u8],
+    json: bool,
+    limits: ForwardLimits,
+) -> Result<ForwardBody, CodecError> {
     if json {
-        return parse_json_forward(body, max_maps);
+        return parse_json_forward(body, limits.max_maps);
     }
     let mut count = None;
     let mut ofs = None;
@@ -211,6 +281,11 @@ pub fn parse_forward(body: &[u8], json: bool, max_maps: u64) -> Result<ForwardBo
             }
             _ => {
                 if let Some((index, name)) = split_map_key(&key) {
+                    if entries.len() >= limits.max_entries {
+                        return Err(CodecError::TooManyEntries {
+                            limit: limits.max_entries,
+                        });
+                    }
                     entries.push((index, name.to_string(), value.into_owned()));
                 }
             }
@@ -220,16 +295,18 @@ pub fn parse_forward(body: &[u8], json: bool, max_maps: u64) -> Result<ForwardBo
     if count == 0 {
         return Ok(ForwardBody::Empty);
     }
-    if count > max_maps {
+    if count > limits.max_maps {
         return Err(CodecError::TooManyMaps {
             count,
-            limit: max_maps,
+            limit: limits.max_maps,
         });
     }
     let ofs = ofs.ok_or(CodecError::BadData)?;
-    let mut maps = vec![Map::new(); count as usize];
+    ofs.checked_add(count).ok_or(CodecError::BadData)?;
+    let mut maps = vec![Map::new(); usize::try_from(count).map_err(|_| CodecError::BadData)?];
     for (index, name, value) in entries {
-        let map = maps.get_mut(index as usize).ok_or(CodecError::BadData)?;
+        let index = usize::try_from(index).map_err(|_| CodecError::BadData)?;
+        let map = maps.get_mut(index).ok_or(CodecError::BadData)?;
         map.insert(name, value);
     }
     Ok(ForwardBody::Maps { ofs, maps })
@@ -244,30 +321,111 @@ fn split_map_key(key: &str) -> Option<(u64, &str)> {
     (!name.is_empty()).then_some((index, name))
 }
 
+#[derive(serde::Deserialize)]
+struct JsonForward<'a> {
+    #[serde(default)]
+    ofs: Option<u64>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Collects the elements of a JSON array as raw JSON text, refusing more than `max`.
+struct BoundedArray<'a> {
+    max: u64,
+    out: &'a mut Vec<Box<RawValue>>,
+    exceeded: &'a mut bool,
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedArray<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedArray<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(v) = seq.next_element::<Box<RawValue>>()? {
+            if self.out.len() as u64 >= self.max {
+                *self.exceeded = true;
+                return Err(serde::de::Error::custom("too many messages"));
+            }
+            self.out.push(v);
+        }
+        Ok(())
+    }
+}
+
+/// Deepest nesting of arrays and objects accepted in a JSON-body message.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Whether `json` (valid JSON text) nests arrays and objects no deeper than `max`.
+fn depth_within(json: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 fn parse_json_forward(body: &[u8], max_maps: u64) -> Result<ForwardBody, CodecError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| CodecError::BadData)?;
-    let obj = value.as_object().ok_or(CodecError::BadData)?;
-    let data = obj
-        .get("data")
-        .and_then(Value::as_array)
-        .ok_or(CodecError::BadData)?;
-    if data.len() as u64 > max_maps {
+    let forward: JsonForward<'_> = serde_json::from_slice(body).map_err(|_| CodecError::BadData)?;
+    let mut messages = Vec::new();
+    let mut exceeded = false;
+    let mut de = serde_json::Deserializer::from_str(forward.data.get());
+    let parsed = BoundedArray {
+        max: max_maps,
+        out: &mut messages,
+        exceeded: &mut exceeded,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    if exceeded {
         return Err(CodecError::TooManyMaps {
-            count: data.len() as u64,
+            count: max_maps.saturating_add(1),
             limit: max_maps,
         });
     }
-    if data.is_empty() {
+    parsed.map_err(|_| CodecError::BadData)?;
+    if !messages
+        .iter()
+        .all(|m| depth_within(m.get(), MAX_JSON_DEPTH))
+    {
+        return Err(CodecError::BadData);
+    }
+    if messages.is_empty() {
         return Ok(ForwardBody::Empty);
     }
-    let ofs = obj
-        .get("ofs")
-        .and_then(Value::as_u64)
+    let ofs = forward.ofs.ok_or(CodecError::BadData)?;
+    ofs.checked_add(messages.len() as u64)
         .ok_or(CodecError::BadData)?;
-    Ok(ForwardBody::Json {
-        ofs,
-        messages: data.clone(),
-    })
+    Ok(ForwardBody::Json { ofs, messages })
 }
 
 /// Encodes maps as a form body: `count=N&ofs=O&req0_key=value…` (keys and values
@@ -321,6 +479,13 @@ pub fn split_chunk(buf: &str) -> Result<Option<(&str, usize)>, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lim(max_maps: u64) -> ForwardLimits {
+        ForwardLimits {
+            max_maps,
+            ..ForwardLimits::default()
+        }
+    }
     use serde_json::json;
 
     #[test]
@@ -373,7 +538,7 @@ mod tests {
     #[test]
     fn form_maps_are_parsed_relative_to_ofs_with_keys_containing_underscores() {
         let body = b"count=3&ofs=7&req0_JSON=%5B1%2C2%5D&req1__S=hi%20there&req2_a=1&req2_b_c=2";
-        let ForwardBody::Maps { ofs, maps } = parse_forward(body, false, 1000).expect("parse")
+        let ForwardBody::Maps { ofs, maps } = parse_forward(body, false, lim(1000)).expect("parse")
         else {
             panic!("maps expected")
         };
@@ -386,7 +551,7 @@ mod tests {
     #[test]
     fn checklist_34_odd_keys_and_values_decode() {
         let body = b"count=1&ofs=0&req0__int_%5E%26%5E%25%23net=hi%22there%26%26%0Asam";
-        let ForwardBody::Maps { maps, .. } = parse_forward(body, false, 1000).expect("parse")
+        let ForwardBody::Maps { maps, .. } = parse_forward(body, false, lim(1000)).expect("parse")
         else {
             panic!()
         };
@@ -396,7 +561,7 @@ mod tests {
     #[test]
     fn a_hole_below_count_is_an_empty_map() {
         let ForwardBody::Maps { maps, .. } =
-            parse_forward(b"count=2&ofs=0&req1_a=b", false, 10).expect("parse")
+            parse_forward(b"count=2&ofs=0&req1_a=b", false, lim(10)).expect("parse")
         else {
             panic!()
         };
@@ -414,15 +579,18 @@ mod tests {
             b"count=1&ofs=0&req5_a=b",
         ] {
             assert_eq!(
-                parse_forward(body, false, 10),
+                parse_forward(body, false, lim(10)),
                 Err(CodecError::BadData),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
         }
-        assert_eq!(parse_forward(b"count=0", false, 10), Ok(ForwardBody::Empty));
         assert_eq!(
-            parse_forward(b"count=11&ofs=0", false, 10),
+            parse_forward(b"count=0", false, lim(10)),
+            Ok(ForwardBody::Empty)
+        );
+        assert_eq!(
+            parse_forward(b"count=11&ofs=0", false, lim(10)),
             Err(CodecError::TooManyMaps {
                 count: 11,
                 limit: 10
@@ -434,15 +602,65 @@ mod tests {
     fn json_bodies_carry_messages() {
         let body = br#"{"ofs":0,"data":[{},{"x":null},"hi"]}"#;
         assert_eq!(
-            parse_forward(body, true, 10),
+            parse_forward(body, true, lim(10)),
             Ok(ForwardBody::Json {
                 ofs: 0,
-                messages: vec![json!({}), json!({"x": null}), json!("hi")]
+                messages: ["{}", "{\"x\":null}", "\"hi\""]
+                    .iter()
+                    .map(|t| RawValue::from_string(t.to_string()).expect("json"))
+                    .collect()
             })
         );
         for bad in [&b"null"[..], b"{", b"{\"ofs\":0}", b"[]"] {
-            assert_eq!(parse_forward(bad, true, 10), Err(CodecError::BadData));
+            assert_eq!(parse_forward(bad, true, lim(10)), Err(CodecError::BadData));
         }
+    }
+
+    #[test]
+    fn json_bodies_are_bounded_in_messages_depth_and_ids() {
+        let many = format!("{{\"ofs\":0,\"data\":[{}0]}}", "0,".repeat(10));
+        assert_eq!(
+            parse_forward(many.as_bytes(), true, lim(10)),
+            Err(CodecError::TooManyMaps {
+                count: 11,
+                limit: 10
+            })
+        );
+        let deep = format!(
+            "{{\"ofs\":0,\"data\":[{}{}]}}",
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        assert_eq!(
+            parse_forward(deep.as_bytes(), true, lim(10)),
+            Err(CodecError::BadData)
+        );
+        let overflow = format!("{{\"ofs\":{},\"data\":[1,2]}}", u64::MAX);
+        assert_eq!(
+            parse_forward(overflow.as_bytes(), true, lim(10)),
+            Err(CodecError::BadData)
+        );
+    }
+
+    #[test]
+    fn form_bodies_are_bounded_in_entries_and_ids() {
+        let limits = ForwardLimits {
+            max_maps: 10,
+            max_entries: 3,
+        };
+        assert_eq!(
+            parse_forward(
+                b"count=1&ofs=0&req0_a=1&req0_b=2&req0_c=3&req0_d=4",
+                false,
+                limits
+            ),
+            Err(CodecError::TooManyEntries { limit: 3 })
+        );
+        let overflow = format!("count=2&ofs={}&req0_a=1", u64::MAX);
+        assert_eq!(
+            parse_forward(overflow.as_bytes(), false, limits),
+            Err(CodecError::BadData)
+        );
     }
 
     #[test]
@@ -451,7 +669,7 @@ mod tests {
         m.insert("JSON".into(), "{\"a\":\"&=+ ⚗\"}".into());
         let body = encode_forward(5, std::slice::from_ref(&m));
         assert_eq!(
-            parse_forward(body.as_bytes(), false, 10),
+            parse_forward(body.as_bytes(), false, lim(10)),
             Ok(ForwardBody::Maps {
                 ofs: 5,
                 maps: vec![m]

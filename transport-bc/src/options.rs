@@ -11,12 +11,13 @@ use crate::session::Session;
 pub type CorsFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
 
 /// Decides, before a session is created, whether the connecting client is admitted and,
-/// optionally, which session id it gets (for example from a bearer token or a signed claim).
-/// A refusal `(status, reason)` — 401 or 403 — is the answer to the creating request.
+/// optionally, which name it gets ([`Session::name`]; for example from a bearer token or a
+/// signed claim). The session id stays a fresh secret whatever the name. A refusal
+/// `(status, reason)` — 401 or 403 — is the answer to the creating request.
 pub type Admission = Arc<dyn Fn(&http::request::Parts) -> AdmissionFuture + Send + Sync>;
 
-/// The future an [`Admission`] returns: the id to give the client (or a random one), or a
-/// refusal `(status, reason)`.
+/// The future an [`Admission`] returns: the name to give the client (or none), or a refusal
+/// `(status, reason)`.
 pub type AdmissionFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Option<String>, (u16, String)>> + Send>,
 >;
@@ -63,6 +64,9 @@ pub struct Options {
     pub keep_alive_interval: Duration,
     /// How long a session may be without a back channel before it closes. 30 s.
     pub session_timeout_interval: Duration,
+    /// How long a new session may wait for its first back channel before it closes (a
+    /// client that creates sessions and never listens holds them only this long). 10 s.
+    pub attach_timeout: Duration,
     /// The pause in the test channel's buffering-proxy probe. 2 s (the client relies on it;
     /// shorten only in tests).
     pub test_phase2_delay: Duration,
@@ -70,8 +74,20 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Most maps in one forward request; more → 413. 1 000 (the Closure client's own batch).
     pub max_maps_per_post: u64,
+    /// Most keys over all maps of one forward request; more → 413. 10 000.
+    pub max_map_entries: usize,
+    /// Bytes of forward requests held behind a missing `RID`; past it the request is refused
+    /// with 400. 4 MiB.
+    pub max_held_bytes: usize,
     /// Most live sessions; a session-creating request beyond it → 503. 100 000.
     pub max_sessions: usize,
+    /// Live sessions and session creations per client address (IPv6 by `/64`); beyond them a
+    /// session-creating request → 429 with `Retry-After`. 256 live, 120 per minute (bursts
+    /// of 60). Needs the client address ([`ClientAddr`](crate::ClientAddr)).
+    pub quota: browserver_core::QuotaConfig,
+    /// Web origins admitted to create sessions besides the server's own and requests without
+    /// `Origin`; others → 403. None by default.
+    pub origins: browserver_core::OriginPolicy,
     /// Bytes of unacknowledged outbound messages retained per session; past it `send` fails
     /// with [`SendError::BufferFull`](crate::SendError::BufferFull). 4 MiB.
     pub max_buffered_bytes: usize,
@@ -98,10 +114,15 @@ impl Default for Options {
             cors_allow_credentials: false,
             keep_alive_interval: Duration::from_secs(20),
             session_timeout_interval: Duration::from_secs(30),
+            attach_timeout: Duration::from_secs(10),
             test_phase2_delay: Duration::from_secs(2),
             max_body_bytes: 1 << 20,
             max_maps_per_post: 1000,
+            max_map_entries: 10_000,
+            max_held_bytes: 4 << 20,
             max_sessions: 100_000,
+            quota: browserver_core::QuotaConfig::default(),
+            origins: browserver_core::OriginPolicy::default(),
             max_buffered_bytes: 4 << 20,
             reorder_window: 4096,
             back_channel_max_bytes: 10 * 1024,
@@ -123,6 +144,8 @@ impl std::fmt::Debug for Options {
             .field("session_timeout_interval", &self.session_timeout_interval)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_sessions", &self.max_sessions)
+            .field("quota", &self.quota)
+            .field("origins", &self.origins)
             .finish_non_exhaustive()
     }
 }

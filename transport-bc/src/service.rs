@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use browserver_core::Registry;
+use browserver_core::{AddressQuota, QuotaError, Registry};
 use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -69,6 +69,7 @@ pub(crate) struct Inner {
     headers: HeaderMap,
     pub(crate) html_headers: HeaderMap,
     registry: Mutex<Registry<Session>>,
+    quota: Mutex<AddressQuota>,
     accept: mpsc::UnboundedSender<Session>,
 }
 
@@ -78,8 +79,17 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn quota(&self) -> MutexGuard<'_, AddressQuota> {
+        self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session closed: it leaves the registry and its address's quota.
     pub(crate) fn forget(&self, id: &str) {
-        self.registry().remove(id);
+        let removed = self.registry().remove(id);
+        if let Some(address) = removed.and_then(|s| s.address()) {
+            self.quota()
+                .release(address.ip(), tokio::time::Instant::now().into_std());
+        }
     }
 }
 
@@ -184,6 +194,7 @@ impl BrowserChannel {
         let (accept, rx) = mpsc::unbounded_channel();
         let inner = Inner {
             registry: Mutex::new(Registry::new(options.max_sessions)),
+            quota: Mutex::new(AddressQuota::new(options.quota.clone())),
             options,
             base,
             headers,
@@ -408,14 +419,17 @@ impl BrowserChannel {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.split(';').next())
                     .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-                let forward = match codec::parse_forward(
-                    &bytes,
-                    json,
-                    self.inner.options.max_maps_per_post,
-                ) {
+                let limits = codec::ForwardLimits {
+                    max_maps: self.inner.options.max_maps_per_post,
+                    max_entries: self.inner.options.max_map_entries,
+                };
+                let forward = match codec::parse_forward(&bytes, json, limits) {
                     Ok(f) => f,
                     Err(CodecError::TooManyMaps { .. }) => {
                         return error_response(413, "Too many maps", &headers);
+                    }
+                    Err(CodecError::TooManyEntries { .. }) => {
+                        return error_response(413, "Too many map entries", &headers);
                     }
                     Err(_) => return error_response(400, "Bad data", &headers),
                 };
@@ -513,8 +527,10 @@ impl BrowserChannel {
         rx.await.unwrap_or(refused)
     }
 
-    /// Creates a session for a `bind` POST without `SID`: ghosts `OSID`, registers, starts the
-    /// session's task, runs the connect hook, and announces it on [`Sessions`].
+    /// Creates a session for a `bind` POST without `SID`: checks the origin, the address's
+    /// quota and admission, ghosts `OSID` (a session id: only its owner knows it), registers
+    /// under a fresh secret id, starts the session's task, runs the connect hook, and
+    /// announces it on [`Sessions`].
     async fn create(
         &self,
         parts: &http::request::Parts,
@@ -522,17 +538,53 @@ impl BrowserChannel {
         first_rid: u64,
     ) -> Result<Session, Response<ResponseBody>> {
         let headers = &self.inner.headers;
-        let chosen = match &self.inner.options.admission {
+        let origin = parts.headers.get(http::header::ORIGIN);
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let admitted_origin = match origin.map(|o| o.to_str()) {
+            None => self.inner.options.origins.admits(None, host),
+            Some(Ok(o)) => self.inner.options.origins.admits(Some(o), host),
+            Some(Err(_)) => false,
+        };
+        if !admitted_origin {
+            return Err(error_response(403, "Origin not allowed", headers));
+        }
+        let address = parts.extensions.get::<ClientAddr>().map(|a| a.0);
+        if let Some(address) = address {
+            let now = tokio::time::Instant::now().into_std();
+            if let Err(e) = self.inner.quota().try_admit(address.ip(), now) {
+                return Err(quota_refusal(&e, headers));
+            }
+        }
+        // From here on, every way out that does not register the session gives the slot back.
+        let release = || {
+            if let Some(address) = address {
+                self.inner
+                    .quota()
+                    .release(address.ip(), tokio::time::Instant::now().into_std());
+            }
+        };
+        let name = match &self.inner.options.admission {
             Some(admit) => match admit(parts).await {
-                Ok(id) => id,
-                Err((status, reason)) => return Err(error_response(status, &reason, headers)),
+                Ok(name) => name,
+                Err((status, reason)) => {
+                    release();
+                    return Err(error_response(status, &reason, headers));
+                }
             },
             None => None,
         };
-        // An admitted client that owns an id takes it over from its previous session.
-        let replaced = chosen.as_deref().and_then(|id| self.session(id));
-        if let Some(old) = replaced.or_else(|| param(query, "OSID").and_then(|id| self.session(id)))
+        if let Some(name) = &name
+            && !browserver_core::is_valid_id(name)
         {
+            tracing::warn!(name, "admission chose an invalid name");
+            release();
+            return Err(error_response(500, "Cannot create session", headers));
+        }
+        if let Some(old) = param(query, "OSID").and_then(|id| self.session(id)) {
             let oaid = param(query, "OAID").and_then(leading_u64);
             let (done, rx) = oneshot::channel();
             if old
@@ -552,7 +604,8 @@ impl BrowserChannel {
         });
         let shared = Shared {
             id: String::new(),
-            address: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+            name,
+            address,
             query: query.clone(),
             headers: owned_headers(&parts.headers),
             app_version: param(query, "CVER")
@@ -568,26 +621,18 @@ impl BrowserChannel {
                 ..shared
             }),
         };
-        let created = match &chosen {
-            Some(id) => self.inner.registry().create_with_id(id, make),
-            None => self.inner.registry().create(make),
-        };
+        let created = self.inner.registry().create(make);
         let id = match created {
             Ok(id) => id,
             Err(browserver_core::Error::RegistryFull { .. }) => {
+                release();
                 let mut r = error_response(503, "Too many sessions", headers);
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 return Err(r);
             }
-            Err(browserver_core::Error::IdInUse(_)) => {
-                return Err(error_response(409, "Session id in use", headers));
-            }
-            Err(browserver_core::Error::InvalidId(id)) if chosen.is_some() => {
-                tracing::warn!(id, "admission chose an invalid session id");
-                return Err(error_response(500, "Cannot create session", headers));
-            }
             Err(e) => {
+                release();
                 tracing::error!(error = %e, "cannot create a session");
                 return Err(error_response(500, "Cannot create session", headers));
             }
@@ -608,13 +653,26 @@ impl BrowserChannel {
             },
         );
         tokio::spawn(actor.run());
-        tracing::debug!(session = %id, "session created");
+        tracing::debug!(name = ?session.name(), "session created");
         if let Some(hook) = &self.inner.options.connect_hook {
             hook(&session);
         }
         let _ = self.inner.accept.send(session.clone());
         Ok(session)
     }
+}
+
+/// The answer to a creation the address's quota refused: 429 (with `Retry-After`) or 503.
+fn quota_refusal(e: &QuotaError, headers: &HeaderMap) -> Response<ResponseBody> {
+    let (status, retry) = match e {
+        QuotaError::TooManySessions { .. } => (429, 5),
+        QuotaError::TooFast { retry_after } => (429, retry_after.as_secs().max(1)),
+        QuotaError::TableFull => (503, 5),
+    };
+    let mut r = error_response(status, &e.to_string(), headers);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry));
+    r
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -69,6 +69,7 @@ pub(crate) enum Command {
 
 pub(crate) struct Shared {
     pub(crate) id: String,
+    pub(crate) name: Option<String>,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) query: Vec<(String, String)>,
     pub(crate) headers: HeaderMap,
@@ -91,7 +92,7 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("id", &self.shared.id)
+            .field("name", &self.shared.name)
             .field("address", &self.shared.address)
             .field("status", &*self.shared.status.borrow())
             .finish()
@@ -99,9 +100,17 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// The session id (the `SID`).
+    /// The session id (the `SID`): a secret of 128 random bits that only this client knows,
+    /// and that authorises every request acting on the session. Never show it to anyone else,
+    /// never use it as a public name, never log it where others read logs.
     pub fn id(&self) -> &str {
         &self.shared.id
+    }
+
+    /// The name that [`Options::admission`](crate::Options::admission) granted this client
+    /// (`Ok(Some(name))`), if any. It is an identity, not a secret.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
     }
 
     /// The client's address, when the server knows it (see [`ClientAddr`](crate::ClientAddr)).
@@ -207,6 +216,22 @@ impl Session {
     /// `closed`.
     pub fn close(&self) {
         let _ = self.shared.tx.send(Command::Close(None));
+    }
+
+    /// Closes the session because a newer session of the same client took its place (reason
+    /// `Replaced`); resolves once it is closed.
+    pub fn replace(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let _ = self
+            .shared
+            .tx
+            .send(Command::Http(Box::new(crate::actor::HttpCommand::Ghost {
+                oaid: None,
+                done,
+            })));
+        async move {
+            let _ = rx.await;
+        }
     }
 
     /// Closes the session with a reason that unacknowledged sends fail with.

@@ -1275,7 +1275,12 @@ async fn item_112_an_idle_back_channel_sends_its_headers_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item_37_close_in_the_connect_hook_is_403_however_the_tasks_interleave() {
-    let s = start(with_hook(|s| s.close())).await;
+    // 200 creations from one address: beyond the default per-address quota.
+    let s = start(Options {
+        quota: browserver_core::QuotaConfig::unlimited(),
+        ..with_hook(|s| s.close())
+    })
+    .await;
     for _ in 0..200 {
         let (status, _, _) = s
             .text(Method::POST, "/channel/bind?VER=8&RID=1000&t=1", "count=0")

@@ -1,77 +1,130 @@
 //! Egress: requests a client sends up its channel, performed by the proxy under a policy that
 //! is safe by default.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 
+use crate::budget::{BodyError, Budget};
+use crate::headers::{forwardable, host_count};
 use crate::message::{Head, Message};
+
+/// Which destinations egress may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EgressMode {
+    /// No egress at all: every client request for a host that is not another client is
+    /// refused with 403.
+    Off,
+    /// Public addresses, plus the `allow` list (which may name otherwise refused ones). The
+    /// default.
+    #[default]
+    Public,
+    /// Only the destinations on the `allow` list.
+    AllowList,
+}
+
+impl std::str::FromStr for EgressMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(EgressMode::Off),
+            "public" => Ok(EgressMode::Public),
+            "allow-list" => Ok(EgressMode::AllowList),
+            other => Err(format!(
+                "unknown egress mode {other:?} (off, public or allow-list)"
+            )),
+        }
+    }
+}
 
 /// What a client may reach through the proxy.
 ///
-/// By default every public address is allowed and loopback, private (RFC 1918, unique-local),
-/// link-local, shared (CGNAT), unspecified, multicast and cloud-metadata addresses are refused
-/// — checked on the addresses the name resolves to, and the connection is made to the checked
-/// address. `allow` entries (`host` or `host:port`, matched against the request's `Host`)
-/// permit a destination the address rules would refuse.
+/// By default ([`EgressMode::Public`]) every public address is allowed and every address of
+/// the IANA IPv4 and IPv6 special-purpose registries that is not globally reachable is refused
+/// ([`is_refused_address`]) — checked on the addresses the name resolves to, and the
+/// connection is made to the checked address. `allow` entries (`host` or `host:port`, matched
+/// against the request's `Host`) permit a destination the address rules would refuse.
 #[derive(Debug, Clone)]
 pub struct EgressPolicy {
-    /// Whether egress is possible at all. Default true.
-    pub enabled: bool,
+    /// Off, public (default) or allow-list only.
+    pub mode: EgressMode,
     /// Destinations allowed even on refused addresses (`host` or `host:port`).
     pub allow: Vec<String>,
     /// Time to connect and answer; then 504. 30 s.
     pub timeout: Duration,
     /// Largest response body relayed; larger → 502. 16 MiB.
     pub max_response_bytes: usize,
+    /// Egress requests one client may have in flight at once; more → 429. 8.
+    pub max_concurrent_per_client: usize,
 }
 
 impl Default for EgressPolicy {
     fn default() -> Self {
         EgressPolicy {
-            enabled: true,
+            mode: EgressMode::Public,
             allow: Vec::new(),
             timeout: Duration::from_secs(30),
             max_response_bytes: 16 << 20,
+            max_concurrent_per_client: 8,
         }
     }
 }
 
-/// Whether the address rules refuse `ip`.
-pub fn is_refused_address(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
+fn refused_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    let in_net = |net: [u8; 4], bits: u32| {
+        let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+        u32::from(v4) & mask == u32::from(Ipv4Addr::from(net)) & mask
     };
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local() // includes 169.254.169.254, the cloud metadata service
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space (CGNAT)
-                || o[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
-                || s[..7] == [0xfd00, 0xec2, 0, 0, 0, 0, 0] // a cloud metadata address
-        }
+    o[0] == 0 // "this network"
+        || o[0] == 10 // private
+        || in_net([100, 64, 0, 0], 10) // shared address space (CGNAT)
+        || o[0] == 127 // loopback
+        || in_net([169, 254, 0, 0], 16) // link local, 169.254.169.254 (cloud metadata)
+        || in_net([172, 16, 0, 0], 12) // private
+        || in_net([192, 0, 0, 0], 24) // IETF protocol assignments
+        || in_net([192, 0, 2, 0], 24) // documentation
+        || in_net([192, 88, 99, 0], 24) // 6to4 relay anycast (deprecated)
+        || in_net([192, 168, 0, 0], 16) // private
+        || in_net([198, 18, 0, 0], 15) // benchmarking
+        || in_net([198, 51, 100, 0], 24) // documentation
+        || in_net([203, 0, 113, 0], 24) // documentation
+        || o[0] >= 224 // multicast 224/4, reserved 240/4, broadcast
+}
+
+/// Whether the address rules refuse `ip`: every address that the IANA IPv4 and IPv6
+/// special-purpose address registries do not mark globally reachable, multicast, and IPv6
+/// outside global unicast (`2000::/3`). An IPv6 address that embeds an IPv4 address (mapped,
+/// compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address it
+/// embeds; Teredo (`2001::/32`) and the rest of `2001::/23` are refused.
+pub fn is_refused_address(ip: IpAddr) -> bool {
+    let v6 = match ip {
+        IpAddr::V4(v4) => return refused_v4(v4),
+        IpAddr::V6(v6) => v6,
+    };
+    let s = v6.segments();
+    let embedded_low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if s[..5] == [0, 0, 0, 0, 0] && (s[5] == 0xffff || s[5] == 0) {
+        // IPv4-mapped (::ffff:a.b.c.d) and the deprecated IPv4-compatible (::a.b.c.d), which
+        // includes :: and ::1.
+        return s[5] == 0 || refused_v4(embedded_low);
     }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return refused_v4(embedded_low); // NAT64 well-known prefix
+    }
+    if s[0] == 0x2002 {
+        let embedded = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+        return refused_v4(embedded); // 6to4
+    }
+    if s[0] & 0xe000 != 0x2000 {
+        return true; // not global unicast: ::/8, 64:ff9b:1::/48, 100::/64, fc00::/7, fe80::/10, fec0::/10, ff00::/8, …
+    }
+    // 2001::/23 (IETF protocol assignments, Teredo included) and 2001:db8::/32 (documentation).
+    (s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8)) || (s[0] == 0x3fff && s[1] < 0x1000) // documentation 3fff::/20
 }
 
 impl EgressPolicy {
@@ -84,19 +137,27 @@ impl EgressPolicy {
     }
 
     /// Performs `request` (its `Host` header names the target; plain HTTP) and returns the
-    /// response, or an error response saying why not: 403 refused by the policy, 502 the
-    /// target failed, 504 the target did not answer in time.
-    pub async fn perform(&self, request: Message) -> Message {
-        if !self.enabled {
+    /// response, or an error response saying why not: 400 a malformed request (a second
+    /// `Host`, a target that is not a path), 403 refused by the policy, 502 the target
+    /// failed, 503 the proxy holds too many bodies, 504 the target did not answer in time.
+    /// Hop-by-hop, framing and forwarding headers are dropped both ways.
+    pub async fn perform(&self, request: Message, budget: &Budget) -> Message {
+        if self.mode == EgressMode::Off {
             return Message::text_response(403, "egress is disabled on this proxy");
         }
         let Head::Request { method, target } = &request.head else {
             return Message::text_response(400, "not a request");
         };
+        if !target.starts_with('/') {
+            return Message::text_response(400, "the request target must be a path");
+        }
+        if host_count(&request.headers) > 1 {
+            return Message::text_response(400, "more than one Host header");
+        }
         let host_header = request
             .headers
             .iter()
-            .find(|(k, _)| k == "host")
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_else(|| "localhost".into());
         let authority: http::uri::Authority = match host_header.parse() {
@@ -110,6 +171,12 @@ impl EgressPolicy {
             .to_string();
         let port = authority.port_u16().unwrap_or(80);
         let listed = self.allowed_by_list(&host, port);
+        if self.mode == EgressMode::AllowList && !listed {
+            return Message::text_response(
+                403,
+                &format!("egress to {host} is not on the proxy's allow list"),
+            );
+        }
         let addrs: Vec<SocketAddr> = match tokio::time::timeout(
             self.timeout,
             tokio::net::lookup_host((host.as_str(), port)),
@@ -140,14 +207,17 @@ impl EgressPolicy {
         }
         let mut builder = http::Request::builder()
             .method(method.as_str())
-            .uri(target.as_str());
-        for (k, v) in &request.headers {
-            builder = builder.header(k.as_str(), v.as_slice());
+            .uri(target.as_str())
+            .header(http::header::HOST, authority.as_str());
+        for (k, v) in forwardable(&request.headers) {
+            if k != "host" {
+                builder = builder.header(k.as_str(), v.as_slice());
+            }
         }
         let Ok(req) = builder.body(Full::new(request.body.clone())) else {
             return Message::text_response(400, "the request cannot be sent as HTTP");
         };
-        match tokio::time::timeout(self.timeout, self.send(addr, req)).await {
+        match tokio::time::timeout(self.timeout, self.send(addr, req, budget)).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => Message::text_response(502, &format!("{host}: {e}")),
             Err(_) => Message::text_response(504, &format!("{host} did not answer in time")),
@@ -158,6 +228,7 @@ impl EgressPolicy {
         &self,
         addr: SocketAddr,
         req: http::Request<Full<Bytes>>,
+        budget: &Budget,
     ) -> Result<Message, String> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -169,12 +240,16 @@ impl EgressPolicy {
         tokio::spawn(conn);
         let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, self.max_response_bytes)
-            .collect()
-            .await
-            .map_err(|_| "response too large or unreadable".to_string())?
-            .to_bytes();
-        Ok(Message::from_response(&parts, body))
+        // The reservation ends once the answer is encoded for the client's channel, whose
+        // own buffer limit bounds it from there.
+        let (body, _held) = match budget.read(body, self.max_response_bytes).await {
+            Ok(read) => read,
+            Err(BodyError::Busy) => return Ok(Message::text_response(503, "proxy busy")),
+            Err(e) => return Err(format!("response too large or unreadable: {e}")),
+        };
+        let mut m = Message::from_response(&parts, body);
+        m.headers = forwardable(&m.headers);
+        Ok(m)
     }
 }
 
@@ -183,26 +258,134 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refused_addresses() {
+    fn addresses_that_are_not_globally_reachable_are_refused() {
         for ip in [
             "127.0.0.1",
+            "127.255.0.1",
             "10.1.2.3",
             "172.16.0.1",
+            "172.31.255.255",
             "192.168.1.1",
             "169.254.169.254",
             "100.64.0.1",
+            "100.127.255.255",
             "0.0.0.0",
-            "::1",
-            "fc00::1",
-            "fe80::1",
-            "fd00:ec2::254",
-            "::ffff:127.0.0.1",
+            "0.1.2.3",
+            "192.0.0.9",
+            "192.0.2.1",
+            "192.88.99.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
             "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:2::1",
+            "2001:db8::1",
+            "3fff::1",
+            "100::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "4000::1",
         ] {
             assert!(is_refused_address(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+    }
+
+    #[test]
+    fn public_addresses_are_allowed_including_embedded_public_ipv4() {
+        for ip in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.128.0.1",
+            "172.32.0.1",
+            "198.20.0.1",
+            "223.255.255.254",
+            "2606:4700::1111",
+            "2a00:1450::1",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_refused_address(ip.parse().expect("ip")), "{ip}");
         }
+    }
+
+    #[test]
+    fn egress_modes_parse_from_their_flag_values() {
+        assert_eq!("off".parse(), Ok(EgressMode::Off));
+        assert_eq!("public".parse(), Ok(EgressMode::Public));
+        assert_eq!("allow-list".parse(), Ok(EgressMode::AllowList));
+        assert!("open".parse::<EgressMode>().is_err());
+    }
+
+    #[tokio::test]
+    async fn off_and_allow_list_modes_refuse_before_resolving() {
+        let request = |host: &str| Message {
+            id: None,
+            head: Head::Request {
+                method: "GET".into(),
+                target: "/".into(),
+            },
+            headers: vec![("host".into(), host.as_bytes().to_vec())],
+            body: Bytes::new(),
+        };
+        let budget = Budget::new(1 << 20);
+        let status = |m: Message| match m.head {
+            Head::Response { status, .. } => status,
+            Head::Request { .. } => 0,
+        };
+        let off = EgressPolicy {
+            mode: EgressMode::Off,
+            ..EgressPolicy::default()
+        };
+        assert_eq!(
+            status(off.perform(request("example.com"), &budget).await),
+            403
+        );
+        let listed = EgressPolicy {
+            mode: EgressMode::AllowList,
+            allow: vec!["api.example:8080".into()],
+            ..EgressPolicy::default()
+        };
+        assert_eq!(
+            status(listed.perform(request("other.example"), &budget).await),
+            403
+        );
+        let mut two_hosts = request("a.example");
+        two_hosts
+            .headers
+            .push(("Host".into(), b"127.0.0.1".to_vec()));
+        assert_eq!(
+            status(EgressPolicy::default().perform(two_hosts, &budget).await),
+            400
+        );
+        let mut absolute = request("a.example");
+        absolute.head = Head::Request {
+            method: "GET".into(),
+            target: "http://127.0.0.1/".into(),
+        };
+        assert_eq!(
+            status(EgressPolicy::default().perform(absolute, &budget).await),
+            400
+        );
     }
 }

@@ -19,13 +19,19 @@
 //! assert_eq!(encode_text(&m).unwrap(), wire);
 //! ```
 
+mod budget;
 mod egress;
+pub mod headers;
 mod hooks;
 pub mod host;
 pub mod message;
 mod proxy;
 
-pub use egress::{EgressPolicy, is_refused_address};
+pub use budget::{BodyError, Budget, Reservation};
+pub use egress::{EgressMode, EgressPolicy, is_refused_address};
 pub use hooks::{AllowAll, Authenticator, Authorizer, Connecting, Refusal};
 pub use host::{HostPattern, PatternError};
-pub use proxy::{Channel, ClientInfo, Proxy, ProxyOptions, RemoteAddr, Wire};
+pub use ipnet::IpNet;
+pub use proxy::{
+    Channel, ClientInfo, ConnectError, Connected, Proxy, ProxyOptions, RemoteAddr, Wire,
+};

@@ -7,31 +7,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use browserver_core::{CloseReason, RequestId, Requests, Resolved};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use browserver_core::{CloseReason, IdGenerator, RandomIds, RequestId, Requests, Resolved};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use tokio::sync::oneshot;
+use http_body_util::Full;
+use ipnet::IpNet;
+use tokio::sync::{Semaphore, oneshot};
 
+use crate::budget::{BodyError, Budget, Reservation};
+use crate::headers::{forwardable, host_count};
 use crate::host::HostPattern;
 use crate::message::{self, Head, Message};
-
-/// Headers that describe one hop and are never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name) || name.starts_with("proxy-")
-}
 
 /// How a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +33,35 @@ pub enum Wire {
 
 /// A connected client's channel, as the proxy sees it.
 pub trait Channel: Send + Sync + 'static {
-    /// Sends one encoded browserver message; false if the channel is closed.
+    /// Sends one encoded browserver message; false if the channel is closed or cannot take
+    /// more.
     fn send(&self, message: String) -> bool;
+
+    /// Ends the client's session: a newer connection with the same name took its place.
+    fn replace(&self);
+}
+
+/// One connection's hold on a name: what [`Proxy::connect`] returns, and what the client's
+/// messages and its disconnection are reported with. A connection that lost its name (a newer
+/// one replaced it) can neither answer nor end the new holder's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// The public name (the hostname's first label; not a secret).
+    pub name: String,
+    /// `<name>.<domain>`.
+    pub hostname: String,
+    key: u64,
+}
+
+/// Why a client cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The requested name is not a valid DNS label.
+    #[error("invalid name {0:?}")]
+    InvalidName(String),
+    /// No random name could be made.
+    #[error("cannot make a name: {0}")]
+    NoName(String),
 }
 
 /// The client's address, for `x-forwarded-for` (insert it into request extensions).
@@ -63,6 +79,13 @@ pub struct ProxyOptions {
     pub max_pending_per_client: usize,
     /// The scheme the proxy is reached by, for `x-forwarded-proto`. `http`.
     pub scheme: &'static str,
+    /// Body bytes held in memory at once over all clients (requests waiting for their client,
+    /// answers from egress); past it a request is refused with 503. 256 MiB.
+    pub max_in_flight_body_bytes: usize,
+    /// Peers whose `x-forwarded-for`, `x-forwarded-proto` and `x-forwarded-host` are believed
+    /// (reverse proxies in front of this one); from anyone else these headers are replaced.
+    /// None by default.
+    pub trusted_proxies: Vec<IpNet>,
     /// What clients may reach through the proxy.
     pub egress: crate::egress::EgressPolicy,
     /// Per-request authorization in both directions (default: allow all).
@@ -87,16 +110,18 @@ impl Default for ProxyOptions {
             max_body_bytes: 16 << 20,
             max_pending_per_client: 64,
             scheme: "http",
+            max_in_flight_body_bytes: 256 << 20,
+            trusted_proxies: Vec::new(),
             egress: crate::egress::EgressPolicy::default(),
             authorizer: std::sync::Arc::new(crate::hooks::AllowAll),
         }
     }
 }
 
-/// What the status endpoint lists about a client.
+/// What the status endpoint lists about a client: public facts only, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClientInfo {
-    /// The client id.
+    /// The client's public name (the hostname's first label).
     pub id: String,
     /// Its hostname.
     pub hostname: String,
@@ -111,7 +136,9 @@ pub struct ClientInfo {
 type Answer = oneshot::Sender<Message>;
 
 struct Client {
+    key: u64,
     channel: Arc<dyn Channel>,
+    egress: Arc<Semaphore>,
     wire: Wire,
     requests: Requests<Answer>,
     transport: String,
@@ -122,7 +149,10 @@ struct Client {
 struct Inner {
     pattern: HostPattern,
     options: ProxyOptions,
+    /// Connected clients by public name.
     clients: Mutex<HashMap<String, Client>>,
+    next_key: AtomicU64,
+    budget: Budget,
 }
 
 /// The proxy. Cheap to clone.
@@ -162,8 +192,10 @@ impl Proxy {
         Proxy {
             inner: Arc::new(Inner {
                 pattern,
+                budget: Budget::new(options.max_in_flight_body_bytes),
                 options,
                 clients: Mutex::new(HashMap::new()),
+                next_key: AtomicU64::new(0),
             }),
         }
     }
@@ -177,32 +209,66 @@ impl Proxy {
         &self.inner.pattern
     }
 
-    /// Registers a connected client and returns its hostname.
+    /// Registers a connected client under `name` (one its admission granted) or a fresh
+    /// random one. A client already holding that name is replaced: its session is ended
+    /// ([`Channel::replace`]) and its waiting requests answer 504.
     pub fn connect(
         &self,
-        id: &str,
+        name: Option<&str>,
         channel: Arc<dyn Channel>,
         wire: Wire,
         transport: &str,
-    ) -> String {
+    ) -> Result<Connected, ConnectError> {
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let client = Client {
+            key,
             channel,
+            egress: Arc::new(Semaphore::new(
+                self.inner.options.egress.max_concurrent_per_client,
+            )),
             wire,
             requests: Requests::new(self.inner.options.max_pending_per_client),
             transport: transport.to_string(),
             connected_since: SystemTime::now(),
             served: 0,
         };
-        self.clients().insert(id.to_string(), client);
-        self.inner.pattern.hostname(id)
+        let mut clients = self.clients();
+        let name = match name {
+            Some(name) if browserver_core::is_valid_id(name) => name.to_string(),
+            Some(name) => return Err(ConnectError::InvalidName(name.to_string())),
+            None => loop {
+                let candidate = RandomIds
+                    .generate()
+                    .map_err(|e| ConnectError::NoName(e.to_string()))?;
+                if !clients.contains_key(&candidate) {
+                    break candidate;
+                }
+            },
+        };
+        if let Some(mut old) = clients.insert(name.clone(), client) {
+            old.channel.replace();
+            old.requests.fail_all(&CloseReason::Replaced);
+            while old.requests.poll_event().is_some() {}
+        }
+        Ok(Connected {
+            hostname: self.inner.pattern.hostname(&name),
+            name,
+            key,
+        })
     }
 
-    /// The client's channel closed: every request waiting on it fails (504).
-    pub fn disconnect(&self, id: &str, reason: &CloseReason) {
-        if let Some(mut client) = self.clients().remove(id) {
-            client.requests.fail_all(reason);
+    /// The client's channel closed: every request waiting on it fails (504). Nothing happens
+    /// if a newer connection holds the name now.
+    pub fn disconnect(&self, client: &Connected, reason: &CloseReason) {
+        let mut clients = self.clients();
+        if clients
+            .get(&client.name)
+            .is_some_and(|c| c.key == client.key)
+            && let Some(mut c) = clients.remove(&client.name)
+        {
+            c.requests.fail_all(reason);
             // Dropping the failed requests' senders answers their waiters with 504.
-            while client.requests.poll_event().is_some() {}
+            while c.requests.poll_event().is_some() {}
         }
     }
 
@@ -226,38 +292,54 @@ impl Proxy {
         list
     }
 
-    /// A message from client `id`: an answer to a request, or a request of its own (a
-    /// request for another client's hostname is routed to that client; other egress is
-    /// refused with 403). Malformed messages are dropped with a logged reason.
-    pub fn from_client(&self, id: &str, bytes: &[u8]) {
+    /// A message from a connected client: an answer to a request, or a request of its own (a
+    /// request for another client's hostname is routed to that client; others go out under
+    /// the egress policy). Malformed messages are dropped with a logged reason.
+    pub fn from_client(&self, client: &Connected, bytes: &[u8]) {
         let message = match message::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(client = id, error = %e, "dropped a malformed message");
+                tracing::warn!(client = %client.name, error = %e, "dropped a malformed message");
                 return;
             }
         };
         match &message.head {
-            Head::Response { .. } => self.answer(id, message),
+            Head::Response { .. } => self.answer(client, message),
             Head::Request { .. } => {
+                let egress = match self.clients().get(&client.name) {
+                    Some(c) if c.key == client.key => c.egress.clone(),
+                    _ => return,
+                };
+                let Ok(permit) = egress.try_acquire_owned() else {
+                    let mut refusal = Message::text_response(
+                        StatusCode::TOO_MANY_REQUESTS.as_u16(),
+                        "too many requests of this client in flight",
+                    );
+                    refusal.id = message.id;
+                    self.send_to(client, &refusal);
+                    return;
+                };
                 let proxy = self.clone();
-                let from = id.to_string();
-                tokio::spawn(async move { proxy.egress(&from, message).await });
+                let from = client.clone();
+                tokio::spawn(async move {
+                    proxy.egress(&from, message).await;
+                    drop(permit);
+                });
             }
         }
     }
 
-    fn answer(&self, id: &str, message: Message) {
+    fn answer(&self, from: &Connected, message: Message) {
         let Some(rid) = message
             .id
             .as_deref()
             .and_then(|r| r.parse::<RequestId>().ok())
         else {
-            tracing::warn!(client = id, "dropped an answer without a valid request id");
+            tracing::warn!(client = %from.name, "dropped an answer without a valid request id");
             return;
         };
         let mut clients = self.clients();
-        let Some(client) = clients.get_mut(id) else {
+        let Some(client) = clients.get_mut(&from.name).filter(|c| c.key == from.key) else {
             return;
         };
         match client.requests.resolve(rid) {
@@ -266,103 +348,109 @@ impl Proxy {
                 let _ = waiter.send(message);
             }
             Resolved::Unknown | Resolved::Repeated => {
-                tracing::debug!(client = id, request = %rid, "ignored an answer to no pending request");
+                tracing::debug!(client = %from.name, request = %rid, "ignored an answer to no pending request");
             }
         }
     }
 
     /// A request a client sent up its channel.
-    async fn egress(&self, from: &str, mut request: Message) {
-        let request_id = request.id.clone();
+    async fn egress(&self, from: &Connected, mut request: Message) {
+        let request_id = request.id.take();
         let host = request
             .headers
             .iter()
-            .find(|(k, _)| k == "host")
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
             .unwrap_or_default();
-        if let Err(refusal) = self
+        let response = if let Err(refusal) = self
             .inner
             .options
             .authorizer
-            .authorize_egress(from, &request)
+            .authorize_egress(&from.name, &request)
             .await
         {
-            let mut response = Message::text_response(
+            Message::text_response(
                 StatusCode::from_u16(refusal.status)
                     .unwrap_or(StatusCode::FORBIDDEN)
                     .as_u16(),
                 &refusal.reason,
-            );
-            response.id = request_id;
-            self.send_to(from, &response);
-            return;
-        }
-        let response = match self.inner.pattern.client_id(&host) {
-            Some(target) if target != from => {
-                request.id = None;
-                match self.forward(&target, request).await {
-                    Ok(m) => m,
-                    Err(r) => Message::text_response(r.status().as_u16(), "client unavailable"),
+            )
+        } else {
+            match self.inner.pattern.client_id(&host) {
+                _ if host_count(&request.headers) > 1 => {
+                    Message::text_response(400, "more than one Host header")
+                }
+                Some(target) if target != from.name => {
+                    request.headers = forwardable(&request.headers);
+                    match self.forward(&target, request, None).await {
+                        Ok(m) => m,
+                        Err(r) => Message::text_response(r.status().as_u16(), "client unavailable"),
+                    }
+                }
+                Some(_) => Message::text_response(
+                    StatusCode::LOOP_DETECTED.as_u16(),
+                    "a client cannot call itself",
+                ),
+                None => {
+                    self.inner
+                        .options
+                        .egress
+                        .perform(request, &self.inner.budget)
+                        .await
                 }
             }
-            Some(_) => Message::text_response(
-                StatusCode::LOOP_DETECTED.as_u16(),
-                "a client cannot call itself",
-            ),
-            None => self.inner.options.egress.perform(request).await,
         };
         let mut response = response;
         response.id = request_id;
         self.send_to(from, &response);
     }
 
-    fn send_to(&self, id: &str, m: &Message) {
+    fn send_to(&self, to: &Connected, m: &Message) {
         let clients = self.clients();
-        if let Some(client) = clients.get(id)
+        if let Some(client) = clients.get(&to.name).filter(|c| c.key == to.key)
             && let Some(text) = encode_for(client.wire, m)
         {
             client.channel.send(text);
         }
     }
 
-    /// Sends `request` to client `id` and waits for its answer.
+    /// Sends `request` to client `name` and waits for its answer. `held` is the request's
+    /// share of the body budget, kept until the answer came.
     async fn forward(
         &self,
-        id: &str,
+        name: &str,
         mut request: Message,
+        held: Option<Reservation>,
     ) -> Result<Message, Response<Full<Bytes>>> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.options.request_timeout;
         {
             let mut clients = self.clients();
-            let Some(client) = clients.get_mut(id) else {
+            let Some(client) = clients.get_mut(name) else {
                 return Err(gateway_timeout("no such client"));
             };
             let rid = match client.requests.insert(Instant::now(), timeout, tx) {
                 Ok(rid) => rid,
-                Err(_) => {
-                    let mut r = plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Too many pending requests for this client",
-                    );
-                    r.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                    return Err(r);
-                }
+                Err(_) => return Err(too_many_pending()),
             };
             request.id = Some(rid.to_string());
             let sent =
                 encode_for(client.wire, &request).is_some_and(|text| client.channel.send(text));
             if !sent {
                 client.requests.resolve(rid);
-                return Err(gateway_timeout("the client's channel is closed"));
+                return Err(plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: the client cannot take more",
+                ));
             }
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, rx).await;
+        drop(held);
+        match answer {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(gateway_timeout("the client disconnected")),
             Err(_) => {
-                if let Some(client) = self.clients().get_mut(id) {
+                if let Some(client) = self.clients().get_mut(name) {
                     client.requests.handle_timeout(Instant::now());
                     while client.requests.poll_event().is_some() {}
                 }
@@ -376,7 +464,7 @@ impl Proxy {
     pub async fn handle<B>(&self, req: Request<B>) -> Result<Response<Full<Bytes>>, Request<B>>
     where
         B: http_body::Body + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: std::fmt::Display,
     {
         let host = req
             .headers()
@@ -385,56 +473,90 @@ impl Proxy {
             .map(str::to_string)
             .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let Some(id) = self.inner.pattern.client_id(&host) else {
+        let Some(name) = self.inner.pattern.client_id(&host) else {
             return Err(req);
         };
-        Ok(self.ingress(&id, &host, req).await)
-    }
-
-    async fn ingress<B>(&self, id: &str, host: &str, req: Request<B>) -> Response<Full<Bytes>>
-    where
-        B: http_body::Body + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        if !self.clients().contains_key(id) {
-            return gateway_timeout("no such client");
-        }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.inner.options.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
-            }
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body"),
-        };
-        let mut headers: Vec<(String, Vec<u8>)> = parts
-            .headers
-            .iter()
-            .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && k.as_str() != message::REQ_ID_HEADER)
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        if let Some(RemoteAddr(addr)) = parts.extensions.get::<RemoteAddr>() {
-            let prior = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| format!("{v}, "))
-                .unwrap_or_default();
-            headers.retain(|(k, _)| k != "x-forwarded-for");
-            headers.push((
-                "x-forwarded-for".into(),
-                format!("{prior}{}", addr.ip()).into_bytes(),
+        if req.headers().get_all(http::header::HOST).iter().count() > 1 {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: more than one Host header",
             ));
         }
-        headers.retain(|(k, _)| k != "x-forwarded-host" && k != "x-forwarded-proto");
-        headers.push(("x-forwarded-host".into(), host.as_bytes().to_vec()));
-        headers.push((
-            "x-forwarded-proto".into(),
-            self.inner.options.scheme.as_bytes().to_vec(),
-        ));
+        Ok(self.ingress(&name, &host, req).await)
+    }
+
+    /// Whether `peer` is a trusted reverse proxy.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.inner
+            .options
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
+    }
+
+    async fn ingress<B>(&self, name: &str, host: &str, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        // Refused before the body is read: no such client, or too many requests waiting.
+        match self.clients().get(name) {
+            None => return gateway_timeout("no such client"),
+            Some(c) if c.requests.len() >= self.inner.options.max_pending_per_client => {
+                return too_many_pending();
+            }
+            Some(_) => {}
+        }
+        let (parts, body) = req.into_parts();
+        let (body, held) = match self
+            .inner
+            .budget
+            .read(body, self.inner.options.max_body_bytes)
+            .await
+        {
+            Ok(read) => read,
+            Err(BodyError::TooLarge { .. }) => {
+                return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+            }
+            Err(BodyError::Busy) => {
+                let mut r = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: the proxy holds too many request bodies",
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+            Err(BodyError::Unreadable(_)) => {
+                return plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body");
+            }
+        };
+        let raw: Vec<(String, Vec<u8>)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let mut headers = forwardable(&raw);
+        let peer = parts.extensions.get::<RemoteAddr>().map(|a| a.0.ip());
+        let trusted = peer.is_some_and(|p| self.is_trusted_proxy(p));
+        let prior = |name: &str| {
+            trusted
+                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .map(str::to_string)
+        };
+        if let Some(peer) = peer {
+            let chain = match prior("x-forwarded-for") {
+                Some(p) => format!("{p}, {peer}"),
+                None => peer.to_string(),
+            };
+            headers.push(("x-forwarded-for".into(), chain.into_bytes()));
+        }
+        let forwarded_host = prior("x-forwarded-host").unwrap_or_else(|| host.to_string());
+        headers.push(("x-forwarded-host".into(), forwarded_host.into_bytes()));
+        let proto =
+            prior("x-forwarded-proto").unwrap_or_else(|| self.inner.options.scheme.to_string());
+        headers.push(("x-forwarded-proto".into(), proto.into_bytes()));
         let target = parts
             .uri
             .path_and_query()
@@ -452,17 +574,27 @@ impl Proxy {
             .inner
             .options
             .authorizer
-            .authorize_ingress(id, &request)
+            .authorize_ingress(name, &request)
             .await
         {
             let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
             return plain(status, &refusal.reason);
         }
-        match self.forward(id, request).await {
+        match self.forward(name, request, Some(held)).await {
             Ok(answer) => to_http(answer),
             Err(response) => response,
         }
     }
+}
+
+fn too_many_pending() -> Response<Full<Bytes>> {
+    let mut r = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Too many pending requests for this client",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn encode_for(wire: Wire, m: &Message) -> Option<String> {
@@ -484,7 +616,10 @@ fn encode_for(wire: Wire, m: &Message) -> Option<String> {
     }
 }
 
-/// The client's answer as an HTTP response; anything invalid in it becomes a 502.
+/// The client's answer as an HTTP response; anything invalid in it becomes a 502: a request,
+/// a status outside 200–599 (an informational or `101` answer would switch the visitor's
+/// connection), a header that is not valid HTTP. Hop-by-hop, framing and forwarding headers
+/// are dropped: the body as sent is the body.
 fn to_http(answer: Message) -> Response<Full<Bytes>> {
     let Head::Response { status, .. } = answer.head else {
         return plain(
@@ -492,18 +627,18 @@ fn to_http(answer: Message) -> Response<Full<Bytes>> {
             "Bad Gateway: the client answered with a request",
         );
     };
-    let Ok(status) = StatusCode::from_u16(status) else {
-        return plain(
-            StatusCode::BAD_GATEWAY,
-            "Bad Gateway: invalid status from the client",
-        );
+    let status = match StatusCode::from_u16(status) {
+        Ok(s) if (200..600).contains(&s.as_u16()) => s,
+        _ => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: invalid status from the client",
+            );
+        }
     };
     let mut response = Response::new(Full::new(answer.body));
     *response.status_mut() = status;
-    for (name, value) in answer.headers {
-        if is_hop_by_hop(&name) || name == "content-length" {
-            continue;
-        }
+    for (name, value) in forwardable(&answer.headers) {
         match (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(&value),
@@ -515,4 +650,53 @@ fn to_http(answer: Message) -> Response<Full<Bytes>> {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> Message {
+        Message {
+            id: Some("1".into()),
+            head: Head::Response {
+                status,
+                reason: String::new(),
+            },
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: Bytes::from_static(b"body"),
+        }
+    }
+
+    #[test]
+    fn informational_switching_and_invalid_statuses_from_a_client_are_502() {
+        for status in [100, 101, 103, 199, 600, 999, 0] {
+            assert_eq!(
+                to_http(answer(status, &[])).status(),
+                StatusCode::BAD_GATEWAY,
+                "{status}"
+            );
+        }
+        assert_eq!(to_http(answer(204, &[])).status(), StatusCode::NO_CONTENT);
+    }
+
+    #[test]
+    fn a_clients_framing_and_hop_headers_do_not_reach_the_visitor() {
+        let r = to_http(answer(
+            200,
+            &[
+                ("content-length", "999"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("x-brow-req-id", "5"),
+                ("x-ok", "1"),
+            ],
+        ));
+        let names: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-ok"]);
+    }
 }

@@ -21,8 +21,21 @@ use crate::codec::{self, CLOSE_CLOSED, CLOSE_STOPPED, Frame};
 use crate::endpoint::Inner;
 use crate::session::{Message, Mode, SendError, Status, tag};
 
-/// A connection's outbound queue (drained by its writer task).
-pub(crate) type ConnTx = mpsc::UnboundedSender<WsMessage>;
+/// What a connection's writer task is given: frames, and (plain mode) markers saying which
+/// message the frames before it end with, so that it reports what reached the socket.
+pub(crate) enum Out {
+    Frame(WsMessage),
+    Written(u64),
+}
+
+/// A connection's outbound queue (drained by its writer task). Its bytes are bounded by the
+/// session's unacknowledged-bytes limit: a plain client's message counts as delivered only
+/// once its writer flushed it.
+pub(crate) type ConnTx = mpsc::UnboundedSender<Out>;
+
+fn send_frame(tx: &ConnTx, frame: WsMessage) {
+    let _ = tx.send(Out::Frame(frame));
+}
 
 pub(crate) enum Command {
     Send {
@@ -33,6 +46,13 @@ pub(crate) enum Command {
         written: oneshot::Sender<()>,
     },
     Close(Option<String>),
+    /// A newer session of the same client took this one's place.
+    Replace,
+    /// Plain mode: connection `conn` flushed every message up to `upto` to its socket.
+    Written {
+        conn: u64,
+        upto: u64,
+    },
     /// A new connection for this session (the first, or a resumption with the client's ack).
     Attach {
         conn: u64,
@@ -58,6 +78,7 @@ struct Conn {
 
 pub(crate) struct ActorParts {
     pub(crate) id: String,
+    pub(crate) resume_token: String,
     pub(crate) mode: Mode,
     pub(crate) rx: mpsc::UnboundedReceiver<Command>,
     pub(crate) messages: mpsc::UnboundedSender<Message>,
@@ -67,6 +88,7 @@ pub(crate) struct ActorParts {
 pub(crate) struct Actor {
     core: Core,
     id: String,
+    resume_token: String,
     mode: Mode,
     rx: mpsc::UnboundedReceiver<Command>,
     conns: HashMap<u64, Conn>,
@@ -99,6 +121,7 @@ impl Actor {
         let config = browserver_core::Config {
             keepalive_interval: o.keep_alive_interval,
             session_timeout: o.session_timeout,
+            attach_timeout: o.session_timeout,
             keepalive: browserver_core::KeepaliveMode::Ping,
             max_buffered_bytes: o.max_buffered_bytes,
             reorder_window: o.reorder_window,
@@ -113,6 +136,7 @@ impl Actor {
         Actor {
             core: Core::new(browserver_core::Role::Server, config, now()),
             id: parts.id,
+            resume_token: parts.resume_token,
             mode: parts.mode,
             rx: parts.rx,
             conns: HashMap::new(),
@@ -165,7 +189,7 @@ impl Actor {
                     let _ = ack.send(Err(SendError::Closed(reason)));
                 }
                 Command::Attach { tx, .. } => {
-                    let _ = tx.send(close_frame(CLOSE_CLOSED, "closed"));
+                    send_frame(&tx, close_frame(CLOSE_CLOSED, "closed"));
                 }
                 _ => {}
             }
@@ -203,6 +227,14 @@ impl Actor {
             Command::Close(reason) => {
                 let _ = self.core.close(now, CloseReason::Closed(reason));
             }
+            Command::Replace => {
+                let _ = self.core.close(now, CloseReason::Replaced);
+            }
+            Command::Written { conn, upto } => {
+                if self.mode == Mode::Plain && self.conns.contains_key(&conn) {
+                    let _ = self.core.handle_ack(now, upto);
+                }
+            }
             Command::Attach { conn, tx, ack } => {
                 if let Some(ack) = ack {
                     let _ = self.core.handle_ack(now, ack);
@@ -215,8 +247,9 @@ impl Actor {
                                 sid: self.id.clone(),
                                 ack: self.core.ack_position(),
                                 resumed,
+                                token: Some(self.resume_token.clone()),
                             };
-                            let _ = tx.send(WsMessage::Binary(codec::encode(&hello)));
+                            send_frame(&tx, WsMessage::Binary(codec::encode(&hello)));
                             // The hello carries the acknowledgement.
                             let _ = self.core.poll_ack(true);
                         }
@@ -230,7 +263,7 @@ impl Actor {
                         );
                     }
                     Err(_) => {
-                        let _ = tx.send(close_frame(CLOSE_CLOSED, "closed"));
+                        send_frame(&tx, close_frame(CLOSE_CLOSED, "closed"));
                     }
                 }
             }
@@ -298,7 +331,7 @@ impl Actor {
 
     fn incoming(&mut self, now: StdInstant, tagged: Bytes) {
         let seq = self.inbound_next;
-        self.inbound_next += 1;
+        self.inbound_next = self.inbound_next.saturating_add(1);
         let _ = self
             .core
             .handle_incoming(now, seq, Payload::Message(tagged));
@@ -340,9 +373,10 @@ impl Actor {
             && let Some(conn) = self.conns.values().next()
             && let Some(upto) = self.core.poll_ack(wrote)
         {
-            let _ = conn
-                .tx
-                .send(WsMessage::Binary(codec::encode(&Frame::Ack { upto })));
+            send_frame(
+                &conn.tx,
+                WsMessage::Binary(codec::encode(&Frame::Ack { upto })),
+            );
         }
     }
 
@@ -395,20 +429,22 @@ impl Actor {
                         _ => None,
                     };
                     if let Some(m) = message {
-                        let _ = tx.send(m);
+                        send_frame(&tx, m);
                     }
                 }
                 if stopped {
-                    let _ = tx.send(close_frame(CLOSE_STOPPED, "stop"));
+                    send_frame(&tx, close_frame(CLOSE_STOPPED, "stop"));
                     for w in self.stop_waiters.drain(..) {
                         let _ = w.send(());
                     }
                 }
-                if self.mode == Mode::Plain {
-                    // A plain client cannot acknowledge: written counts as delivered.
-                    if let Some(last) = last {
-                        let _ = self.core.handle_ack(now, last);
-                    }
+                if self.mode == Mode::Plain
+                    && let Some(last) = last
+                {
+                    // A plain client cannot acknowledge: what its writer flushed counts as
+                    // delivered (`Command::Written`), so a client that does not read holds
+                    // at most the session's buffer limit.
+                    let _ = tx.send(Out::Written(last));
                 }
                 if end {
                     self.conns.remove(&conn_id);
@@ -419,14 +455,14 @@ impl Actor {
                 if let Some((conn_id, conn)) = self.conn_for(path) {
                     if now.duration_since(conn.last_heard) > idle {
                         tracing::debug!(session = %self.id, "connection idle, dropping it");
-                        let _ = conn.tx.send(close_frame(1001, "idle"));
+                        send_frame(&conn.tx, close_frame(1001, "idle"));
                         self.conns.remove(&conn_id);
                         self.core.detach(now, path);
                         if self.mode == Mode::Plain {
                             let _ = self.core.handle_peer_close(now);
                         }
                     } else {
-                        let _ = conn.tx.send(WsMessage::Ping(Bytes::new()));
+                        send_frame(&conn.tx, WsMessage::Ping(Bytes::new()));
                     }
                 }
             }
@@ -436,7 +472,7 @@ impl Actor {
                         Some(reason) => close_frame(CLOSE_CLOSED, &reason.to_string()),
                         None => close_frame(1000, "replaced"),
                     };
-                    let _ = conn.tx.send(frame);
+                    send_frame(&conn.tx, frame);
                     self.conns.remove(&conn_id);
                 }
             }

@@ -28,14 +28,18 @@ pub const CLOSE_STOPPED: u16 = 4001;
 /// One decoded session-mode frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// Server hello: session id, the server's inbound ack position, whether this resumed.
+    /// Server hello: session id, the server's inbound ack position, whether this resumed,
+    /// and the resume token.
     Hello {
-        /// Session id.
+        /// Session id (a secret).
         sid: String,
         /// Highest client item the server has released, if any.
         ack: Option<u64>,
         /// Whether an existing session was resumed.
         resumed: bool,
+        /// The secret to present as `?resume=` when reconnecting (servers before it resumed
+        /// by `sid`).
+        token: Option<String>,
     },
     /// The session announcement at `seq` (always 0).
     Open {
@@ -95,16 +99,24 @@ struct Hello {
     sid: String,
     ack: Option<u64>,
     resumed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
 }
 
 /// Encodes a frame.
 pub fn encode(frame: &Frame) -> Bytes {
     match frame {
-        Frame::Hello { sid, ack, resumed } => {
+        Frame::Hello {
+            sid,
+            ack,
+            resumed,
+            token,
+        } => {
             let hello = Hello {
                 sid: sid.clone(),
                 ack: *ack,
                 resumed: *resumed,
+                token: token.clone(),
             };
             let mut b = vec![b'H'];
             // Serialising a struct of a string, an integer and a bool cannot fail.
@@ -150,9 +162,18 @@ pub fn decode(frame: &Bytes) -> Result<Frame, DecodeError> {
 }
 
 fn decode_hello(json: &[u8]) -> Result<Frame, DecodeError> {
-    let Hello { sid, ack, resumed } =
-        serde_json::from_slice(json).map_err(|_| DecodeError::Malformed)?;
-    Ok(Frame::Hello { sid, ack, resumed })
+    let Hello {
+        sid,
+        ack,
+        resumed,
+        token,
+    } = serde_json::from_slice(json).map_err(|_| DecodeError::Malformed)?;
+    Ok(Frame::Hello {
+        sid,
+        ack,
+        resumed,
+        token,
+    })
 }
 
 #[cfg(test)]
@@ -166,11 +187,13 @@ mod tests {
                 sid: "abc-123".into(),
                 ack: Some(7),
                 resumed: true,
+                token: Some("abc-123.secret".into()),
             },
             Frame::Hello {
                 sid: "x".into(),
                 ack: None,
                 resumed: false,
+                token: None,
             },
             Frame::Open { seq: 0 },
             Frame::Text {

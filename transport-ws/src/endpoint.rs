@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use browserver_core::Registry;
+use browserver_core::{AddressQuota, QuotaError, Registry};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{
@@ -20,13 +20,13 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::actor::{Actor, ActorParts, Command};
+use crate::actor::{Actor, ActorParts, Command, Out};
 use crate::codec::SUBPROTOCOL;
 use crate::session::{Message, Mode, Session, Shared, Status};
 
@@ -43,8 +43,10 @@ pub type AdmissionFuture =
     Pin<Box<dyn Future<Output = Result<Option<String>, (u16, String)>> + Send>>;
 
 /// Decides, before a new session is created, whether the connecting client is admitted and,
-/// optionally, which session id it gets. A refusal `(status, reason)` — 401 or 403 — is the
-/// answer to the upgrade request. Resumptions of an admitted session are not asked again.
+/// optionally, which name it gets ([`Session::name`]); the session id stays a fresh secret.
+/// A refusal `(status, reason)` — 401 or 403 — is the answer to the upgrade request.
+/// Resumptions are authorised by the session's resume token, which only its owner was given,
+/// and keep the name admission granted.
 pub type Admission = Arc<dyn Fn(&http::request::Parts) -> AdmissionFuture + Send + Sync>;
 
 /// Options of a [`WsEndpoint`].
@@ -76,6 +78,16 @@ pub struct Options {
     pub ack_delay: Duration,
     /// Most live sessions; more upgrades are refused with 503. 100 000.
     pub max_sessions: usize,
+    /// A write to the socket (a flush of what is queued) that takes longer than this drops
+    /// the connection: a client that stops reading holds its memory only this long. 30 s.
+    pub write_timeout: Duration,
+    /// Live sessions and session creations per client address (IPv6 by `/64`); beyond them
+    /// an upgrade → 429 with `Retry-After`. 256 live, 120 per minute (bursts of 60). Needs the
+    /// client address ([`ClientAddr`]).
+    pub quota: browserver_core::QuotaConfig,
+    /// Web origins admitted besides the server's own and requests without `Origin` (checked
+    /// on every upgrade, resumptions included); others → 403. None by default.
+    pub origins: browserver_core::OriginPolicy,
     /// Runs when a session is created.
     pub connect_hook: Option<ConnectHook>,
     /// Admits (or refuses) a client before its session exists. None admits all.
@@ -95,6 +107,9 @@ impl Default for Options {
             reorder_window: 4096,
             ack_delay: Duration::from_millis(10),
             max_sessions: 100_000,
+            write_timeout: Duration::from_secs(30),
+            quota: browserver_core::QuotaConfig::default(),
+            origins: browserver_core::OriginPolicy::default(),
             connect_hook: None,
             admission: None,
         }
@@ -108,6 +123,9 @@ impl std::fmt::Debug for Options {
             .field("session_timeout", &self.session_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_message_size", &self.max_message_size)
+            .field("write_timeout", &self.write_timeout)
+            .field("quota", &self.quota)
+            .field("origins", &self.origins)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +146,7 @@ impl Sessions {
 pub(crate) struct Inner {
     pub(crate) options: Options,
     registry: Mutex<Registry<Session>>,
+    quota: Mutex<AddressQuota>,
     accept: mpsc::UnboundedSender<Session>,
     next_conn: AtomicU64,
 }
@@ -137,8 +156,21 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn quota(&self) -> MutexGuard<'_, AddressQuota> {
+        self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self, address: Option<SocketAddr>) {
+        if let Some(address) = address {
+            self.quota()
+                .release(address.ip(), tokio::time::Instant::now().into_std());
+        }
+    }
+
+    /// The session closed: it leaves the registry and its address's quota.
     pub(crate) fn forget(&self, id: &str) {
-        self.registry().remove(id);
+        let removed = self.registry().remove(id);
+        self.release(removed.and_then(|s| s.address()));
     }
 }
 
@@ -169,7 +201,7 @@ impl Refusal {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
-        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE || self.0 == StatusCode::TOO_MANY_REQUESTS {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         r
@@ -232,6 +264,7 @@ impl WsEndpoint {
         let (accept, rx) = mpsc::unbounded_channel();
         let inner = Inner {
             registry: Mutex::new(Registry::new(options.max_sessions)),
+            quota: Mutex::new(AddressQuota::new(options.quota.clone())),
             options,
             accept,
             next_conn: AtomicU64::new(0),
@@ -342,51 +375,89 @@ impl WsEndpoint {
         response
     }
 
-    /// Which session a new connection belongs to: a resumed one (session mode, `resume=SID`
-    /// naming a live session, `ack=N`), or a new one. A stale `resume` gets a new session and
-    /// the client learns it from the hello (`resumed: false`).
+    /// Which session a new connection belongs to: a resumed one (session mode, `resume=TOKEN`
+    /// presenting a live session's resume token, `ack=N`), or a new one. A stale or wrong
+    /// `resume` gets a new session and the client learns it from the hello (`resumed: false`).
+    /// The origin is checked on every upgrade.
     async fn target(
         &self,
         parts: &http::request::Parts,
         session_mode: bool,
     ) -> Result<Target, Refusal> {
-        let query = parse_query(parts.uri.query());
-        if session_mode {
-            let resume = query
-                .iter()
-                .find(|(k, _)| k == "resume")
-                .map(|(_, v)| v.as_str());
-            if let Some(session) = resume.and_then(|id| self.session(id))
-                && session.mode() == Mode::Session
-            {
-                let ack = query
-                    .iter()
-                    .find(|(k, _)| k == "ack")
-                    .and_then(|(_, v)| v.parse().ok());
-                return Ok(Target { session, ack });
-            }
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let admitted_origin = match parts.headers.get(http::header::ORIGIN).map(|o| o.to_str()) {
+            None => self.inner.options.origins.admits(None, host),
+            Some(Ok(origin)) => self.inner.options.origins.admits(Some(origin), host),
+            Some(Err(_)) => false,
+        };
+        if !admitted_origin {
+            return Err(Refusal(StatusCode::FORBIDDEN, "origin not allowed".into()));
         }
-        let chosen = match &self.inner.options.admission {
-            Some(admit) => admit(parts).await.map_err(|(status, reason)| {
-                Refusal(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-                    reason.into(),
-                )
-            })?,
+        let query = parse_query(parts.uri.query());
+        if session_mode
+            && let Some(token) = query.iter().find(|(k, _)| k == "resume").map(|(_, v)| v)
+            && let Some(session) = self.resumable(token)
+        {
+            let ack = query
+                .iter()
+                .find(|(k, _)| k == "ack")
+                .and_then(|(_, v)| v.parse().ok());
+            return Ok(Target { session, ack });
+        }
+        let address = parts.extensions.get::<ClientAddr>().map(|a| a.0);
+        if let Some(address) = address {
+            let now = tokio::time::Instant::now().into_std();
+            self.inner
+                .quota()
+                .try_admit(address.ip(), now)
+                .map_err(|e| quota_refusal(&e))?;
+        }
+        let name = match &self.inner.options.admission {
+            Some(admit) => match admit(parts).await {
+                Ok(name) => name,
+                Err((status, reason)) => {
+                    self.inner.release(address);
+                    return Err(Refusal(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                        reason.into(),
+                    ));
+                }
+            },
             None => None,
         };
-        if let Some(old) = chosen.as_deref().and_then(|id| self.session(id)) {
-            // An admitted client that owns an id takes it over from its previous session.
-            old.close_with("Reconnected");
-            let _ = tokio::time::timeout(Duration::from_secs(1), old.closed()).await;
+        if let Some(name) = &name
+            && !browserver_core::is_valid_id(name)
+        {
+            tracing::warn!(name, "admission chose an invalid name");
+            self.inner.release(address);
+            return Err(Refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot create session".into(),
+            ));
         }
         let mode = if session_mode {
             Mode::Session
         } else {
             Mode::Plain
         };
-        let session = self.create(parts, query, mode, chosen.as_deref())?;
+        let session = self
+            .create(parts, query, mode, name, address)
+            .inspect_err(|_| self.inner.release(address))?;
         Ok(Target { session, ack: None })
+    }
+
+    /// The live session-mode session whose resume token is `token` (`<id>.<secret>`), the
+    /// secret compared in constant time.
+    fn resumable(&self, token: &str) -> Option<Session> {
+        let (id, _) = token.split_once('.')?;
+        let session = self.session(id)?;
+        (session.mode() == Mode::Session
+            && browserver_core::secret::equal(token, &session.shared.resume_token))
+        .then_some(session)
     }
 
     fn create(
@@ -394,8 +465,16 @@ impl WsEndpoint {
         parts: &http::request::Parts,
         query: Vec<(String, String)>,
         mode: Mode,
-        chosen: Option<&str>,
+        name: Option<String>,
+        address: Option<SocketAddr>,
     ) -> Result<Session, Refusal> {
+        let secret = browserver_core::secret::generate().map_err(|e| {
+            tracing::error!(error = %e, "no entropy for a resume token");
+            Refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot create session".into(),
+            )
+        })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (messages_tx, messages_rx) = mpsc::unbounded_channel::<Message>();
         let (status_tx, status_rx) = watch::channel(Status {
@@ -404,8 +483,10 @@ impl WsEndpoint {
         });
         let shared = Shared {
             id: String::new(),
+            resume_token: String::new(),
+            name,
             mode,
-            address: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+            address,
             query,
             headers: owned_headers(&parts.headers),
             tx,
@@ -415,18 +496,12 @@ impl WsEndpoint {
         let make = |id: &str| Session {
             shared: Arc::new(Shared {
                 id: id.to_string(),
+                resume_token: format!("{id}.{secret}"),
                 ..shared
             }),
         };
-        let created = match chosen {
-            Some(id) => self.inner.registry().create_with_id(id, make),
-            None => self.inner.registry().create(make),
-        };
-        let id = match created {
+        let id = match self.inner.registry().create(make) {
             Ok(id) => id,
-            Err(browserver_core::Error::IdInUse(_)) => {
-                return Err(Refusal(StatusCode::CONFLICT, "session id in use".into()));
-            }
             Err(browserver_core::Error::RegistryFull { .. }) => {
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -449,6 +524,7 @@ impl WsEndpoint {
             self.inner.clone(),
             ActorParts {
                 id,
+                resume_token: session.shared.resume_token.clone(),
                 mode,
                 rx,
                 messages: messages_tx,
@@ -473,7 +549,7 @@ impl WsEndpoint {
         E: std::fmt::Display + Send,
     {
         let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
         let actor = target.session.shared.tx.clone();
         let _ = actor.send(Command::Attach {
             conn,
@@ -481,44 +557,83 @@ impl WsEndpoint {
             ack: target.ack,
         });
         let (mut sink, mut stream) = ws.split();
+        let write_timeout = self.inner.options.write_timeout;
+        let writer_actor = actor.clone();
+        // Dropped when the writer ends, which ends the reader too: the socket closes.
+        let (writer_alive, mut writer_gone) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            // Write everything queued, then flush once.
-            'write: while let Some(m) = out_rx.recv().await {
-                let mut closing = matches!(m, WsMessage::Close(_));
-                if sink.feed(m).await.is_err() {
-                    break;
-                }
-                while !closing {
-                    let Ok(m) = out_rx.try_recv() else { break };
-                    closing = matches!(m, WsMessage::Close(_));
-                    if sink.feed(m).await.is_err() {
-                        break 'write;
-                    }
-                }
-                if sink.flush().await.is_err() || closing {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-        tokio::spawn(async move {
-            while let Some(frame) = stream.next().await {
-                match frame {
-                    Ok(message) => {
-                        let closing = matches!(message, WsMessage::Close(_));
-                        if actor.send(Command::Frame { conn, message }).is_err() || closing {
-                            return;
+            let _alive = writer_alive;
+            // Write everything queued, then flush once; each step within the write timeout.
+            let written = async {
+                while let Some(first) = out_rx.recv().await {
+                    let mut next = Some(first);
+                    let mut upto = None;
+                    let mut closing = false;
+                    while let Some(out) = next.take() {
+                        match out {
+                            Out::Written(seq) => upto = Some(seq),
+                            Out::Frame(m) => {
+                                closing = matches!(m, WsMessage::Close(_));
+                                match tokio::time::timeout(write_timeout, sink.feed(m)).await {
+                                    Ok(Ok(())) => {}
+                                    _ => return false,
+                                }
+                            }
+                        }
+                        if !closing {
+                            next = out_rx.try_recv().ok();
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "websocket read failed");
+                    match tokio::time::timeout(write_timeout, sink.flush()).await {
+                        Ok(Ok(())) => {}
+                        _ => return false,
+                    }
+                    if let Some(upto) = upto {
+                        let _ = writer_actor.send(Command::Written { conn, upto });
+                    }
+                    if closing {
                         break;
                     }
+                }
+                true
+            };
+            if written.await {
+                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+            } else {
+                tracing::debug!("websocket write failed or timed out; dropping the connection");
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    frame = stream.next() => match frame {
+                        Some(Ok(message)) => {
+                            let closing = matches!(message, WsMessage::Close(_));
+                            if actor.send(Command::Frame { conn, message }).is_err() || closing {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "websocket read failed");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = &mut writer_gone => break,
                 }
             }
             let _ = actor.send(Command::Gone { conn });
         });
     }
+}
+
+/// The answer to a creation the address's quota refused: 429 or 503.
+fn quota_refusal(e: &QuotaError) -> Refusal {
+    let status = match e {
+        QuotaError::TableFull => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::TOO_MANY_REQUESTS,
+    };
+    Refusal(status, e.to_string().into())
 }
 
 pub(crate) struct Target {

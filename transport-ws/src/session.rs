@@ -85,6 +85,9 @@ pub struct Status {
 
 pub(crate) struct Shared {
     pub(crate) id: String,
+    /// `<id>.<secret>`: what a session-mode client presents to resume (only in its hello).
+    pub(crate) resume_token: String,
+    pub(crate) name: Option<String>,
     pub(crate) mode: Mode,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) query: Vec<(String, String)>,
@@ -103,16 +106,24 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("id", &self.shared.id)
+            .field("name", &self.shared.name)
             .field("mode", &self.shared.mode)
             .finish()
     }
 }
 
 impl Session {
-    /// The session id.
+    /// The session id: 128 random bits, a secret between the server and this client (session
+    /// mode sends it in the hello). Never use it as a public name or log it where others read
+    /// logs.
     pub fn id(&self) -> &str {
         &self.shared.id
+    }
+
+    /// The name that [`Options::admission`](crate::Options::admission) granted this client
+    /// (`Ok(Some(name))`), if any. It is an identity, not a secret.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
     }
 
     /// Plain or session mode.
@@ -212,6 +223,16 @@ impl Session {
     /// Closes the session (close code 4000; the client may reconnect).
     pub fn close(&self) {
         let _ = self.shared.tx.send(crate::actor::Command::Close(None));
+    }
+
+    /// Closes the session because a newer session of the same client took its place (reason
+    /// `Replaced`); resolves once it is closed.
+    pub fn replace(&self) -> impl Future<Output = ()> + Send + 'static {
+        let _ = self.shared.tx.send(crate::actor::Command::Replace);
+        let session = self.clone();
+        async move {
+            session.closed().await;
+        }
     }
 
     /// Closes with a reason (sent as the close frame's reason, truncated to 120 bytes).

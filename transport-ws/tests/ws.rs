@@ -145,14 +145,21 @@ async fn session_mode_is_negotiated_with_hello_open_sequence_and_acks() {
     let mut c = session_client(&url).await;
     let s = accept(&mut sessions).await;
     assert_eq!(s.mode(), Mode::Session);
-    assert_eq!(
-        next_frame(&mut c).await,
+    match next_frame(&mut c).await {
         Frame::Hello {
-            sid: s.id().to_string(),
+            sid,
             ack: None,
-            resumed: false
+            resumed: false,
+            token: Some(token),
+        } => {
+            assert_eq!(sid, s.id());
+            let secret = token
+                .strip_prefix(&format!("{sid}."))
+                .expect("the token names the session");
+            assert_eq!(secret.len(), 25, "128 random bits");
         }
-    );
+        other => panic!("{other:?}"),
+    }
     assert_eq!(next_frame(&mut c).await, Frame::Open { seq: 0 });
     let ack = s.send_text("one");
     assert_eq!(
@@ -212,7 +219,12 @@ async fn session_mode_resumption_delivers_what_was_missed_in_order_once() {
     let (url, _, mut sessions) = start(Options::default()).await;
     let mut c = session_client(&url).await;
     let s = accept(&mut sessions).await;
-    next_frame(&mut c).await; // hello
+    let Frame::Hello {
+        token: Some(token), ..
+    } = next_frame(&mut c).await
+    else {
+        panic!("a hello with a resume token")
+    };
     next_frame(&mut c).await; // open
     let first = s.send_text("1");
     assert_eq!(
@@ -234,13 +246,14 @@ async fn session_mode_resumption_delivers_what_was_missed_in_order_once() {
     let missed: Vec<_> = ["2", "3", "4"].iter().map(|t| s.send_text(*t)).collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Resume, acknowledging seq 1 (received before the drop).
-    let mut c = session_client(&format!("{url}?resume={}&ack=1", s.id())).await;
+    let mut c = session_client(&format!("{url}?resume={token}&ack=1")).await;
     assert_eq!(
         next_frame(&mut c).await,
         Frame::Hello {
             sid: s.id().to_string(),
             ack: Some(0),
-            resumed: true
+            resumed: true,
+            token: Some(token.clone()),
         }
     );
     let mut got = Vec::new();
