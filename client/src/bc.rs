@@ -412,6 +412,7 @@ impl Driver<'_> {
                     PathMode {
                         one_shot: true,
                         max_bytes: None,
+                        provisional: false,
                     },
                 )
                 .is_ok()

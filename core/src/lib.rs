@@ -95,7 +95,7 @@ pub use error::Error;
 pub use id::{IdGenerator, RandomIds, is_valid_id};
 pub use origin::OriginPolicy;
 pub use outbound::{Item, Payload};
-pub use quota::{AddressQuota, QuotaConfig, QuotaError};
+pub use quota::{AddressQuota, QuotaConfig, QuotaError, SharedQuota};
 pub use registry::{Closable, Registry};
 pub use reorder::{Inserted, Reorder};
 pub use session::{

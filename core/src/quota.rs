@@ -233,6 +233,46 @@ impl AddressQuota {
     }
 }
 
+/// An [`AddressQuota`] shared by every transport of a server (cheap to clone; clones share
+/// the table), so that an address's sessions count the same whichever transport it uses.
+#[derive(Clone, Debug)]
+pub struct SharedQuota(std::sync::Arc<std::sync::Mutex<AddressQuota>>);
+
+impl SharedQuota {
+    /// A new table with these limits.
+    pub fn new(config: QuotaConfig) -> SharedQuota {
+        SharedQuota(std::sync::Arc::new(std::sync::Mutex::new(
+            AddressQuota::new(config),
+        )))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, AddressQuota> {
+        // A panic while holding the lock cannot leave a count half-updated; keep serving.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`AddressQuota::try_admit`].
+    pub fn try_admit(&self, ip: IpAddr, now: Instant) -> Result<(), QuotaError> {
+        self.table().try_admit(ip, now)
+    }
+
+    /// [`AddressQuota::release`].
+    pub fn release(&self, ip: IpAddr, now: Instant) {
+        self.table().release(ip, now);
+    }
+
+    /// The limits.
+    pub fn config(&self) -> QuotaConfig {
+        self.table().config().clone()
+    }
+}
+
+impl Default for SharedQuota {
+    fn default() -> Self {
+        SharedQuota::new(QuotaConfig::default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +355,18 @@ mod tests {
         q.try_admit(ip("10.0.0.3"), now + Duration::from_secs(2))
             .expect("the idle, refilled entry made room");
         assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn clones_of_a_shared_quota_count_together() {
+        let now = Instant::now();
+        let a = SharedQuota::new(config(1, 0, 0));
+        let b = a.clone();
+        a.try_admit(ip("10.0.0.1"), now).expect("first");
+        assert!(b.try_admit(ip("10.0.0.1"), now).is_err(), "the same table");
+        b.release(ip("10.0.0.1"), now);
+        a.try_admit(ip("10.0.0.1"), now)
+            .expect("released through the clone");
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub struct PathMode {
     /// End the path after the batch that takes the message bytes written on it past this
     /// (BrowserChannel: 10 240).
     pub max_bytes: Option<usize>,
+    /// A path that does not end the attach timeout ([`Config::attach_timeout`]): BrowserChannel's
+    /// session-creating response carries the first arrays but is not a back channel.
+    pub provisional: bool,
 }
 
 /// Output: something to write on a downstream path.
@@ -266,6 +269,10 @@ pub struct Session {
     ack_reported: Option<u64>,
     /// The ack timer fired, or a duplicate showed the peer missed an acknowledgement.
     ack_due: bool,
+    /// When the session was created (the attach timeout counts from it).
+    created: Instant,
+    /// Whether a path that is not provisional was ever attached.
+    attached: bool,
 }
 
 impl Session {
@@ -301,6 +308,8 @@ impl Session {
             now,
             ack_reported: None,
             ack_due: false,
+            created: now,
+            attached: false,
         }
     }
 
@@ -381,6 +390,7 @@ impl Session {
         }
         let id = PathId(self.next_path);
         self.next_path += 1;
+        self.attached |= !mode.provisional;
         self.path = Some(Attached {
             id,
             mode,
@@ -661,8 +671,18 @@ impl Session {
     fn detach_current(&mut self) {
         self.path = None;
         self.timers.stop(Timer::Keepalive);
+        let after = if self.attached {
+            self.config.session_timeout
+        } else {
+            // Never attached for real: the attach timeout still counts from creation.
+            let limit = self.config.session_timeout.min(self.config.attach_timeout);
+            match self.created.checked_add(limit) {
+                Some(deadline) => deadline.saturating_duration_since(self.now),
+                None => Duration::MAX,
+            }
+        };
         self.timers
-            .set_after(Timer::SessionTimeout, self.now, self.config.session_timeout);
+            .set_after(Timer::SessionTimeout, self.now, after);
     }
 
     fn set_state(&mut self, new: State) {
@@ -1035,6 +1055,7 @@ mod tests {
             PathMode {
                 one_shot: true,
                 max_bytes: None,
+                provisional: false,
             },
         )
         .expect("attach");
@@ -1048,6 +1069,7 @@ mod tests {
             PathMode {
                 one_shot: false,
                 max_bytes: Some(4),
+                provisional: false,
             },
         )
         .expect("attach");
@@ -1224,6 +1246,31 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(now + 4 * SEC));
         s.handle_timeout(now + 4 * SEC - Duration::from_millis(1));
         assert_eq!(s.close_reason(), None, "not before the deadline");
+        s.handle_timeout(now + 4 * SEC);
+        assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
+    }
+
+    #[test]
+    fn a_provisional_path_does_not_end_the_attach_timeout() {
+        let now = t0();
+        let config = Config {
+            attach_timeout: 4 * SEC,
+            session_timeout: 30 * SEC,
+            ..Config::default()
+        };
+        let mut s = Session::new(Role::Server, config, now);
+        let mode = PathMode {
+            one_shot: true,
+            provisional: true,
+            ..PathMode::default()
+        };
+        let path = s.attach(now + SEC, mode).expect("attach");
+        assert!(s.detach(now + 2 * SEC, path));
+        assert_eq!(
+            s.poll_timeout(),
+            Some(now + 4 * SEC),
+            "counted from creation"
+        );
         s.handle_timeout(now + 4 * SEC);
         assert_eq!(s.close_reason(), Some(&CloseReason::TimedOut));
     }

@@ -691,6 +691,7 @@ impl World<'_> {
                 let mode = PathMode {
                     one_shot: self.sc.faults.one_shot && !self.healed(),
                     max_bytes: self.sc.faults.path_max_bytes.filter(|_| !self.healed()),
+                    provisional: false,
                 };
                 if let Ok(path) = self.sessions[me].attach(now, mode) {
                     self.note(format!(

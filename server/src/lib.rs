@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use browserver_transport_bc::{BrowserChannel, Received};
 use browserver_transport_http::{
-    Channel, Connected, HostPattern, Proxy, ProxyOptions, RemoteAddr, Wire,
+    Channel, Connected, Delivery, HostPattern, Proxy, ProxyOptions, RemoteAddr, Undelivered, Wire,
 };
 use browserver_transport_ws::{Message, Mode as WsMode, WsEndpoint};
 use bytes::Bytes;
@@ -82,6 +82,10 @@ pub struct Config {
     pub quota: browserver_core::QuotaConfig,
     /// Most live sessions per transport (default 100 000).
     pub max_sessions: usize,
+    /// Unacknowledged outbound bytes per session; past it sends fail (a client that stops
+    /// reading holds no more than this). Default: room for one largest proxied message plus
+    /// 1 MiB (about 22 MiB).
+    pub max_buffered_bytes: Option<usize>,
     /// Body bytes the proxy holds in memory at once over all clients (default 256 MiB).
     pub max_in_flight_body_bytes: usize,
 }
@@ -125,6 +129,7 @@ impl Default for Config {
             limits: Limits::default(),
             quota: browserver_core::QuotaConfig::default(),
             max_sessions: 100_000,
+            max_buffered_bytes: None,
             max_in_flight_body_bytes: 256 << 20,
         }
     }
@@ -142,9 +147,14 @@ pub enum StartError {
 struct BcChannel(browserver_transport_bc::Session);
 
 impl Channel for BcChannel {
-    fn send(&self, message: String) -> bool {
-        drop(self.0.send(&message));
-        self.0.close_reason().is_none()
+    fn send(&self, message: String) -> Delivery {
+        let ack = self.0.send(&message);
+        Box::pin(async move {
+            ack.await.map_err(|e| match e {
+                browserver_transport_bc::SendError::BufferFull { .. } => Undelivered::Full,
+                _ => Undelivered::Closed,
+            })
+        })
     }
 
     fn replace(&self) {
@@ -156,9 +166,14 @@ impl Channel for BcChannel {
 struct WsChannel(browserver_transport_ws::Session);
 
 impl Channel for WsChannel {
-    fn send(&self, message: String) -> bool {
-        drop(self.0.send_text(message));
-        self.0.close_reason().is_none()
+    fn send(&self, message: String) -> Delivery {
+        let ack = self.0.send_text(message);
+        Box::pin(async move {
+            ack.await.map_err(|e| match e {
+                browserver_transport_ws::SendError::BufferFull { .. } => Undelivered::Full,
+                browserver_transport_ws::SendError::Closed(_) => Undelivered::Closed,
+            })
+        })
     }
 
     fn replace(&self) {
@@ -257,7 +272,12 @@ pub async fn run(
     // One channel message carries one HTTP message: a body of up to the proxy's limit, in
     // base64 (4/3), plus its head.
     let message_limit = proxy_options.max_body_bytes / 3 * 4 + (1 << 20);
+    let max_buffered_bytes = config
+        .max_buffered_bytes
+        .unwrap_or(message_limit + (1 << 20));
     let origins = browserver_core::OriginPolicy::allow(&config.allowed_origins);
+    // One table for both transports: an address's sessions count wherever they are.
+    let quota = browserver_core::SharedQuota::new(config.quota.clone());
     let proxy = Proxy::new(pattern, proxy_options);
     let (bc, mut bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
         base: config.channel_base.clone(),
@@ -266,9 +286,9 @@ pub async fn run(
         attach_timeout: config.attach_timeout,
         max_body_bytes: message_limit,
         max_held_bytes: message_limit,
-        max_buffered_bytes: 4 * message_limit,
+        max_buffered_bytes,
         max_sessions: config.max_sessions,
-        quota: config.quota.clone(),
+        quota: quota.clone(),
         origins: origins.clone(),
         cors: config
             .cors
@@ -286,9 +306,9 @@ pub async fn run(
         session_timeout: config.session_timeout,
         max_frame_size: message_limit,
         max_message_size: message_limit,
-        max_buffered_bytes: 4 * message_limit,
+        max_buffered_bytes,
         max_sessions: config.max_sessions,
-        quota: config.quota.clone(),
+        quota,
         origins,
         admission: config.authenticator.clone().map(|a| {
             let admission: browserver_transport_ws::Admission =

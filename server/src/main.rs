@@ -156,6 +156,10 @@ struct Cli {
         global = true
     )]
     session_burst: u32,
+    /// Unacknowledged outbound bytes per session (default: one largest proxied message plus
+    /// 1 MiB).
+    #[arg(long, env = "BROWSERVER_MAX_BUFFERED_BYTES", global = true)]
+    max_buffered_bytes: Option<usize>,
     /// Request-body bytes the proxy holds in memory at once, over all clients.
     #[arg(long, env = "BROWSERVER_MAX_IN_FLIGHT_BODY_BYTES", default_value_t = 256 << 20, global = true)]
     max_in_flight_body_bytes: usize,
@@ -220,6 +224,7 @@ async fn main() -> std::process::ExitCode {
             ..browserver_core::QuotaConfig::default()
         },
         max_sessions: cli.max_sessions,
+        max_buffered_bytes: cli.max_buffered_bytes,
         max_in_flight_body_bytes: cli.max_in_flight_body_bytes,
         cors: cli.cors,
         ..Config::default()

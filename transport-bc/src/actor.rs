@@ -225,7 +225,7 @@ impl Actor {
                 let response = if self.core.is_closed() {
                     error_response(403, "Forbidden", &headers)
                 } else if creating {
-                    self.attach(now, false, None, headers)
+                    self.attach(now, false, None, headers, true)
                 } else {
                     let status = self.forward_status();
                     ok_response(&headers, ResponseBody::full(codec::chunk(&status)))
@@ -242,7 +242,7 @@ impl Actor {
                 if let Some(aid) = aid {
                     let _ = self.core.handle_ack(now, aid);
                 }
-                let _ = reply.send(self.attach(now, streaming, html, headers));
+                let _ = reply.send(self.attach(now, streaming, html, headers, false));
             }
             HttpCommand::Terminate { rid, aid } => {
                 if let Some(aid) = aid {
@@ -314,18 +314,20 @@ impl Actor {
         }
     }
 
-    /// Attaches a back channel (or the creation response's one-shot one) and returns the
-    /// response that streams it.
+    /// Attaches a back channel (or the creation response's one-shot one, `provisional`: it
+    /// does not end the attach timeout) and returns the response that streams it.
     fn attach(
         &mut self,
         now: std::time::Instant,
         streaming: bool,
         html: Option<String>,
         headers: HeaderMap,
+        provisional: bool,
     ) -> Response<ResponseBody> {
         let mode = PathMode {
             one_shot: !streaming,
             max_bytes: Some(self.inner.options.back_channel_max_bytes),
+            provisional,
         };
         let Ok(path) = self.core.attach(now, mode) else {
             return error_response(400, "Unknown SID", &headers);

@@ -254,6 +254,28 @@ fn parse_u64(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// A request's query parameters, in order (repeated keys kept).
+pub type Query = Vec<(String, String)>;
+
+/// Parses a request's query (`None`: no query).
+pub fn parse_query(query: Option<&str>) -> Query {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The first value of `name`.
+pub fn param<'a>(q: &'a Query, name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// `AID` and `OAID`: a leading integer; anything else (a negative one, or one beyond `u64`)
+/// acknowledges nothing.
+pub fn leading_u64(s: &str) -> Option<u64> {
+    let digits: &str = &s[..s.bytes().take_while(u8::is_ascii_digit).count()];
+    digits.parse().ok()
+}
+
 /// Parses a forward-channel body. `json` selects node-browserchannel's JSON body form
 /// (`Content-Type: application/json`). The ids `ofs .. ofs + count` must fit in a `u64`.
 pub fn parse_forward(

@@ -83,8 +83,9 @@ pub struct Options {
     pub max_sessions: usize,
     /// Live sessions and session creations per client address (IPv6 by `/64`); beyond them a
     /// session-creating request → 429 with `Retry-After`. 256 live, 120 per minute (bursts
-    /// of 60). Needs the client address ([`ClientAddr`](crate::ClientAddr)).
-    pub quota: browserver_core::QuotaConfig,
+    /// of 60). Needs the client address ([`ClientAddr`](crate::ClientAddr)). Give the
+    /// WebSocket endpoint a clone to count both transports together.
+    pub quota: browserver_core::SharedQuota,
     /// Web origins admitted to create sessions besides the server's own and requests without
     /// `Origin`; others → 403. None by default.
     pub origins: browserver_core::OriginPolicy,
@@ -121,7 +122,7 @@ impl Default for Options {
             max_map_entries: 10_000,
             max_held_bytes: 4 << 20,
             max_sessions: 100_000,
-            quota: browserver_core::QuotaConfig::default(),
+            quota: browserver_core::SharedQuota::default(),
             origins: browserver_core::OriginPolicy::default(),
             max_buffered_bytes: 4 << 20,
             reorder_window: 4096,

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use browserver_core::{AddressQuota, QuotaError, Registry};
+use browserver_core::{QuotaError, Registry, SharedQuota};
 use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actor::{Actor, ActorParts, HttpCommand};
 use crate::body::ResponseBody;
-use crate::codec::{self, CodecError};
+use crate::codec::{self, CodecError, Query, leading_u64, param, parse_query};
 use crate::options::{Cors, Options, normalize_base};
 use crate::session::{Command, Received, Session, Shared, Status};
 
@@ -69,7 +69,6 @@ pub(crate) struct Inner {
     headers: HeaderMap,
     pub(crate) html_headers: HeaderMap,
     registry: Mutex<Registry<Session>>,
-    quota: Mutex<AddressQuota>,
     accept: mpsc::UnboundedSender<Session>,
 }
 
@@ -79,8 +78,8 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn quota(&self) -> MutexGuard<'_, AddressQuota> {
-        self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    fn quota(&self) -> &SharedQuota {
+        &self.options.quota
     }
 
     /// The session closed: it leaves the registry and its address's quota.
@@ -154,24 +153,6 @@ fn plain_response(
     r
 }
 
-type Query = Vec<(String, String)>;
-
-fn parse_query(query: Option<&str>) -> Query {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-fn param<'a>(q: &'a Query, name: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// `AID` and `OAID`: a leading integer; anything else (or a negative one) acknowledges nothing.
-fn leading_u64(s: &str) -> Option<u64> {
-    let digits: &str = &s[..s.bytes().take_while(u8::is_ascii_digit).count()];
-    digits.parse().ok()
-}
-
 impl BrowserChannel {
     /// An endpoint with these options, and the stream of sessions it creates.
     pub fn new(options: Options) -> (BrowserChannel, Sessions) {
@@ -194,7 +175,6 @@ impl BrowserChannel {
         let (accept, rx) = mpsc::unbounded_channel();
         let inner = Inner {
             registry: Mutex::new(Registry::new(options.max_sessions)),
-            quota: Mutex::new(AddressQuota::new(options.quota.clone())),
             options,
             base,
             headers,

@@ -1277,7 +1277,7 @@ async fn item_112_an_idle_back_channel_sends_its_headers_at_once() {
 async fn item_37_close_in_the_connect_hook_is_403_however_the_tasks_interleave() {
     // 200 creations from one address: beyond the default per-address quota.
     let s = start(Options {
-        quota: browserver_core::QuotaConfig::unlimited(),
+        quota: browserver_core::SharedQuota::new(browserver_core::QuotaConfig::unlimited()),
         ..with_hook(|s| s.close())
     })
     .await;

@@ -10,13 +10,22 @@ pub struct HostPattern {
 
 /// A pattern without exactly one `*`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("host pattern {0:?} must contain exactly one '*'")]
+#[error(
+    "host pattern {0:?} must contain exactly one '*' and otherwise only letters, digits, '.' and '-'"
+)]
 pub struct PatternError(pub String);
 
 impl HostPattern {
-    /// Parses `pattern` (for example `*.localhost` or `*.example.com`).
+    /// Parses `pattern` (for example `*.localhost` or `*.example.com`): exactly one `*`,
+    /// otherwise only letters, digits, `.` and `-`.
     pub fn parse(pattern: &str) -> Result<HostPattern, PatternError> {
         let lower = pattern.to_ascii_lowercase();
+        let hostname_chars = lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"*.-".contains(&b));
+        if !hostname_chars {
+            return Err(PatternError(pattern.to_string()));
+        }
         match lower.split_once('*') {
             Some((prefix, suffix)) if !suffix.contains('*') => Ok(HostPattern {
                 prefix: prefix.to_string(),

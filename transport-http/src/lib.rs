@@ -33,5 +33,6 @@ pub use hooks::{AllowAll, Authenticator, Authorizer, Connecting, Refusal};
 pub use host::{HostPattern, PatternError};
 pub use ipnet::IpNet;
 pub use proxy::{
-    Channel, ClientInfo, ConnectError, Connected, Proxy, ProxyOptions, RemoteAddr, Wire,
+    Channel, ClientInfo, ConnectError, Connected, Delivery, Proxy, ProxyOptions, RemoteAddr,
+    Undelivered, Wire,
 };

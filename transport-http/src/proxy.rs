@@ -31,11 +31,23 @@ pub enum Wire {
     Json,
 }
 
+/// Why a channel did not deliver a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// The client's send buffer is full (it is not reading): answer 503.
+    Full,
+    /// The channel closed first.
+    Closed,
+}
+
+/// Resolves once the client has the message (`Ok`), or why it never will.
+pub type Delivery =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Undelivered>> + Send>>;
+
 /// A connected client's channel, as the proxy sees it.
 pub trait Channel: Send + Sync + 'static {
-    /// Sends one encoded browserver message; false if the channel is closed or cannot take
-    /// more.
-    fn send(&self, message: String) -> bool;
+    /// Queues one encoded browserver message; the [`Delivery`] may be awaited or dropped.
+    fn send(&self, message: String) -> Delivery;
 
     /// Ends the client's session: a newer connection with the same name took its place.
     fn replace(&self);
@@ -410,7 +422,8 @@ impl Proxy {
         if let Some(client) = clients.get(&to.name).filter(|c| c.key == to.key)
             && let Some(text) = encode_for(client.wire, m)
         {
-            client.channel.send(text);
+            // Its delivery is not awaited: a client that does not read loses its answers.
+            drop(client.channel.send(text));
         }
     }
 
@@ -424,7 +437,7 @@ impl Proxy {
     ) -> Result<Message, Response<Full<Bytes>>> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.options.request_timeout;
-        {
+        let (rid, delivery) = {
             let mut clients = self.clients();
             let Some(client) = clients.get_mut(name) else {
                 return Err(gateway_timeout("no such client"));
@@ -434,21 +447,44 @@ impl Proxy {
                 Err(_) => return Err(too_many_pending()),
             };
             request.id = Some(rid.to_string());
-            let sent =
-                encode_for(client.wire, &request).is_some_and(|text| client.channel.send(text));
-            if !sent {
-                client.requests.resolve(rid);
-                return Err(plain(
+            match encode_for(client.wire, &request) {
+                Some(text) => (rid, client.channel.send(text)),
+                None => {
+                    client.requests.resolve(rid);
+                    return Err(plain(
+                        StatusCode::BAD_GATEWAY,
+                        "Bad Gateway: the request cannot be written in the client's form",
+                    ));
+                }
+            }
+        };
+        // The answer, unless the channel refuses the request first.
+        let outcome = tokio::time::timeout(timeout, async {
+            let mut rx = rx;
+            let mut delivery = Some(delivery);
+            loop {
+                tokio::select! {
+                    answer = &mut rx => return answer.map_err(|_| Undelivered::Closed),
+                    refused = async { delivery.as_mut().map(|d| d.as_mut()).expect("some").await },
+                        if delivery.is_some() => match refused {
+                        Ok(()) => delivery = None,
+                        Err(why) => return Err(why),
+                    },
+                }
+            }
+        })
+        .await;
+        drop(held);
+        match outcome {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(Undelivered::Full)) => {
+                self.forget_request(name, rid);
+                Err(plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: the client cannot take more",
-                ));
+                ))
             }
-        }
-        let answer = tokio::time::timeout(timeout, rx).await;
-        drop(held);
-        match answer {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(gateway_timeout("the client disconnected")),
+            Ok(Err(Undelivered::Closed)) => Err(gateway_timeout("the client disconnected")),
             Err(_) => {
                 if let Some(client) = self.clients().get_mut(name) {
                     client.requests.handle_timeout(Instant::now());
@@ -456,6 +492,12 @@ impl Proxy {
                 }
                 Err(gateway_timeout("the client did not answer in time"))
             }
+        }
+    }
+
+    fn forget_request(&self, name: &str, rid: RequestId) {
+        if let Some(client) = self.clients().get_mut(name) {
+            client.requests.resolve(rid);
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use browserver_core::{AddressQuota, QuotaError, Registry};
+use browserver_core::{QuotaError, Registry, SharedQuota};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{
@@ -83,8 +83,9 @@ pub struct Options {
     pub write_timeout: Duration,
     /// Live sessions and session creations per client address (IPv6 by `/64`); beyond them
     /// an upgrade → 429 with `Retry-After`. 256 live, 120 per minute (bursts of 60). Needs the
-    /// client address ([`ClientAddr`]).
-    pub quota: browserver_core::QuotaConfig,
+    /// client address ([`ClientAddr`]). Give the BrowserChannel endpoint a clone to count both
+    /// transports together.
+    pub quota: browserver_core::SharedQuota,
     /// Web origins admitted besides the server's own and requests without `Origin` (checked
     /// on every upgrade, resumptions included); others → 403. None by default.
     pub origins: browserver_core::OriginPolicy,
@@ -108,7 +109,7 @@ impl Default for Options {
             ack_delay: Duration::from_millis(10),
             max_sessions: 100_000,
             write_timeout: Duration::from_secs(30),
-            quota: browserver_core::QuotaConfig::default(),
+            quota: browserver_core::SharedQuota::default(),
             origins: browserver_core::OriginPolicy::default(),
             connect_hook: None,
             admission: None,
@@ -146,7 +147,6 @@ impl Sessions {
 pub(crate) struct Inner {
     pub(crate) options: Options,
     registry: Mutex<Registry<Session>>,
-    quota: Mutex<AddressQuota>,
     accept: mpsc::UnboundedSender<Session>,
     next_conn: AtomicU64,
 }
@@ -156,8 +156,8 @@ impl Inner {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn quota(&self) -> MutexGuard<'_, AddressQuota> {
-        self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    fn quota(&self) -> &SharedQuota {
+        &self.options.quota
     }
 
     fn release(&self, address: Option<SocketAddr>) {
@@ -264,7 +264,6 @@ impl WsEndpoint {
         let (accept, rx) = mpsc::unbounded_channel();
         let inner = Inner {
             registry: Mutex::new(Registry::new(options.max_sessions)),
-            quota: Mutex::new(AddressQuota::new(options.quota.clone())),
             options,
             accept,
             next_conn: AtomicU64::new(0),

@@ -1,0 +1,15 @@
+//! The browserver message codec, both forms: decoding never panics, and whatever decodes
+//! survives a round trip through the JSON form unchanged.
+#![no_main]
+
+use browserver_transport_http::message::{decode, decode_json, encode_json, encode_text};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(message) = decode(data) else {
+        return;
+    };
+    let json = encode_json(&message);
+    assert_eq!(decode_json(json.as_bytes()).as_ref(), Ok(&message));
+    let _ = encode_text(&message);
+});
