@@ -302,6 +302,7 @@ impl WsEndpoint {
         }
     }
 
+    #[cfg(feature = "warp")]
     pub(crate) fn options(&self) -> &Options {
         &self.inner.options
     }

@@ -118,6 +118,13 @@ fn spawn_server(args: &Args, kind: Kind) -> Result<Server, String> {
         .args(&cmd)
         .env("NODE_PATH", args.peers.clone().unwrap_or_default())
         .env("RUST_LOG", "warn")
+        // Every session of a load run comes from one loopback address: lift browserver's
+        // per-address limits (environment variables, which binaries that predate them
+        // ignore, so that `--ab` can run an older build).
+        .env("BROWSERVER_MAX_SESSIONS_PER_ADDRESS", "0")
+        .env("BROWSERVER_SESSION_RATE", "0")
+        .env("BROWSERVER_MAX_CONNECTIONS_PER_ADDRESS", "0")
+        .env("BROWSERVER_MAX_CONNECTIONS", "1000000")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
