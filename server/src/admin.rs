@@ -2,8 +2,9 @@
 //!
 //! With an admin token: whoever presents it (`Authorization: Bearer TOKEN`, compared in
 //! constant time), from anywhere. Without one: only a request that is local in every way a
-//! server can tell — a loopback peer, no forwarding headers (a reverse proxy on the same host
-//! would make every visitor a loopback peer), and a `Host` that is a loopback name or this
+//! server can tell — a loopback peer, and no forwarding headers (a reverse proxy on the same
+//! host would make every visitor a loopback peer) unless the peer is a trusted proxy whose
+//! `X-Forwarded-For` names a loopback client; and a `Host` that is a loopback name or this
 //! server's own address (a DNS-rebinding page names its own domain).
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +17,7 @@ const FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 pub(crate) fn authorize(
     headers: &HeaderMap,
     peer: SocketAddr,
+    trusted_peer: bool,
     local: Option<SocketAddr>,
     token: Option<&str>,
 ) -> Result<(), (u16, &'static str)> {
@@ -35,10 +37,20 @@ pub(crate) fn authorize(
         return Err((403, "Forbidden: the status endpoint answers loopback only"));
     }
     if FORWARDING.iter().any(|h| headers.contains_key(*h)) {
-        return Err((
-            403,
-            "Forbidden: a forwarded request needs the admin token (--admin-token)",
-        ));
+        // The client the trusted proxy saw is the last address it appended.
+        let forwarded_client = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+        if !(trusted_peer && forwarded_client.is_some_and(|ip| ip.is_loopback())) {
+            return Err((
+                403,
+                "Forbidden: a forwarded request needs the admin token (--admin-token)",
+            ));
+        }
     }
     let host = headers
         .get(http::header::HOST)
@@ -98,24 +110,53 @@ mod tests {
     fn without_a_token_only_local_requests_to_local_hosts_are_answered() {
         let local = Some(addr("127.0.0.1:3572"));
         let lo = addr("127.0.0.1:5000");
-        assert!(authorize(&headers(&[("host", "127.0.0.1:3572")]), lo, local, None).is_ok());
-        assert!(authorize(&headers(&[("host", "localhost:3572")]), lo, local, None).is_ok());
+        assert!(
+            authorize(
+                &headers(&[("host", "127.0.0.1:3572")]),
+                lo,
+                false,
+                local,
+                None
+            )
+            .is_ok()
+        );
+        assert!(
+            authorize(
+                &headers(&[("host", "localhost:3572")]),
+                lo,
+                false,
+                local,
+                None
+            )
+            .is_ok()
+        );
         assert!(
             authorize(
                 &headers(&[("host", "[::1]:3572")]),
                 addr("[::1]:1"),
+                false,
                 local,
                 None
             )
             .is_ok()
         );
         // DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1.
-        assert!(authorize(&headers(&[("host", "evil.example:3572")]), lo, local, None).is_err());
+        assert!(
+            authorize(
+                &headers(&[("host", "evil.example:3572")]),
+                lo,
+                false,
+                local,
+                None
+            )
+            .is_err()
+        );
         // A reverse proxy on the same host.
         assert!(
             authorize(
                 &headers(&[("host", "localhost"), ("x-forwarded-for", "6.6.6.6")]),
                 lo,
+                false,
                 local,
                 None
             )
@@ -125,27 +166,42 @@ mod tests {
             authorize(
                 &headers(&[("host", "127.0.0.1:3572")]),
                 addr("10.0.0.1:1"),
+                false,
                 local,
                 None
             )
             .is_err()
         );
-        assert!(authorize(&HeaderMap::new(), lo, local, None).is_err());
+        assert!(authorize(&HeaderMap::new(), lo, false, local, None).is_err());
+    }
+
+    #[test]
+    fn a_trusted_proxy_forwarding_a_local_client_is_believed_and_no_one_else() {
+        let local = Some(addr("127.0.0.1:3572"));
+        let proxy = addr("127.0.0.1:40000");
+        let via = |xff: &'static str| headers(&[("host", "localhost"), ("x-forwarded-for", xff)]);
+        assert!(authorize(&via("127.0.0.1"), proxy, true, local, None).is_ok());
+        assert!(authorize(&via("127.0.0.1, 203.0.113.9"), proxy, true, local, None).is_err());
+        assert!(authorize(&via("203.0.113.9, 127.0.0.1"), proxy, true, local, None).is_ok());
+        assert!(
+            authorize(&via("127.0.0.1"), proxy, false, local, None).is_err(),
+            "untrusted"
+        );
     }
 
     #[test]
     fn with_a_token_only_the_token_counts() {
         let remote = addr("203.0.113.9:1");
         let ok = headers(&[("authorization", "Bearer s3cret"), ("host", "x.example")]);
-        assert!(authorize(&ok, remote, None, Some("s3cret")).is_ok());
+        assert!(authorize(&ok, remote, false, None, Some("s3cret")).is_ok());
         let wrong = headers(&[("authorization", "Bearer guess")]);
         assert_eq!(
-            authorize(&wrong, remote, None, Some("s3cret")).map_err(|e| e.0),
+            authorize(&wrong, remote, false, None, Some("s3cret")).map_err(|e| e.0),
             Err(403)
         );
         let local = headers(&[("host", "127.0.0.1")]);
         assert_eq!(
-            authorize(&local, addr("127.0.0.1:1"), None, Some("s3cret")).map_err(|e| e.0),
+            authorize(&local, addr("127.0.0.1:1"), false, None, Some("s3cret")).map_err(|e| e.0),
             Err(401),
             "loopback is no substitute for the token"
         );

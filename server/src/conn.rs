@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use browserver_core::quota::AddressKey;
+use browserver_transport_http::{BodyError, Budget, Reservation};
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,7 +29,7 @@ pub struct Limits {
     /// keep-alive interval and the request timeout. 60 s.
     pub idle_timeout: Duration,
     /// A request body must arrive at least this fast (bytes per second) after the grace
-    /// period; a slower one fails (the request ends with 408 or 400). 1 024.
+    /// period; a slower one fails (the request ends with 408, or 400 on BrowserChannel). 1 024.
     pub body_min_rate: u64,
     /// Time a request body gets before the minimum rate applies. 10 s.
     pub body_grace: Duration,
@@ -272,36 +273,34 @@ impl<S> Tracked<S> {
     }
 }
 
-/// Why a request body stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// It arrived slower than the minimum rate.
-    #[error("request body too slow")]
-    TooSlow,
-    /// The connection failed.
-    #[error(transparent)]
-    Read(#[from] hyper::Error),
-}
-
-/// A request body that fails when it arrives slower than a minimum rate after a grace period.
-pub struct MinRate<B> {
+/// A request body as the server reads it: it fails with
+/// [`BodyError::TooSlow`](browserver_transport_http::BodyError::TooSlow) when it arrives slower
+/// than a minimum rate after a grace period, and with
+/// [`BodyError::Busy`](browserver_transport_http::BodyError::Busy) when the bytes being read
+/// over all requests at once would exceed the server's read budget (each body's share is given
+/// back when its stream is dropped).
+pub struct RequestBody<B> {
     inner: B,
     rate: u64,
     grace: Duration,
     started: Option<Instant>,
     bytes: u64,
     deadline: Option<Pin<Box<Sleep>>>,
+    budget: Budget,
+    held: Reservation,
 }
 
-impl<B> MinRate<B> {
-    pub(crate) fn new(inner: B, rate: u64, grace: Duration) -> MinRate<B> {
-        MinRate {
+impl<B> RequestBody<B> {
+    pub(crate) fn new(inner: B, rate: u64, grace: Duration, budget: &Budget) -> RequestBody<B> {
+        RequestBody {
             inner,
             rate,
             grace,
             started: None,
             bytes: 0,
             deadline: None,
+            held: budget.empty(),
+            budget: budget.clone(),
         }
     }
 
@@ -314,7 +313,7 @@ impl<B> MinRate<B> {
     }
 }
 
-impl<B> Body for MinRate<B>
+impl<B> Body for RequestBody<B>
 where
     B: Body<Error = hyper::Error> + Unpin,
 {
@@ -329,7 +328,12 @@ where
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.bytes = self.bytes.saturating_add(data.remaining() as u64);
+                    let len = data.remaining();
+                    let this = &mut *self;
+                    if !this.budget.grow(&mut this.held, len) {
+                        return Poll::Ready(Some(Err(BodyError::Busy)));
+                    }
+                    self.bytes = self.bytes.saturating_add(len as u64);
                     let due = self.due(started);
                     if let Some(d) = self.deadline.as_mut() {
                         d.as_mut().reset(due);
@@ -337,7 +341,9 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Read(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(BodyError::Unreadable(e.to_string()))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if self.rate == 0 {
@@ -411,6 +417,43 @@ pub(crate) fn file_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn request_bodies_share_the_read_budget_and_give_it_back_when_dropped() {
+        use http_body_util::{BodyExt, StreamBody};
+        let frames = || {
+            StreamBody::new(futures_util::stream::iter(vec![
+                Ok::<_, hyper::Error>(Frame::data(bytes::Bytes::from_static(b"12345"))),
+                Ok(Frame::data(bytes::Bytes::from_static(b"67890"))),
+            ]))
+        };
+        let budget = Budget::new(8);
+        let mut first = RequestBody::new(frames(), 0, Duration::ZERO, &budget);
+        assert!(first.frame().await.expect("frame").is_ok());
+        assert_eq!(budget.used(), 5);
+        let second = RequestBody::new(frames(), 0, Duration::ZERO, &budget);
+        let err = second.collect().await.expect_err("over the budget");
+        assert!(matches!(err, BodyError::Busy), "{err}");
+        drop(first);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_the_minimum_rate_fails_after_the_grace() {
+        use http_body_util::BodyExt;
+        let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, hyper::Error>::new(4);
+        let budget = Budget::new(1 << 20);
+        let mut body = RequestBody::new(body, 100, Duration::from_secs(2), &budget);
+        tx.send_data(bytes::Bytes::from_static(b"x"))
+            .await
+            .expect("send");
+        assert!(body.frame().await.expect("frame").is_ok());
+        let started = Instant::now();
+        let err = body.frame().await.expect("an error").expect_err("too slow");
+        assert!(matches!(err, BodyError::TooSlow), "{err}");
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        drop(tx);
+    }
 
     #[test]
     fn connections_are_limited_in_total_and_per_address_and_given_back() {

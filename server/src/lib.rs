@@ -86,7 +86,9 @@ pub struct Config {
     /// reading holds no more than this). Default: room for one largest proxied message plus
     /// 1 MiB (about 22 MiB).
     pub max_buffered_bytes: Option<usize>,
-    /// Body bytes the proxy holds in memory at once over all clients (default 256 MiB).
+    /// Request-body bytes being read at once over all requests, and (separately) bodies the
+    /// proxy holds waiting for their clients (default 256 MiB each); past either → 503 (400
+    /// on BrowserChannel).
     pub max_in_flight_body_bytes: usize,
 }
 
@@ -424,6 +426,7 @@ pub async fn run(
         bc: bc.clone(),
         ws: ws.clone(),
         proxy: proxy.clone(),
+        read_budget: browserver_transport_http::Budget::new(config.max_in_flight_body_bytes),
         config,
         mode,
         local,
@@ -488,6 +491,8 @@ struct Shared {
     config: Config,
     mode: Mode,
     local: Option<SocketAddr>,
+    /// Request-body bytes being read at once, over all connections.
+    read_budget: browserver_transport_http::Budget,
 }
 
 /// Registers a session with the proxy (proxy mode): `Some(None)` in echo mode, `None` if
@@ -543,8 +548,14 @@ async fn serve_connection(
         let in_flight = requests.request();
         let limits = shared.config.limits.clone();
         async move {
-            let req =
-                req.map(|body| conn::MinRate::new(body, limits.body_min_rate, limits.body_grace));
+            let req = req.map(|body| {
+                conn::RequestBody::new(
+                    body,
+                    limits.body_min_rate,
+                    limits.body_grace,
+                    &shared.read_budget,
+                )
+            });
             let response = route(req, peer, &shared).await;
             Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, in_flight)))
         }
@@ -570,7 +581,7 @@ async fn serve_connection(
 }
 
 async fn route(
-    mut req: http::Request<conn::MinRate<hyper::body::Incoming>>,
+    mut req: http::Request<conn::RequestBody<hyper::body::Incoming>>,
     peer: SocketAddr,
     shared: &Shared,
 ) -> http::Response<Body> {
@@ -620,6 +631,7 @@ async fn route(
             if let Err((status, why)) = admin::authorize(
                 req.headers(),
                 peer,
+                proxy.is_trusted_proxy(peer.ip()),
                 shared.local,
                 config.admin_token.as_deref(),
             ) {

@@ -1141,3 +1141,43 @@ async fn sessions_from_a_foreign_origin_are_refused_and_the_own_origin_is_admitt
     assert_eq!(r.status, 200);
     s.assert_healthy();
 }
+
+#[tokio::test]
+async fn bodies_being_read_at_once_are_bounded_by_the_read_budget() {
+    let s = Server::start(&[
+        "--max-in-flight-body-bytes",
+        "4000000",
+        "--body-min-rate",
+        "0",
+    ])
+    .await;
+    let (_victim, hostname) = victim(&s, Transport::WebSocket).await;
+    // Four uploads declare 2 MB each, send 1.5 MB and stall: 6 MB would be held at once.
+    let chunk = vec![b'u'; 1_500_000];
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect_from(ATTACKER, s.addr).await.expect("connect");
+        c.write_all(
+            format!("POST / HTTP/1.1\r\nHost: {hostname}\r\ncontent-length: 2000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("head");
+        let _ = c.write_all(&chunk).await;
+        stalled.push(c);
+    }
+    let mut refused = 0;
+    for c in &mut stalled {
+        let mut head = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), c.read(&mut head)).await
+            && String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 503")
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "no upload was refused by the budget");
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_victim_served(&s, &hostname).await;
+    s.assert_healthy();
+}

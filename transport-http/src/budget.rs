@@ -39,7 +39,10 @@ pub enum BodyError {
     /// The global budget is spent (answer 503).
     #[error("the server holds too many bodies at once")]
     Busy,
-    /// The body could not be read (the peer went away, or sent it too slowly).
+    /// The body arrived slower than the server's minimum rate (answer 408).
+    #[error("request body too slow")]
+    TooSlow,
+    /// The body could not be read (the peer went away).
     #[error("unreadable body: {0}")]
     Unreadable(String),
 }
@@ -90,10 +93,12 @@ impl Budget {
 
     /// Reads a whole body of at most `max` bytes, charging each chunk to the budget as it
     /// arrives (a declared `content-length` above `max` is refused before reading).
+    /// A body whose stream fails with a [`BodyError`] (as the server's request bodies do when
+    /// too slow, or when the server's read budget is spent) fails with that error.
     pub async fn read<B>(&self, body: B, max: usize) -> Result<(Bytes, Reservation), BodyError>
     where
         B: http_body::Body,
-        B::Error: std::fmt::Display,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         if body.size_hint().lower() > max as u64 {
             return Err(BodyError::TooLarge { limit: max });
@@ -102,7 +107,10 @@ impl Budget {
         let mut out = BytesMut::new();
         let mut body = std::pin::pin!(body);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            let frame = frame.map_err(|e| match e.into().downcast::<BodyError>() {
+                Ok(known) => *known,
+                Err(other) => BodyError::Unreadable(other.to_string()),
+            })?;
             let Ok(mut data) = frame.into_data() else {
                 continue; // trailers
             };

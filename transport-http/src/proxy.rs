@@ -506,7 +506,7 @@ impl Proxy {
     pub async fn handle<B>(&self, req: Request<B>) -> Result<Response<Full<Bytes>>, Request<B>>
     where
         B: http_body::Body + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let host = req
             .headers()
@@ -539,7 +539,7 @@ impl Proxy {
     async fn ingress<B>(&self, name: &str, host: &str, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: http_body::Body + Send + 'static,
-        B::Error: std::fmt::Display,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Refused before the body is read: no such client, or too many requests waiting.
         match self.clients().get(name) {
@@ -568,6 +568,12 @@ impl Proxy {
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                 return r;
+            }
+            Err(BodyError::TooSlow) => {
+                return plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout: the body arrived too slowly",
+                );
             }
             Err(BodyError::Unreadable(_)) => {
                 return plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body");
