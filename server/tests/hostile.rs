@@ -94,6 +94,26 @@ impl Server {
         assert!(!log.contains("panicked"), "the server panicked:\n{log}");
     }
 
+    /// A request from the attacker's address to the server's own host.
+    async fn own(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let host = self.addr.to_string();
+        request(ATTACKER, self.addr, &host, method, path, headers, body).await
+    }
+
+    /// The status endpoint's list, asked locally.
+    async fn clients(&self) -> serde_json::Value {
+        let r = self
+            .own("GET", "/_browserver/clients", &[], Bytes::new())
+            .await;
+        serde_json::from_slice(&r.body).expect("json")
+    }
+
     fn ws(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -580,17 +600,7 @@ async fn a_session_creation_flood_from_one_address_is_limited_and_unattached_ses
     assert_ordinary_client_served(&s).await;
     // None of the flood attached a back channel: they are gone after the attach timeout.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let list = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "GET",
-        "/_browserver/clients",
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let list: serde_json::Value = serde_json::from_slice(&list.body).expect("json");
+    let list = s.clients().await;
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
     s.assert_healthy();
 }
@@ -635,16 +645,14 @@ async fn a_huge_json_forward_body_is_parsed_without_amplification() {
     let element = format!("\"{}\"", "y".repeat(20_000));
     let body = format!("{{\"ofs\":0,\"data\":[{}]}}", vec![element; 1000].join(","));
     let before = s.rss_kib();
-    let r = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "POST",
-        &format!("/channel/bind?VER=8&SID={sid}&RID=1001"),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
+    let r = s
+        .own(
+            "POST",
+            &format!("/channel/bind?VER=8&SID={sid}&RID=1001"),
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let grown = s.rss_kib().saturating_sub(before);
@@ -652,16 +660,14 @@ async fn a_huge_json_forward_body_is_parsed_without_amplification() {
     assert!(grown < 160 * 1024, "grew {grown} KiB for a 20 MB body");
     // A body with more messages than allowed is refused whole.
     let many = format!("{{\"ofs\":0,\"data\":[{}1]}}", "1,".repeat(5000));
-    let r = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "POST",
-        &format!("/channel/bind?VER=8&SID={sid}&RID=1002"),
-        &[("content-type", "application/json")],
-        many,
-    )
-    .await;
+    let r = s
+        .own(
+            "POST",
+            &format!("/channel/bind?VER=8&SID={sid}&RID=1002"),
+            &[("content-type", "application/json")],
+            many,
+        )
+        .await;
     assert_eq!(r.status, 413);
     assert_ordinary_client_served(&s).await;
     s.assert_healthy();
@@ -676,16 +682,14 @@ async fn forward_requests_held_behind_a_missing_rid_are_capped_in_bytes() {
     let before = s.rss_kib();
     // RID 1001 never comes: every later one is held.
     for i in 0..20u64 {
-        let r = request(
-            ATTACKER,
-            s.addr,
-            &s.addr.to_string(),
-            "POST",
-            &format!("/channel/bind?VER=8&SID={sid}&RID={}", 1002 + i),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            format!("count=1&ofs={}&req0__S={value}", i + 1),
-        )
-        .await;
+        let r = s
+            .own(
+                "POST",
+                &format!("/channel/bind?VER=8&SID={sid}&RID={}", 1002 + i),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                format!("count=1&ofs={}&req0__S={value}", i + 1),
+            )
+            .await;
         if r.status == 400 {
             refused_at = Some(i);
             break;
@@ -712,17 +716,7 @@ async fn silent_text_client(
     let (ws, _) = tokio_tungstenite::connect_async(s.ws())
         .await
         .expect("upgrade");
-    let list = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "GET",
-        "/_browserver/clients",
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let list: serde_json::Value = serde_json::from_slice(&list.body).expect("json");
+    let list = s.clients().await;
     let hostname = list[0]["hostname"].as_str().expect("hostname").to_string();
     (hostname, ws)
 }
@@ -1029,16 +1023,14 @@ async fn peer_counters_at_the_end_of_the_u64_range_neither_panic_nor_wrap() {
     let s = Server::start(&["echo"]).await;
     let max = u64::MAX;
     // A session whose first RID is the last u64.
-    let r = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "POST",
-        &format!("/channel/bind?VER=8&RID={max}&t=1"),
-        &[("content-type", "application/x-www-form-urlencoded")],
-        "count=0",
-    )
-    .await;
+    let r = s
+        .own(
+            "POST",
+            &format!("/channel/bind?VER=8&RID={max}&t=1"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "count=0",
+        )
+        .await;
     assert!(r.status == 200 || r.status == 400, "{}", r.status);
     let sid = sid_of(&bc_session(&s, ATTACKER, "").await);
     for (rid, ofs, aid) in [
@@ -1047,16 +1039,14 @@ async fn peer_counters_at_the_end_of_the_u64_range_neither_panic_nor_wrap() {
         (max, 1, max),
         (max - 1, 1, 1),
     ] {
-        let r = request(
-            ATTACKER,
-            s.addr,
-            &s.addr.to_string(),
-            "POST",
-            &format!("/channel/bind?VER=8&SID={sid}&RID={rid}&AID={aid}"),
-            &[("content-type", "application/x-www-form-urlencoded")],
-            format!("count=2&ofs={ofs}&req0__S=a&req1__S=b"),
-        )
-        .await;
+        let r = s
+            .own(
+                "POST",
+                &format!("/channel/bind?VER=8&SID={sid}&RID={rid}&AID={aid}"),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                format!("count=2&ofs={ofs}&req0__S=a&req1__S=b"),
+            )
+            .await;
         assert!(
             [200, 400].contains(&r.status),
             "RID {rid} ofs {ofs}: {}",
@@ -1095,27 +1085,23 @@ async fn peer_counters_at_the_end_of_the_u64_range_neither_panic_nor_wrap() {
 async fn sessions_from_a_foreign_origin_are_refused_and_the_own_origin_is_admitted() {
     let s = Server::start(&[]).await;
     let own = format!("http://{}", s.addr);
-    let r = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "POST",
-        "/channel/bind?VER=8&RID=1000&t=1",
-        &[("origin", "http://evil.example")],
-        "count=0",
-    )
-    .await;
+    let r = s
+        .own(
+            "POST",
+            "/channel/bind?VER=8&RID=1000&t=1",
+            &[("origin", "http://evil.example")],
+            "count=0",
+        )
+        .await;
     assert_eq!(r.status, 403);
-    let r = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "POST",
-        "/channel/bind?VER=8&RID=1000&t=1",
-        &[("origin", own.as_str())],
-        "count=0",
-    )
-    .await;
+    let r = s
+        .own(
+            "POST",
+            "/channel/bind?VER=8&RID=1000&t=1",
+            &[("origin", own.as_str())],
+            "count=0",
+        )
+        .await;
     assert_eq!(r.status, 200);
     let mut req = s.ws().into_client_request().expect("request");
     req.headers_mut().insert(
@@ -1128,16 +1114,14 @@ async fn sessions_from_a_foreign_origin_are_refused_and_the_own_origin_is_admitt
     }
     drop(s);
     let s = Server::start(&["--allowed-origins", "http://app.example"]).await;
-    let r = request(
-        ATTACKER,
-        s.addr,
-        &s.addr.to_string(),
-        "POST",
-        "/channel/bind?VER=8&RID=1000&t=1",
-        &[("origin", "http://app.example")],
-        "count=0",
-    )
-    .await;
+    let r = s
+        .own(
+            "POST",
+            "/channel/bind?VER=8&RID=1000&t=1",
+            &[("origin", "http://app.example")],
+            "count=0",
+        )
+        .await;
     assert_eq!(r.status, 200);
     s.assert_healthy();
 }
