@@ -56,6 +56,17 @@ impl OriginPolicy {
             _ => false,
         }
     }
+
+    /// [`admits`](Self::admits) for raw header values: an `Origin` that is not UTF-8 is
+    /// refused.
+    pub fn admits_raw(&self, origin: Option<&[u8]>, host: Option<&[u8]>) -> bool {
+        let host = host.and_then(|h| std::str::from_utf8(h).ok());
+        match origin.map(std::str::from_utf8) {
+            None => self.admits(None, host),
+            Some(Ok(origin)) => self.admits(Some(origin), host),
+            Some(Err(_)) => false,
+        }
+    }
 }
 
 /// `host[:port]` of an `http(s)://` origin, without its scheme's default port.
@@ -105,5 +116,10 @@ mod tests {
         assert!(!listed.admits(Some("https://other.example"), Some("127.0.0.1:3572")));
         assert!(OriginPolicy::allow(["*"]).admits(Some("null"), None));
         assert!(OriginPolicy::any().admits(Some("http://x"), None));
+        assert!(
+            !OriginPolicy::any().admits_raw(Some(b"\xff"), None),
+            "not UTF-8"
+        );
+        assert!(OriginPolicy::default().admits_raw(Some(b"http://a:1"), Some(b"a:1")));
     }
 }

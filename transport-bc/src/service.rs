@@ -518,17 +518,16 @@ impl BrowserChannel {
         first_rid: u64,
     ) -> Result<Session, Response<ResponseBody>> {
         let headers = &self.inner.headers;
-        let origin = parts.headers.get(http::header::ORIGIN);
         let host = parts
             .headers
             .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-        let admitted_origin = match origin.map(|o| o.to_str()) {
-            None => self.inner.options.origins.admits(None, host),
-            Some(Ok(o)) => self.inner.options.origins.admits(Some(o), host),
-            Some(Err(_)) => false,
-        };
+            .map(|h| h.as_bytes())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+        let origin = parts
+            .headers
+            .get(http::header::ORIGIN)
+            .map(|o| o.as_bytes());
+        let admitted_origin = self.inner.options.origins.admits_raw(origin, host);
         if !admitted_origin {
             return Err(error_response(403, "Origin not allowed", headers));
         }

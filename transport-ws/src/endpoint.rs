@@ -387,13 +387,13 @@ impl WsEndpoint {
         let host = parts
             .headers
             .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-        let admitted_origin = match parts.headers.get(http::header::ORIGIN).map(|o| o.to_str()) {
-            None => self.inner.options.origins.admits(None, host),
-            Some(Ok(origin)) => self.inner.options.origins.admits(Some(origin), host),
-            Some(Err(_)) => false,
-        };
+            .map(|h| h.as_bytes())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+        let origin = parts
+            .headers
+            .get(http::header::ORIGIN)
+            .map(|o| o.as_bytes());
+        let admitted_origin = self.inner.options.origins.admits_raw(origin, host);
         if !admitted_origin {
             return Err(Refusal(StatusCode::FORBIDDEN, "origin not allowed".into()));
         }
