@@ -385,6 +385,14 @@ impl BrowserChannel {
         let rid = param(&query, "RID");
         match parts.method {
             Method::POST => {
+                // A creation is checked (origin, the address's quota) before its body is read.
+                let slot = match &session {
+                    Some(_) => None,
+                    None => match self.admit_creation(&parts) {
+                        Ok(slot) => Some(slot),
+                        Err(refusal) => return refusal,
+                    },
+                };
                 let limit = self.inner.options.max_body_bytes;
                 let bytes = match Limited::new(body, limit).collect().await {
                     Ok(collected) => collected.to_bytes(),
@@ -417,12 +425,13 @@ impl BrowserChannel {
                     return error_response(400, "Bad data", &headers);
                 };
                 let creating = session.is_none();
-                let session = match session {
-                    Some(s) => s,
-                    None => match self.create(&parts, &query, rid).await {
+                let session = match (session, slot) {
+                    (Some(s), _) => s,
+                    (None, Some(slot)) => match self.create(&parts, &query, rid, slot).await {
                         Ok(s) => s,
                         Err(response) => return response,
                     },
+                    (None, None) => return error_response(500, "Cannot create session", &headers),
                 };
                 let (reply, rx) = oneshot::channel();
                 let command = HttpCommand::Post {
@@ -507,16 +516,12 @@ impl BrowserChannel {
         rx.await.unwrap_or(refused)
     }
 
-    /// Creates a session for a `bind` POST without `SID`: checks the origin, the address's
-    /// quota and admission, ghosts `OSID` (a session id: only its owner knows it), registers
-    /// under a fresh secret id, starts the session's task, runs the connect hook, and
-    /// announces it on [`Sessions`].
-    async fn create(
+    /// The checks of a session-creating request that come before its body is read: the
+    /// origin, and a place in the address's quota.
+    fn admit_creation(
         &self,
         parts: &http::request::Parts,
-        query: &Query,
-        first_rid: u64,
-    ) -> Result<Session, Response<ResponseBody>> {
+    ) -> Result<QuotaSlot<'_>, Response<ResponseBody>> {
         let headers = &self.inner.headers;
         let host = parts
             .headers
@@ -527,8 +532,7 @@ impl BrowserChannel {
             .headers
             .get(http::header::ORIGIN)
             .map(|o| o.as_bytes());
-        let admitted_origin = self.inner.options.origins.admits_raw(origin, host);
-        if !admitted_origin {
+        if !self.inner.options.origins.admits_raw(origin, host) {
             return Err(error_response(403, "Origin not allowed", headers));
         }
         let address = parts.extensions.get::<ClientAddr>().map(|a| a.0);
@@ -538,21 +542,30 @@ impl BrowserChannel {
                 return Err(quota_refusal(&e, headers));
             }
         }
-        // From here on, every way out that does not register the session gives the slot back.
-        let release = || {
-            if let Some(address) = address {
-                self.inner
-                    .quota()
-                    .release(address.ip(), tokio::time::Instant::now().into_std());
-            }
-        };
+        Ok(QuotaSlot {
+            quota: self.inner.quota(),
+            address,
+        })
+    }
+
+    /// Creates a session for a `bind` POST without `SID` that [`admit_creation`] let in:
+    /// runs admission, ghosts `OSID` (a session id: only its owner knows it), registers
+    /// under a fresh secret id, starts the session's task, runs the connect hook, and
+    /// announces it on [`Sessions`].
+    ///
+    /// [`admit_creation`]: Self::admit_creation
+    async fn create(
+        &self,
+        parts: &http::request::Parts,
+        query: &Query,
+        first_rid: u64,
+        slot: QuotaSlot<'_>,
+    ) -> Result<Session, Response<ResponseBody>> {
+        let headers = &self.inner.headers;
         let name = match &self.inner.options.admission {
             Some(admit) => match admit(parts).await {
                 Ok(name) => name,
-                Err((status, reason)) => {
-                    release();
-                    return Err(error_response(status, &reason, headers));
-                }
+                Err((status, reason)) => return Err(error_response(status, &reason, headers)),
             },
             None => None,
         };
@@ -560,7 +573,6 @@ impl BrowserChannel {
             && !browserver_core::is_valid_id(name)
         {
             tracing::warn!(name, "admission chose an invalid name");
-            release();
             return Err(error_response(500, "Cannot create session", headers));
         }
         if let Some(old) = param(query, "OSID").and_then(|id| self.session(id)) {
@@ -584,7 +596,7 @@ impl BrowserChannel {
         let shared = Shared {
             id: String::new(),
             name,
-            address,
+            address: slot.address,
             query: query.clone(),
             headers: owned_headers(&parts.headers),
             app_version: param(query, "CVER")
@@ -604,14 +616,12 @@ impl BrowserChannel {
         let id = match created {
             Ok(id) => id,
             Err(browserver_core::Error::RegistryFull { .. }) => {
-                release();
                 let mut r = error_response(503, "Too many sessions", headers);
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 return Err(r);
             }
             Err(e) => {
-                release();
                 tracing::error!(error = %e, "cannot create a session");
                 return Err(error_response(500, "Cannot create session", headers));
             }
@@ -619,6 +629,8 @@ impl BrowserChannel {
         let session = self
             .session(&id)
             .ok_or_else(|| error_response(500, "Cannot create session", headers))?;
+        // Registered: the session gives its place back when it closes.
+        slot.keep();
         let actor = Actor::new(
             self.inner.clone(),
             ActorParts {
@@ -638,6 +650,29 @@ impl BrowserChannel {
         }
         let _ = self.inner.accept.send(session.clone());
         Ok(session)
+    }
+}
+
+/// A session creation's place in its address's quota: given back when dropped, unless
+/// [`keep`](Self::keep) hands it to the registered session (which gives it back when it
+/// closes).
+struct QuotaSlot<'a> {
+    quota: &'a SharedQuota,
+    address: Option<SocketAddr>,
+}
+
+impl QuotaSlot<'_> {
+    fn keep(mut self) {
+        self.address = None;
+    }
+}
+
+impl Drop for QuotaSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(address) = self.address {
+            self.quota
+                .release(address.ip(), tokio::time::Instant::now().into_std());
+        }
     }
 }
 

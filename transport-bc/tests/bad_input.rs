@@ -287,3 +287,42 @@ async fn options_preflight_is_answered_with_cors_headers() {
     );
     assert_eq!(r.headers()["access-control-allow-headers"], "x-style");
 }
+
+#[tokio::test]
+async fn refused_creations_give_their_place_in_the_address_quota_back() {
+    let quota = browserver_core::QuotaConfig {
+        max_sessions: 1,
+        creations_per_minute: 0,
+        ..browserver_core::QuotaConfig::default()
+    };
+    let mut s = start(Options {
+        quota: browserver_core::SharedQuota::new(quota),
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, _) = status_and_body(
+            &s,
+            Method::POST,
+            "/channel/bind?VER=8&RID=1000&t=1",
+            "count=x",
+        )
+        .await;
+        assert_eq!(status, 400, "a malformed creation");
+    }
+    let (session, _) = s.connect().await;
+    let (status, body) = status_and_body(
+        &s,
+        Method::POST,
+        "/channel/bind?VER=8&RID=1000&t=1",
+        "count=0",
+    )
+    .await;
+    assert_eq!(status, 429, "one live session per address: {body}");
+    session.close();
+    tokio::time::timeout(WAIT, session.closed())
+        .await
+        .expect("closed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    s.connect().await;
+}
