@@ -390,7 +390,7 @@ impl BrowserChannel {
                     Some(_) => None,
                     None => match self.admit_creation(&parts) {
                         Ok(slot) => Some(slot),
-                        Err(refusal) => return refusal,
+                        Err(refusal) => return *refusal,
                     },
                 };
                 let limit = self.inner.options.max_body_bytes;
@@ -521,7 +521,7 @@ impl BrowserChannel {
     fn admit_creation(
         &self,
         parts: &http::request::Parts,
-    ) -> Result<QuotaSlot<'_>, Response<ResponseBody>> {
+    ) -> Result<QuotaSlot<'_>, Box<Response<ResponseBody>>> {
         let headers = &self.inner.headers;
         let host = parts
             .headers
@@ -533,13 +533,13 @@ impl BrowserChannel {
             .get(http::header::ORIGIN)
             .map(|o| o.as_bytes());
         if !self.inner.options.origins.admits_raw(origin, host) {
-            return Err(error_response(403, "Origin not allowed", headers));
+            return Err(Box::new(error_response(403, "Origin not allowed", headers)));
         }
         let address = parts.extensions.get::<ClientAddr>().map(|a| a.0);
         if let Some(address) = address {
             let now = tokio::time::Instant::now().into_std();
             if let Err(e) = self.inner.quota().try_admit(address.ip(), now) {
-                return Err(quota_refusal(&e, headers));
+                return Err(Box::new(quota_refusal(&e, headers)));
             }
         }
         Ok(QuotaSlot {
