@@ -29,8 +29,9 @@ struct Args {
     /// before and after a change, under the same load, alternating (`benches/ab`).
     #[arg(long, num_args = 2, value_names = ["BEFORE", "AFTER"])]
     ab: Option<Vec<PathBuf>>,
-    /// With `--ab`: browserchannel, websocket, websocket-session (echo), or proxy (GETs
-    /// through the proxy to 10 client hosts).
+    /// With `--ab`: browserchannel, websocket, websocket-session (echo), proxy (GETs
+    /// through the proxy to 10 client hosts), or idle-browserchannel / idle-websocket (RSS
+    /// per idle session, `--sessions` of them, a fresh server each round).
     #[arg(long, default_value = "browserchannel")]
     load: String,
     /// Folder with the peers' server scripts.
@@ -549,12 +550,46 @@ fn main() {
 }
 
 /// `--ab`: before and after, alternating; the medians and after ÷ before on stdout.
+/// `--ab` with an idle load: memory per idle session, before and after.
+fn ab_idle(bench: &mut Bench, transport: &'static str) -> Result<(), String> {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for _ in 0..bench.args.rounds {
+        for (kind, runs) in [(Kind::Before, &mut before), (Kind::After, &mut after)] {
+            let label = if kind == Kind::Before {
+                "before"
+            } else {
+                "after"
+            };
+            let target = Target {
+                label,
+                kind,
+                transport,
+            };
+            let r = bench.idle(target, bench.args.sessions)?;
+            runs.push(r["bytes_per_session"].as_f64().unwrap_or(0.0) / 1024.0);
+        }
+    }
+    let (b, a) = (median(&before), median(&after));
+    println!("median before {b:.2} KiB per idle session");
+    println!("median after  {a:.2} KiB per idle session");
+    println!(
+        "after ÷ before: memory per idle session {:.2}",
+        a / b.max(0.01)
+    );
+    Ok(())
+}
+
 fn ab(args: &Args) -> Result<(), String> {
     let mut bench = Bench {
         args,
         servers: Vec::new(),
         tck: clock_ticks(),
     };
+    match args.load.as_str() {
+        "idle-browserchannel" => return ab_idle(&mut bench, "browserchannel"),
+        "idle-websocket" => return ab_idle(&mut bench, "websocket"),
+        _ => {}
+    }
     let (mut before, mut after) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         for (kind, runs) in [(Kind::Before, &mut before), (Kind::After, &mut after)] {
