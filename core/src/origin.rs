@@ -111,6 +111,16 @@ mod tests {
         assert!(!p.admits(Some("http://127.0.0.1:3573"), Some("127.0.0.1:3572")));
         assert!(!p.admits(Some("null"), Some("127.0.0.1:3572")));
         assert!(!p.admits(Some("http://127.0.0.1:3572"), None));
+        // Only http(s) origins without a path can be the server's own.
+        for odd in [
+            "ftp://127.0.0.1:3572",
+            "http://",
+            "https://127.0.0.1:3572/x",
+            "127.0.0.1:3572",
+        ] {
+            assert!(!p.admits(Some(odd), Some("127.0.0.1:3572")), "{odd}");
+        }
+        assert!(p.admits(Some("https://127.0.0.1:3572"), Some("127.0.0.1:3572")));
         let listed = OriginPolicy::allow(["https://app.example/"]);
         assert!(listed.admits(Some("https://APP.example"), Some("127.0.0.1:3572")));
         assert!(!listed.admits(Some("https://other.example"), Some("127.0.0.1:3572")));

@@ -68,16 +68,22 @@ pub enum QuotaError {
 
 /// The unit a limit applies to: an IPv4 address, or an IPv6 `/64`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AddressKey(u128);
+pub enum AddressKey {
+    /// An IPv4 address.
+    V4(u32),
+    /// The first 64 bits of an IPv6 address.
+    V6(u64),
+}
 
 impl AddressKey {
     /// The key of `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address).
     pub fn of(ip: IpAddr) -> AddressKey {
         match ip {
-            IpAddr::V4(v4) => AddressKey(u128::from(u32::from(v4))),
+            IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddressKey(u128::from(u32::from(v4))),
-                None => AddressKey((u128::from(v6) >> 64 << 64) | 1),
+                Some(v4) => AddressKey::V4(u32::from(v4)),
+                // The shift leaves 64 bits: the cast keeps them all.
+                None => AddressKey::V6((v6.to_bits() >> 64) as u64),
             },
         }
     }
@@ -111,11 +117,6 @@ impl AddressQuota {
             config,
             table: HashMap::new(),
         }
-    }
-
-    /// The limits.
-    pub fn config(&self) -> &QuotaConfig {
-        &self.config
     }
 
     /// Addresses tracked.
@@ -202,20 +203,18 @@ impl AddressQuota {
         Ok(())
     }
 
-    /// A session admitted for `ip` ended.
+    /// A session admitted for `ip` ended. An address with nothing live and a full bucket
+    /// (nothing to remember) leaves the table at once.
     pub fn release(&mut self, ip: IpAddr, now: Instant) {
         let key = AddressKey::of(ip);
-        let capacity = self.capacity();
-        let rate_limited = self.config.creations_per_minute > 0;
-        if let Some(entry) = self.table.get_mut(&key) {
-            entry.live = entry.live.saturating_sub(1);
-            // An entry with nothing live and nothing to remember goes at once.
-            if entry.live == 0 && (!rate_limited || entry.tokens >= capacity) {
-                self.table.remove(&key);
-                return;
-            }
+        let Some(mut entry) = self.table.remove(&key) else {
+            return;
+        };
+        entry.live = entry.live.saturating_sub(1);
+        self.refill(&mut entry, now);
+        if entry.live > 0 || entry.tokens < self.capacity() {
+            self.table.insert(key, entry);
         }
-        let _ = now;
     }
 
     /// Forgets entries with no live session whose bucket has refilled.
@@ -259,11 +258,6 @@ impl SharedQuota {
     /// [`AddressQuota::release`].
     pub fn release(&self, ip: IpAddr, now: Instant) {
         self.table().release(ip, now);
-    }
-
-    /// The limits.
-    pub fn config(&self) -> QuotaConfig {
-        self.table().config().clone()
     }
 }
 
@@ -367,6 +361,69 @@ mod tests {
         b.release(ip("10.0.0.1"), now);
         a.try_admit(ip("10.0.0.1"), now)
             .expect("released through the clone");
+    }
+
+    #[test]
+    fn retry_after_says_when_the_next_creation_is_allowed() {
+        let now = Instant::now();
+        let mut q = AddressQuota::new(config(0, 6, 1));
+        q.try_admit(ip("10.0.0.1"), now).expect("the burst of one");
+        // 6 per minute: one every 10 s; after 5 s half a creation has been earned.
+        assert_eq!(
+            q.try_admit(ip("10.0.0.1"), now + Duration::from_secs(5)),
+            Err(QuotaError::TooFast {
+                retry_after: Duration::from_millis(5_001)
+            })
+        );
+        q.try_admit(ip("10.0.0.1"), now + Duration::from_secs(10))
+            .expect("one more after 10 s");
+    }
+
+    #[test]
+    fn a_released_address_leaves_the_table_once_it_has_nothing_to_remember() {
+        let now = Instant::now();
+        let mut q = AddressQuota::new(config(0, 60, 1));
+        q.try_admit(ip("10.0.0.1"), now).expect("admitted");
+        q.try_admit(ip("10.0.0.2"), now).expect("admitted");
+        assert_eq!(q.len(), 2);
+        q.release(ip("10.0.0.1"), now);
+        assert_eq!(q.len(), 2, "its bucket is not full: the rate still applies");
+        q.release(ip("10.0.0.2"), now + Duration::from_secs(1));
+        assert_eq!(q.len(), 1, "refilled: forgotten at once");
+        assert!(!q.is_empty());
+        q.release(ip("10.0.0.9"), now);
+        assert_eq!(q.len(), 1, "an unknown address changes nothing");
+        let mut unlimited_rate = AddressQuota::new(config(5, 0, 0));
+        unlimited_rate.try_admit(ip("10.0.0.1"), now).expect("a");
+        unlimited_rate.try_admit(ip("10.0.0.1"), now).expect("b");
+        unlimited_rate.release(ip("10.0.0.1"), now);
+        assert_eq!(unlimited_rate.live(ip("10.0.0.1")), 1, "one still live");
+        unlimited_rate.release(ip("10.0.0.1"), now);
+        assert!(unlimited_rate.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_forgets_exactly_the_refilled_idle_entries() {
+        let now = Instant::now();
+        let mut q = AddressQuota::new(QuotaConfig {
+            max_addresses: 2,
+            ..config(0, 60, 1)
+        });
+        q.try_admit(ip("10.0.0.1"), now)
+            .expect("live, refilled later");
+        q.try_admit(ip("10.0.0.2"), now)
+            .expect("idle, refilled later");
+        q.release(ip("10.0.0.2"), now);
+        // 999 ms: not yet refilled (60 per minute, one token a second).
+        let almost = now + Duration::from_millis(999);
+        assert_eq!(
+            q.try_admit(ip("10.0.0.3"), almost),
+            Err(QuotaError::TableFull)
+        );
+        // One second: refilled exactly; the idle entry goes, the live one stays.
+        q.try_admit(ip("10.0.0.3"), now + Duration::from_secs(1))
+            .expect("room made");
+        assert_eq!(q.live(ip("10.0.0.1")), 1);
     }
 
     #[test]
