@@ -159,4 +159,27 @@ mod tests {
         );
         assert_eq!(budget.used(), 0, "a refused body holds nothing");
     }
+
+    #[tokio::test]
+    async fn a_body_of_exactly_the_limit_is_read_whatever_its_size_hint() {
+        let budget = Budget::new(100);
+        let exact = Full::new(Bytes::from_static(b"12345"));
+        assert!(budget.read(exact, 5).await.is_ok(), "declared size = limit");
+        let unsized_body = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"123"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"45"))),
+        ]));
+        assert!(
+            budget.read(unsized_body, 5).await.is_ok(),
+            "streamed size = limit"
+        );
+        let over = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"123"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"456"))),
+        ]));
+        assert_eq!(
+            budget.read(over, 5).await.map(|_| ()),
+            Err(BodyError::TooLarge { limit: 5 })
+        );
+    }
 }

@@ -304,6 +304,11 @@ mod tests {
             "fec0::1",
             "ff02::1",
             "4000::1",
+            "::ffff:198.51.100.1",
+            "64:ff9b::c633:6401",
+            "2002:c633:6401::1",
+            "2001:1ff::1",
+            "3fff:fff::1",
         ] {
             assert!(is_refused_address(ip.parse().expect("ip")), "{ip}");
         }
@@ -324,6 +329,9 @@ mod tests {
             "64:ff9b::808:808",
             "2002:808:808::1",
             "::ffff:8.8.8.8",
+            "2001:200::1",
+            "3fff:1000::1",
+            "2a00:100::1",
         ] {
             assert!(!is_refused_address(ip.parse().expect("ip")), "{ip}");
         }
@@ -335,6 +343,99 @@ mod tests {
         assert_eq!("public".parse(), Ok(EgressMode::Public));
         assert_eq!("allow-list".parse(), Ok(EgressMode::AllowList));
         assert!("open".parse::<EgressMode>().is_err());
+    }
+
+    /// A loopback HTTP server answering 200 with the request's headers as its body.
+    async fn echo_headers() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut seen = String::new();
+                        for (k, v) in req.headers() {
+                            seen.push_str(&format!("{k}={}\n", v.to_str().unwrap_or("?")));
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(seen),
+                        )))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    fn get(host: &str, extra: &[(&str, &str)]) -> Message {
+        let mut headers = vec![("host".to_string(), host.as_bytes().to_vec())];
+        for (k, v) in extra {
+            headers.push((k.to_string(), v.as_bytes().to_vec()));
+        }
+        Message {
+            id: None,
+            head: Head::Request {
+                method: "GET".into(),
+                target: "/".into(),
+            },
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    fn status(m: &Message) -> u16 {
+        match m.head {
+            Head::Response { status, .. } => status,
+            Head::Request { .. } => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn listed_destinations_are_reached_although_refused_and_others_are_not() {
+        let up = echo_headers().await;
+        let budget = Budget::new(1 << 20);
+        let host = up.to_string();
+        let unlisted = EgressPolicy::default();
+        assert_eq!(
+            status(&unlisted.perform(get(&host, &[]), &budget).await),
+            403
+        );
+        for entry in [host.clone(), "127.0.0.1".to_string(), host.to_uppercase()] {
+            let listed = EgressPolicy {
+                allow: vec![entry.clone()],
+                ..EgressPolicy::default()
+            };
+            let answer = listed
+                .perform(get(&host, &[("x-kept", "1"), ("te", "trailers")]), &budget)
+                .await;
+            assert_eq!(status(&answer), 200, "{entry}");
+            let seen = String::from_utf8_lossy(&answer.body);
+            assert_eq!(seen.matches("host=").count(), 1, "{seen}");
+            assert!(seen.contains("x-kept=1") && !seen.contains("te="), "{seen}");
+        }
+        let other_port = EgressPolicy {
+            allow: vec!["127.0.0.1:1".into()],
+            ..EgressPolicy::default()
+        };
+        assert_eq!(
+            status(&other_port.perform(get(&host, &[]), &budget).await),
+            403
+        );
+        let allow_list = EgressPolicy {
+            mode: EgressMode::AllowList,
+            allow: vec![host.clone()],
+            ..EgressPolicy::default()
+        };
+        assert_eq!(
+            status(&allow_list.perform(get(&host, &[]), &budget).await),
+            200
+        );
     }
 
     #[tokio::test]
