@@ -173,6 +173,10 @@ mod tests {
             .is_err()
         );
         assert!(authorize(&HeaderMap::new(), lo, false, local, None).is_err());
+        // Listening on another address: that address is the server's own host too.
+        let own = Some(addr("10.0.0.5:3572"));
+        assert!(authorize(&headers(&[("host", "10.0.0.5:3572")]), lo, false, own, None).is_ok());
+        assert!(authorize(&headers(&[("host", "10.0.0.6:3572")]), lo, false, own, None).is_err());
     }
 
     #[test]
