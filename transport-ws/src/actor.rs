@@ -59,10 +59,13 @@ pub(crate) enum Command {
         tx: ConnTx,
         ack: Option<u64>,
     },
-    /// A frame read from connection `conn`.
+    /// A frame read from connection `conn`. Its permit (its bytes' share of the
+    /// connection's read allowance) is given back once the frame is handled, so a reader
+    /// never runs more than that far ahead of this task.
     Frame {
         conn: u64,
         message: WsMessage,
+        permit: tokio::sync::OwnedSemaphorePermit,
     },
     /// Connection `conn` ended without a close frame.
     Gone {
@@ -267,7 +270,14 @@ impl Actor {
                     }
                 }
             }
-            Command::Frame { conn, message } => self.frame(now, conn, message),
+            Command::Frame {
+                conn,
+                message,
+                permit,
+            } => {
+                self.frame(now, conn, message);
+                drop(permit);
+            }
             Command::Gone { conn } => {
                 if let Some(c) = self.conns.remove(&conn)
                     && self.core.detach(now, c.path)

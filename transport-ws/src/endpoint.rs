@@ -558,6 +558,14 @@ impl WsEndpoint {
         });
         let (mut sink, mut stream) = ws.split();
         let write_timeout = self.inner.options.write_timeout;
+        // Bytes read but not yet handled by the session's task: at most one largest message
+        // (the reader waits for room, which holds the socket).
+        let allowance = self
+            .inner
+            .options
+            .max_message_size
+            .clamp(1, u32::MAX as usize);
+        let unhandled = Arc::new(tokio::sync::Semaphore::new(allowance));
         let writer_actor = actor.clone();
         // Dropped when the writer ends, which ends the reader too: the socket closes.
         let (writer_alive, mut writer_gone) = oneshot::channel::<()>();
@@ -609,7 +617,18 @@ impl WsEndpoint {
                     frame = stream.next() => match frame {
                         Some(Ok(message)) => {
                             let closing = matches!(message, WsMessage::Close(_));
-                            if actor.send(Command::Frame { conn, message }).is_err() || closing {
+                            let weight = u32::try_from(message.len().clamp(1, allowance))
+                                .unwrap_or(u32::MAX);
+                            let Ok(permit) = unhandled.clone().acquire_many_owned(weight).await
+                            else {
+                                return;
+                            };
+                            let frame = Command::Frame {
+                                conn,
+                                message,
+                                permit,
+                            };
+                            if actor.send(frame).is_err() || closing {
                                 return;
                             }
                         }
