@@ -3,7 +3,7 @@
 //! The library behind the `browserver` binary: BrowserChannel, WebSocket and the proxy's
 //! HTTP ingress on one listener.
 //!
-//! - [`run`] with [`Mode::Proxy`]: every connected client becomes `<id>.<domain>`; HTTP
+//! - [`run`] with [`Mode::Proxy`]: every connected client becomes `<name>.<domain>`; HTTP
 //!   requests to that host are answered by the client.
 //! - [`run`] with [`Mode::Echo`]: every channel message goes back to its sender.
 

@@ -7,7 +7,7 @@ use browserver_server::{Config, Mode, run};
 use clap::{Parser, Subcommand};
 
 /// browserver: every connected client (a browser tab, or any program) becomes an HTTP server
-/// at `<client-id>.<domain>`. Clients connect over WebSocket or BrowserChannel.
+/// at `<name>.<domain>`. Clients connect over WebSocket or BrowserChannel.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {

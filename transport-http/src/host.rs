@@ -35,7 +35,7 @@ impl HostPattern {
         }
     }
 
-    /// The client id a `Host` header names, if it matches (a DNS label in place of `*`).
+    /// The client name a `Host` header names, if it matches (a DNS label in place of `*`).
     pub fn client_id(&self, host: &str) -> Option<String> {
         let host = strip_port(host).to_ascii_lowercase();
         let id = host

@@ -1,13 +1,15 @@
 //! # browserver-transport-http
 //!
 //! The browserver proxy's HTTP side, transport-agnostic: [`Proxy`] routes an HTTP request for
-//! `<client-id>.<domain>` ([`HostPattern`]) to that client over its [`Channel`], correlated by
+//! `<name>.<domain>` ([`HostPattern`]) to that client over its [`Channel`], correlated by
 //! `browserver-core`'s request table, and turns the answer into the HTTP response (504 when
 //! there is no such client, it disconnects or does not answer in time; 413 for a body too
 //! large; 503 with `Retry-After` when too many requests wait on one client). A client's own
 //! request for another client's hostname is routed inside the proxy; other requests are
-//! performed under an [`EgressPolicy`] that refuses loopback, private, link-local and metadata
-//! addresses unless allowed. [`message`] is the one codec for the wire format.
+//! performed under an [`EgressPolicy`] that refuses every address that is not globally
+//! reachable unless allowed. [`headers`] is the one rule for what crosses a hop, [`message`]
+//! the one codec for the wire format. A client's name is public; what acts on its session is
+//! authorised by the transports' secrets (see `docs/security.md`).
 //!
 //! ```
 //! use browserver_transport_http::message::{Message, Head, decode, encode_text};

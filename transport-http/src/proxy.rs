@@ -1,4 +1,4 @@
-//! The proxy: HTTP requests for `<client-id>.<domain>` travel to that client over its
+//! The proxy: HTTP requests for `<name>.<domain>` travel to that client over its
 //! channel, correlated by the core's request table; the client's answer becomes the HTTP
 //! response. Transport-agnostic: a connected client is anything implementing [`Channel`].
 
