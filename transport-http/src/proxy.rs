@@ -437,18 +437,19 @@ impl Proxy {
     ) -> Result<Message, Response<Full<Bytes>>> {
         let (tx, rx) = oneshot::channel();
         let timeout = self.inner.options.request_timeout;
-        let (rid, delivery) = {
+        let (key, rid, delivery) = {
             let mut clients = self.clients();
             let Some(client) = clients.get_mut(name) else {
                 return Err(gateway_timeout("no such client"));
             };
+            let key = client.key;
             let rid = match client.requests.insert(Instant::now(), timeout, tx) {
                 Ok(rid) => rid,
                 Err(_) => return Err(too_many_pending()),
             };
             request.id = Some(rid.to_string());
             match encode_for(client.wire, &request) {
-                Some(text) => (rid, client.channel.send(text)),
+                Some(text) => (key, rid, client.channel.send(text)),
                 None => {
                     client.requests.resolve(rid);
                     return Err(plain(
@@ -478,7 +479,7 @@ impl Proxy {
         match outcome {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(Undelivered::Full)) => {
-                self.forget_request(name, rid);
+                self.forget_request(name, key, rid);
                 Err(plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: the client cannot take more",
@@ -495,8 +496,10 @@ impl Proxy {
         }
     }
 
-    fn forget_request(&self, name: &str, rid: RequestId) {
-        if let Some(client) = self.clients().get_mut(name) {
+    /// Drops request `rid` of the connection `key` holding `name` (not of a newer holder,
+    /// whose request ids start again).
+    fn forget_request(&self, name: &str, key: u64, rid: RequestId) {
+        if let Some(client) = self.clients().get_mut(name).filter(|c| c.key == key) {
             client.requests.resolve(rid);
         }
     }
