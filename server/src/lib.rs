@@ -160,7 +160,9 @@ impl Channel for BcChannel {
     }
 
     fn replace(&self) {
-        drop(self.0.replace());
+        // Told to stop, not merely closed: a replaced client that reconnected would take the
+        // name back, and the two would replace each other for ever.
+        drop(self.0.stop());
     }
 }
 
@@ -179,7 +181,9 @@ impl Channel for WsChannel {
     }
 
     fn replace(&self) {
-        drop(self.0.replace());
+        // Told to stop, not merely closed: a replaced client that reconnected would take the
+        // name back, and the two would replace each other for ever.
+        drop(self.0.stop());
     }
 }
 

@@ -607,3 +607,65 @@ async fn echo_mode_sends_every_message_back_over_both_transports() {
         assert_eq!(ack.await, Ok(()));
     }
 }
+
+/// Answers every request with `who` in an `x-served-by` header.
+fn served_by(
+    who: &'static str,
+) -> impl tower::Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<http::Response<Full<Bytes>>, Infallible>>,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
+        std::future::ready(Ok(http::Response::builder()
+            .header("x-served-by", who)
+            .body(Full::new(Bytes::new()))
+            .expect("response")))
+    })
+}
+
+#[tokio::test]
+async fn a_second_connection_admitted_with_a_name_replaces_the_first_which_does_not_come_back() {
+    let config = Config {
+        authenticator: Some(std::sync::Arc::new(Tokens)),
+        ..Config::default()
+    };
+    for transport in [Transport::WebSocket, Transport::BrowserChannel] {
+        let addr = server(config.clone()).await;
+        let url = match transport {
+            Transport::WebSocket => format!("ws://{addr}/ws"),
+            _ => format!("http://{addr}/channel"),
+        };
+        let options = || Options {
+            transport,
+            extra_params: vec![("token".into(), "alice-secret".into())],
+            reconnect_delay: Duration::from_millis(100),
+            ..Options::default()
+        };
+        let first = host::serve(&url, options(), served_by("first"));
+        tokio::time::timeout(WAIT, first.hostname())
+            .await
+            .expect("in time");
+        let who = |r: http::Response<Bytes>| {
+            r.headers()
+                .get("x-served-by")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+        };
+        let r = request(addr, "alice.localhost", "GET", "/", &[], Bytes::new()).await;
+        assert_eq!(who(r).as_deref(), Some("first"), "{transport:?}");
+        let second = host::serve(&url, options(), served_by("second"));
+        tokio::time::timeout(WAIT, second.hostname())
+            .await
+            .expect("in time");
+        // Long enough for the first to have reconnected several times, had it been allowed.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..3 {
+            let r = request(addr, "alice.localhost", "GET", "/", &[], Bytes::new()).await;
+            assert_eq!(who(r).as_deref(), Some("second"), "{transport:?}");
+        }
+        drop(first);
+    }
+}
