@@ -608,17 +608,13 @@ async fn echo_mode_sends_every_message_back_over_both_transports() {
     }
 }
 
+type Ready = std::future::Ready<Result<http::Response<Full<Bytes>>, Infallible>>;
+
 /// Answers every request with `who` in an `x-served-by` header.
 fn served_by(
     who: &'static str,
-) -> impl tower::Service<
-    http::Request<Full<Bytes>>,
-    Response = http::Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<http::Response<Full<Bytes>>, Infallible>>,
-> + Clone
-+ Send
-+ 'static {
+) -> tower::util::ServiceFn<impl FnMut(http::Request<Full<Bytes>>) -> Ready + Clone + Send + 'static>
+{
     tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
         std::future::ready(Ok(http::Response::builder()
             .header("x-served-by", who)
