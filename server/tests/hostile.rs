@@ -38,7 +38,25 @@ struct Server {
 
 impl Server {
     async fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_browserver"))
+        Server::start_with_file_limit(None, args).await
+    }
+
+    /// The binary under `ulimit -n FILES` when given.
+    async fn start_with_file_limit(files: Option<u32>, args: &[&str]) -> Server {
+        let binary = env!("CARGO_BIN_EXE_browserver");
+        let mut command = match files {
+            None => Command::new(binary),
+            Some(files) => {
+                let mut sh = Command::new("sh");
+                sh.args([
+                    "-c",
+                    &format!("ulimit -n {files} && exec {binary} \"$@\""),
+                    "sh",
+                ]);
+                sh
+            }
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")
@@ -1169,34 +1187,17 @@ async fn bodies_being_read_at_once_are_bounded_by_the_read_budget() {
 #[tokio::test]
 async fn at_the_file_descriptor_limit_excess_connections_are_closed_and_accept_keeps_working() {
     // A file limit of 320 leaves room for 64 connections (the rest is the server's reserve).
-    let command = format!(
-        "ulimit -n 320 && exec {} \"$@\"",
-        env!("CARGO_BIN_EXE_browserver")
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &command, "sh", "--listen", "127.0.0.1:0"])
-        .args([
+    let s = Server::start_with_file_limit(
+        Some(320),
+        &[
             "--max-connections-per-address",
             "40",
             "--header-read-timeout",
             "60s",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .expect("starts")
-        .expect("stdout")
-        .expect("line");
-    let addr: SocketAddr = first
-        .strip_prefix("listening on ")
-        .and_then(|a| a.parse().ok())
-        .expect("address");
+        ],
+    )
+    .await;
+    let addr = s.addr;
     let mut held = Vec::new();
     for source in ["127.0.0.1", "127.0.0.3"] {
         for _ in 0..40 {
@@ -1223,5 +1224,5 @@ async fn at_the_file_descriptor_limit_excess_connections_are_closed_and_accept_k
     )
     .await;
     assert_eq!(r.status, 200, "served again once the attack ended");
-    drop(child);
+    s.assert_healthy();
 }
