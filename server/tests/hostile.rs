@@ -735,8 +735,17 @@ async fn silent_text_client(
     let (ws, _) = tokio_tungstenite::connect_async(s.ws())
         .await
         .expect("upgrade");
-    let list = s.clients().await;
-    let hostname = list[0]["hostname"].as_str().expect("hostname").to_string();
+    // The proxy registers the client just after the upgrade: ask until it is listed.
+    let hostname = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(h) = s.clients().await[0]["hostname"].as_str() {
+                return h.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("listed in time");
     (hostname, ws)
 }
 

@@ -519,18 +519,28 @@ async fn a_plain_websocket_client_speaking_the_original_text_format_serves_reque
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
         .await
         .expect("connect");
-    // A plain client is told nothing: find its id on the status endpoint.
-    let list = request(
-        addr,
-        "127.0.0.1",
-        "GET",
-        "/_browserver/clients",
-        &[],
-        Bytes::new(),
-    )
-    .await;
-    let list: serde_json::Value = serde_json::from_slice(list.body()).expect("json");
-    let hostname = list[0]["hostname"].as_str().expect("hostname").to_string();
+    // A plain client is told nothing: find its name on the status endpoint (asking until the
+    // proxy, which registers it just after the upgrade, lists it).
+    let hostname = tokio::time::timeout(WAIT, async {
+        loop {
+            let list = request(
+                addr,
+                "127.0.0.1",
+                "GET",
+                "/_browserver/clients",
+                &[],
+                Bytes::new(),
+            )
+            .await;
+            let list: serde_json::Value = serde_json::from_slice(list.body()).expect("json");
+            if let Some(h) = list[0]["hostname"].as_str() {
+                return h.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("listed in time");
     let pending = tokio::spawn(async move {
         request(
             addr,
