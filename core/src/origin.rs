@@ -1,6 +1,17 @@
 //! Which web origins may open sessions: a browser attaches `Origin` to a WebSocket upgrade and
 //! to a cross-site request, so a page elsewhere cannot open sessions in its visitors' names
 //! unless the server allows it. Non-browser clients send no `Origin` and are admitted.
+//!
+//! ```
+//! use browserver_core::OriginPolicy;
+//!
+//! let policy = OriginPolicy::allow(["https://app.example"]);
+//! let host = Some("tunnel.example:443");
+//! assert!(policy.admits(None, host)); // not a browser
+//! assert!(policy.admits(Some("https://tunnel.example"), host)); // the server's own page
+//! assert!(policy.admits(Some("https://app.example"), host)); // listed
+//! assert!(!policy.admits(Some("https://evil.example"), host));
+//! ```
 
 /// The origins admitted besides the server's own. Default: none (own origin and requests
 /// without `Origin` only).

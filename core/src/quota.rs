@@ -3,6 +3,24 @@
 //!
 //! Sans-IO like the rest of the core: time is an argument. The table is bounded; an IPv6
 //! client is counted by its `/64` (one subscriber's prefix), an IPv4 client by its address.
+//!
+//! ```
+//! use browserver_core::{AddressQuota, QuotaConfig, QuotaError};
+//! use std::time::{Duration, Instant};
+//!
+//! let mut quota = AddressQuota::new(QuotaConfig {
+//!     max_sessions: 1,
+//!     ..QuotaConfig::default()
+//! });
+//! let (client, now) = ("203.0.113.7".parse().expect("an address"), Instant::now());
+//! assert_eq!(quota.try_admit(client, now), Ok(()));
+//! assert_eq!(
+//!     quota.try_admit(client, now),
+//!     Err(QuotaError::TooManySessions { limit: 1 })
+//! );
+//! quota.release(client, now + Duration::from_secs(1)); // the session ended
+//! assert_eq!(quota.try_admit(client, now + Duration::from_secs(1)), Ok(()));
+//! ```
 
 use std::collections::HashMap;
 use std::net::IpAddr;
