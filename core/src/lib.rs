@@ -14,6 +14,9 @@
 //! | [`correlate`] | [`Requests`]: pending requests over one session, matched by [`RequestId`] |
 //! | [`registry`] | [`Registry`]: sessions by unguessable id |
 //! | [`id`] | [`IdGenerator`] and the default [`RandomIds`] |
+//! | [`secret`] | session ids and resume tokens: CSPRNG secrets compared in constant time |
+//! | [`quota`] | [`AddressQuota`] / [`SharedQuota`]: live sessions and creation rate per client address |
+//! | [`origin`] | [`OriginPolicy`]: which web origins may open sessions |
 //! | [`sim`] | a seeded network simulator that checks the invariants (feature `sim`) |
 //!
 //! ## The driving loop
