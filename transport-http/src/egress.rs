@@ -189,22 +189,17 @@ impl EgressPolicy {
             }
             Err(_) => return Message::text_response(504, &format!("resolving {host} timed out")),
         };
-        let Some(addr) = addrs
-            .iter()
-            .copied()
-            .find(|a| listed || !is_refused_address(a.ip()))
-        else {
-            return Message::text_response(
-                403,
-                &format!("egress to {host} is refused by the proxy's policy"),
-            );
-        };
+        // Every address the name resolves to must pass (a name that also resolves to a
+        // private address is refused), and the connection goes to one that was checked.
         if !listed && addrs.iter().any(|a| is_refused_address(a.ip())) {
             return Message::text_response(
                 403,
                 &format!("egress to {host} is refused by the proxy's policy"),
             );
         }
+        let Some(addr) = addrs.first().copied() else {
+            return Message::text_response(502, &format!("{host} has no address"));
+        };
         let mut builder = http::Request::builder()
             .method(method.as_str())
             .uri(target.as_str())
