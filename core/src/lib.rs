@@ -17,6 +17,7 @@
 //! | [`secret`] | session ids and resume tokens: CSPRNG secrets compared in constant time |
 //! | [`quota`] | [`AddressQuota`] / [`SharedQuota`]: live sessions and creation rate per client address |
 //! | [`origin`] | [`OriginPolicy`]: which web origins may open sessions |
+//! | [`unread`] | [`Unread`]: bytes delivered to the application and not yet taken, bounded |
 //! | [`sim`] | a seeded network simulator that checks the invariants (feature `sim`) |
 //!
 //! ## The driving loop
@@ -92,6 +93,7 @@ pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod timer;
+pub mod unread;
 
 pub use correlate::{RequestEvent, RequestId, Requests, Resolved, Unanswered};
 pub use error::Error;
@@ -104,3 +106,4 @@ pub use reorder::{Inserted, Reorder};
 pub use session::{
     CloseReason, Config, Event, KeepaliveMode, PathId, PathMode, Role, Session, State, Transmit,
 };
+pub use unread::Unread;

@@ -87,7 +87,9 @@ pub(crate) struct Actor {
     sinks: HashMap<PathId, Sink>,
     acks: HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
-    messages: Option<mpsc::UnboundedSender<Received>>,
+    /// Messages for the application, each with its size in `unread`.
+    messages: Option<mpsc::UnboundedSender<(Received, usize)>>,
+    unread: browserver_core::Unread,
     status: watch::Sender<Status>,
     inner: Arc<Inner>,
 }
@@ -98,7 +100,8 @@ pub(crate) struct ActorParts {
     pub(crate) host_prefix: Option<String>,
     pub(crate) rx: mpsc::UnboundedReceiver<Command>,
     pub(crate) tx: mpsc::WeakUnboundedSender<Command>,
-    pub(crate) messages: mpsc::UnboundedSender<Received>,
+    pub(crate) messages: mpsc::UnboundedSender<(Received, usize)>,
+    pub(crate) unread: browserver_core::Unread,
     pub(crate) status: watch::Sender<Status>,
 }
 
@@ -129,6 +132,7 @@ impl Actor {
             acks: HashMap::new(),
             stop_waiters: Vec::new(),
             messages: Some(parts.messages),
+            unread: parts.unread,
             status: parts.status,
             inner,
         }
@@ -480,6 +484,22 @@ impl Actor {
 
     fn deliver(&mut self, data: &[u8]) {
         // Nothing is delivered once the session closed (see the invalid-JSON case below).
+        if self.messages.is_none() {
+            return;
+        }
+        let size = data.len();
+        if !self
+            .unread
+            .deliver(size, self.inner.options.max_unread_bytes)
+        {
+            // The application does not keep up: hold no more for it.
+            self.messages = None;
+            let _ = self.core.close(
+                now(),
+                CloseReason::Protocol("the application is not reading".into()),
+            );
+            return;
+        }
         let Some(messages) = &self.messages else {
             return;
         };
@@ -492,10 +512,13 @@ impl Actor {
                     match serde_json::from_str::<Value>(text) {
                         Ok(v) => Some(v),
                         Err(_) => {
-                            let _ = messages.send(Received {
-                                value: None,
-                                map: Some(map),
-                            });
+                            let _ = messages.send((
+                                Received {
+                                    value: None,
+                                    map: Some(map),
+                                },
+                                size,
+                            ));
                             let _ = self
                                 .core
                                 .close(now(), CloseReason::Protocol("Invalid JSON".into()));
@@ -517,7 +540,7 @@ impl Actor {
                 map: None,
             },
         };
-        let _ = messages.send(received);
+        let _ = messages.send((received, size));
     }
 
     fn closed_error(&self) -> SendError {

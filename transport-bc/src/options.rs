@@ -92,6 +92,12 @@ pub struct Options {
     /// Bytes of unacknowledged outbound messages retained per session; past it `send` fails
     /// with [`SendError::BufferFull`](crate::SendError::BufferFull). 4 MiB.
     pub max_buffered_bytes: usize,
+    /// Bytes of messages delivered to the application and not yet taken by
+    /// [`Session::recv`]; past it the session closes (`Protocol("the application is not
+    /// reading")`), so a client cannot make the server hold more for an application that does
+    /// not read. 16 MiB (keep it several times `max_body_bytes`: a request's maps count
+    /// whole before the application runs).
+    pub max_unread_bytes: usize,
     /// How far ahead of a missing map (or request) others are held. 4 096.
     pub reorder_window: u64,
     /// Written after each back-channel response's payload exceeds this many characters (the
@@ -125,6 +131,7 @@ impl Default for Options {
             quota: browserver_core::SharedQuota::default(),
             origins: browserver_core::OriginPolicy::default(),
             max_buffered_bytes: 4 << 20,
+            max_unread_bytes: 16 << 20,
             reorder_window: 4096,
             back_channel_max_bytes: 10 * 1024,
             connect_hook: None,

@@ -588,7 +588,8 @@ impl BrowserChannel {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let (messages_tx, messages_rx) = mpsc::unbounded_channel::<Received>();
+        let (messages_tx, messages_rx) = mpsc::unbounded_channel::<(Received, usize)>();
+        let unread = browserver_core::Unread::default();
         let (status_tx, status_rx) = watch::channel(Status {
             state: browserver_core::State::Init,
             close_reason: None,
@@ -605,6 +606,7 @@ impl BrowserChannel {
             tx: tx.clone(),
             status: status_rx,
             messages: tokio::sync::Mutex::new(messages_rx),
+            unread: unread.clone(),
         };
         let make = |id: &str| Session {
             shared: Arc::new(Shared {
@@ -640,6 +642,7 @@ impl BrowserChannel {
                 rx,
                 tx: tx.downgrade(),
                 messages: messages_tx,
+                unread,
                 status: status_tx,
             },
         );

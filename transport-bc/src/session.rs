@@ -76,7 +76,8 @@ pub(crate) struct Shared {
     pub(crate) app_version: Option<String>,
     pub(crate) tx: mpsc::UnboundedSender<Command>,
     pub(crate) status: watch::Receiver<Status>,
-    pub(crate) messages: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
+    pub(crate) messages: tokio::sync::Mutex<mpsc::UnboundedReceiver<(Received, usize)>>,
+    pub(crate) unread: browserver_core::Unread,
 }
 
 /// One client's session. Cheap to clone; every clone is the same session.
@@ -242,7 +243,9 @@ impl Session {
     /// The next message from the client, in order; `None` once the session is closed and
     /// every message delivered before the close has been received.
     pub async fn recv(&self) -> Option<Received> {
-        self.shared.messages.lock().await.recv().await
+        let (received, size) = self.shared.messages.lock().await.recv().await?;
+        self.shared.unread.take(size);
+        Some(received)
     }
 
     fn closed_error(&self) -> SendError {

@@ -326,3 +326,34 @@ async fn refused_creations_give_their_place_in_the_address_quota_back() {
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     s.connect().await;
 }
+
+#[tokio::test]
+async fn an_application_that_does_not_read_is_not_made_to_hold_more_than_its_limit() {
+    let mut s = start(Options {
+        max_unread_bytes: 10_000,
+        ..Options::default()
+    })
+    .await;
+    let (session, _) = s.connect().await;
+    let value = "v".repeat(1000);
+    for i in 0..5u64 {
+        // Three maps of about 1 KB per request: 15 KB in all, nobody reading.
+        let ofs = 3 * i;
+        let body = format!("count=3&ofs={ofs}&req0__S={value}&req1__S={value}&req2__S={value}");
+        s.forward(session.id(), 1001 + i, -1, &body).await;
+    }
+    assert_eq!(
+        tokio::time::timeout(WAIT, session.closed())
+            .await
+            .expect("closed"),
+        browserver_transport_bc::CloseReason::Protocol("the application is not reading".into())
+    );
+    let mut delivered = 0;
+    while session.recv().await.is_some() {
+        delivered += 1;
+    }
+    assert!(
+        delivered < 15,
+        "{delivered} maps held for an application that does not read"
+    );
+}

@@ -82,6 +82,7 @@ struct Conn {
 pub(crate) struct ActorParts {
     pub(crate) id: String,
     pub(crate) resume_token: String,
+    pub(crate) unread: browserver_core::Unread,
     pub(crate) mode: Mode,
     pub(crate) rx: mpsc::UnboundedReceiver<Command>,
     pub(crate) messages: mpsc::UnboundedSender<Message>,
@@ -92,6 +93,7 @@ pub(crate) struct Actor {
     core: Core,
     id: String,
     resume_token: String,
+    unread: browserver_core::Unread,
     mode: Mode,
     rx: mpsc::UnboundedReceiver<Command>,
     conns: HashMap<u64, Conn>,
@@ -140,6 +142,7 @@ impl Actor {
             core: Core::new(browserver_core::Role::Server, config, now()),
             id: parts.id,
             resume_token: parts.resume_token,
+            unread: parts.unread,
             mode: parts.mode,
             rx: parts.rx,
             conns: HashMap::new(),
@@ -503,7 +506,22 @@ impl Actor {
                 });
             }
             Event::Message { data, .. } => {
-                if let (Some(tx), Some(m)) = (&self.messages, Message::from_tagged(&data)) {
+                let Some(m) = Message::from_tagged(&data) else {
+                    return;
+                };
+                if !self
+                    .unread
+                    .deliver(m.len(), self.inner.options.max_unread_bytes)
+                {
+                    // The application does not keep up: hold no more for it.
+                    self.messages = None;
+                    let _ = self.core.close(
+                        now(),
+                        CloseReason::Protocol("the application is not reading".into()),
+                    );
+                    return;
+                }
+                if let Some(tx) = &self.messages {
                     let _ = tx.send(m);
                 }
             }

@@ -78,6 +78,12 @@ pub struct Options {
     pub ack_delay: Duration,
     /// Most live sessions; more upgrades are refused with 503. 100 000.
     pub max_sessions: usize,
+    /// Bytes of messages delivered to the application and not yet taken by
+    /// [`Session::recv`]; past it the session closes (`Protocol("the application is not
+    /// reading")`), so a client cannot make the server hold more for an application that does
+    /// not read. 16 MiB (keep it several times `max_message_size`: a burst that arrives before
+    /// the application runs counts whole).
+    pub max_unread_bytes: usize,
     /// A write to the socket (a flush of what is queued) that takes longer than this drops
     /// the connection: a client that stops reading holds its memory only this long. 30 s.
     pub write_timeout: Duration,
@@ -108,6 +114,7 @@ impl Default for Options {
             reorder_window: 4096,
             ack_delay: Duration::from_millis(10),
             max_sessions: 100_000,
+            max_unread_bytes: 16 << 20,
             write_timeout: Duration::from_secs(30),
             quota: browserver_core::SharedQuota::default(),
             origins: browserver_core::OriginPolicy::default(),
@@ -485,6 +492,7 @@ impl WsEndpoint {
             id: String::new(),
             resume_token: String::new(),
             name,
+            unread: browserver_core::Unread::default(),
             mode,
             address,
             query,
@@ -525,6 +533,7 @@ impl WsEndpoint {
             ActorParts {
                 id,
                 resume_token: session.shared.resume_token.clone(),
+                unread: session.shared.unread.clone(),
                 mode,
                 rx,
                 messages: messages_tx,

@@ -21,6 +21,19 @@ pub enum Message {
 }
 
 impl Message {
+    /// The message's length in bytes (text or binary).
+    pub fn len(&self) -> usize {
+        match self {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub(crate) fn tagged(&self) -> Bytes {
         match self {
             Message::Text(t) => tag(b'T', t.as_bytes()),
@@ -88,6 +101,7 @@ pub(crate) struct Shared {
     /// `<id>.<secret>`: what a session-mode client presents to resume (only in its hello).
     pub(crate) resume_token: String,
     pub(crate) name: Option<String>,
+    pub(crate) unread: browserver_core::Unread,
     pub(crate) mode: Mode,
     pub(crate) address: Option<SocketAddr>,
     pub(crate) query: Vec<(String, String)>,
@@ -245,7 +259,11 @@ impl Session {
 
     /// The next message from the client, in order; `None` after close.
     pub async fn recv(&self) -> Option<Message> {
-        self.shared.messages.lock().await.recv().await
+        let message = self.shared.messages.lock().await.recv().await;
+        if let Some(m) = &message {
+            self.shared.unread.take(m.len());
+        }
+        message
     }
 }
 

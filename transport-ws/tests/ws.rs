@@ -418,3 +418,71 @@ async fn the_warp_filter_serves_both_modes() {
     assert!(matches!(next_frame(&mut c).await, Frame::Hello { .. }));
     assert_eq!(s.mode(), Mode::Session);
 }
+
+#[tokio::test]
+async fn an_application_that_does_not_read_is_not_made_to_hold_more_than_its_limit() {
+    let (url, _, mut sessions) = start(Options {
+        max_unread_bytes: 10_000,
+        ..Options::default()
+    })
+    .await;
+    let mut c = plain(&url).await;
+    let s = accept(&mut sessions).await;
+    // The application reads nothing while the client sends 40 KB.
+    for _ in 0..40 {
+        if c.send(WsMessage::Text("x".repeat(1000).into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        tokio::time::timeout(WAIT, s.closed())
+            .await
+            .expect("closed"),
+        CloseReason::Protocol("the application is not reading".into())
+    );
+    // What was delivered before the limit can still be read, then nothing more.
+    let mut read = 0;
+    while let Some(m) = s.recv().await {
+        read += m.len();
+    }
+    assert!(read <= 10_000, "{read}");
+}
+
+#[tokio::test]
+async fn an_application_that_reads_keeps_its_session_however_much_arrives() {
+    // The limit must exceed what arrives in one burst (here the client's Nagle batching,
+    // about 13 KB) before the application gets to run.
+    let (url, _, mut sessions) = start(Options {
+        max_unread_bytes: 40_000,
+        ..Options::default()
+    })
+    .await;
+    let mut c = plain(&url).await;
+    let s = accept(&mut sessions).await;
+    let reader = tokio::spawn(async move {
+        let mut read = 0;
+        while read < 100_000 {
+            match s.recv().await {
+                Some(m) => read += m.len(),
+                None => break,
+            }
+        }
+        (read, s.close_reason())
+    });
+    for i in 0..100 {
+        if let Err(e) = c.send(WsMessage::Text("y".repeat(1000).into())).await {
+            let (read, reason) = reader.await.expect("task");
+            panic!("send {i}: {e}; the application read {read}, session {reason:?}");
+        }
+        // Paced like a client that waits for its answers.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (read, reason) = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("in time")
+        .expect("task");
+    assert_eq!((read, reason), (100_000, None));
+}
