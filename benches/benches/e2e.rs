@@ -26,7 +26,7 @@ async fn bc_echo() -> String {
         while let Some(s) = sessions.accept().await {
             tokio::spawn(async move {
                 while let Some(m) = s.recv().await {
-                    drop(s.send(&m.value));
+                    drop(s.send(m));
                 }
             });
         }

@@ -22,10 +22,10 @@ async fn bc_echo() -> (SocketAddr, browserver_transport_bc::BrowserChannel) {
         while let Some(s) = sessions.accept().await {
             tokio::spawn(async move {
                 while let Some(m) = s.recv().await {
-                    match m.value.as_ref().and_then(Value::as_str) {
+                    match m.json::<Value>().ok().as_ref().and_then(Value::as_str) {
                         Some("stop") => drop(s.stop()),
                         Some("close") => s.close(),
-                        _ => drop(s.send(&m.value)),
+                        _ => drop(s.send(m)),
                     }
                 }
             });
@@ -186,7 +186,7 @@ async fn front(
         while let Some(s) = sessions.accept().await {
             tokio::spawn(async move {
                 while let Some(m) = s.recv().await {
-                    drop(s.send(&m.value));
+                    drop(s.send(m));
                 }
             });
         }

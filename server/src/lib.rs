@@ -12,11 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use browserver_transport_bc::{BrowserChannel, Received};
+use browserver_runtime::{Message, SendError, Session, Transport};
+use browserver_transport_bc::BrowserChannel;
 use browserver_transport_http::{
     Channel, Connected, Delivery, HostPattern, Proxy, ProxyOptions, RemoteAddr, Undelivered, Wire,
 };
-use browserver_transport_ws::{Message, Mode as WsMode, WsEndpoint};
+use browserver_transport_ws::WsEndpoint;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
@@ -145,15 +146,25 @@ pub enum StartError {
     Pattern(#[from] browserver_transport_http::PatternError),
 }
 
-/// A BrowserChannel session as a proxy channel: every message travels as a JSON string.
-struct BcChannel(browserver_transport_bc::Session);
+/// A session as a proxy channel. On BrowserChannel every message travels as a JSON string;
+/// on WebSocket as one text message.
+struct SessionChannel(Session);
 
-impl Channel for BcChannel {
+/// Sends `text` the way the client's transport carries text.
+fn send_str(session: &Session, text: String) -> browserver_runtime::Ack {
+    if session.transport() == Transport::BrowserChannel {
+        session.send_json(&text)
+    } else {
+        session.send_text(text)
+    }
+}
+
+impl Channel for SessionChannel {
     fn send(&self, message: String) -> Delivery {
-        let ack = self.0.send(&message);
+        let ack = send_str(&self.0, message);
         Box::pin(async move {
             ack.await.map_err(|e| match e {
-                browserver_transport_bc::SendError::BufferFull { .. } => Undelivered::Full,
+                SendError::BufferFull { .. } => Undelivered::Full,
                 _ => Undelivered::Closed,
             })
         })
@@ -166,25 +177,49 @@ impl Channel for BcChannel {
     }
 }
 
-/// A WebSocket session as a proxy channel: one text frame per message.
-struct WsChannel(browserver_transport_ws::Session);
-
-impl Channel for WsChannel {
-    fn send(&self, message: String) -> Delivery {
-        let ack = self.0.send_text(message);
-        Box::pin(async move {
-            ack.await.map_err(|e| match e {
-                browserver_transport_ws::SendError::BufferFull { .. } => Undelivered::Full,
-                browserver_transport_ws::SendError::Closed(_) => Undelivered::Closed,
-            })
-        })
+/// What the proxy calls the transport.
+fn transport_name(session: &Session) -> &'static str {
+    match session.transport() {
+        Transport::BrowserChannel => "browserchannel",
+        _ => "websocket",
     }
+}
 
-    fn replace(&self) {
-        // Told to stop, not merely closed: a replaced client that reconnected would take the
-        // name back, and the two would replace each other for ever.
-        drop(self.0.stop());
+/// One handler for every session, whatever its transport: register it with the proxy (or
+/// echo), then pass its messages on until it closes.
+async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
+    let wire = match session.transport() {
+        Transport::BrowserChannel if session.query_param("brow") == Some("2") => Wire::Json,
+        Transport::WebSocketSession => Wire::Json,
+        _ => Wire::Text,
+    };
+    let transport = transport_name(&session);
+    let channel = Arc::new(SessionChannel(session.clone()));
+    let Some(client) = register(&proxy, mode, session.name(), channel, wire, transport) else {
+        session.close();
+        return;
+    };
+    log_connected(client.as_ref(), transport, session.address());
+    if let Some(c) = &client
+        && wire == Wire::Json
+    {
+        drop(send_str(&session, hello(&c.name, &c.hostname)));
     }
+    while let Some(m) = session.recv().await {
+        match (&client, m) {
+            (None, Message::Map(map)) => drop(session.send_json(&map)),
+            (None, m) => drop(session.send(m)),
+            (Some(c), Message::Text(t)) => proxy.from_client(c, message_text(&t).as_bytes()),
+            (Some(c), Message::Binary(b)) => proxy.from_client(c, &b),
+            // A BrowserChannel map without a message carries nothing for the proxy.
+            (Some(_), _) => {}
+        }
+    }
+    let reason = session.closed().await;
+    if let Some(c) = &client {
+        proxy.disconnect(c, &reason);
+    }
+    log_disconnected(client.as_ref(), &reason);
 }
 
 /// The text of a client's message: a JSON string is unwrapped (the Rust client and
@@ -200,14 +235,6 @@ fn message_text(text: &str) -> String {
 
 fn hello(id: &str, hostname: &str) -> String {
     json!({"brow": 2, "hello": {"id": id, "hostname": hostname}}).to_string()
-}
-
-fn received_text(m: &Received) -> Option<String> {
-    match &m.value {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => Some(other.to_string()),
-        None => None,
-    }
 }
 
 /// Runs the authenticator on a connecting request (the transports' admission step).
@@ -285,7 +312,7 @@ pub async fn run(
     // One table for both transports: an address's sessions count wherever they are.
     let quota = browserver_core::SharedQuota::new(config.quota.clone());
     let proxy = Proxy::new(pattern, proxy_options);
-    let (bc, mut bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
+    let (bc, bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
         base: config.channel_base.clone(),
         keep_alive_interval: config.keepalive_interval,
         session_timeout_interval: config.session_timeout,
@@ -308,7 +335,7 @@ pub async fn run(
         }),
         ..Default::default()
     });
-    let (ws, mut ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
+    let (ws, ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
         keep_alive_interval: config.keepalive_interval,
         session_timeout: config.session_timeout,
         max_frame_size: message_limit,
@@ -325,92 +352,14 @@ pub async fn run(
         }),
         ..Default::default()
     });
-    let p = proxy.clone();
-    tokio::spawn(async move {
-        while let Some(session) = bc_sessions.accept().await {
-            let proxy = p.clone();
-            tokio::spawn(async move {
-                let wire = if session.query_param("brow") == Some("2") {
-                    Wire::Json
-                } else {
-                    Wire::Text
-                };
-                let channel = Arc::new(BcChannel(session.clone()));
-                let Some(client) = register(
-                    &proxy,
-                    mode,
-                    session.name(),
-                    channel,
-                    wire,
-                    "browserchannel",
-                ) else {
-                    session.close();
-                    return;
-                };
-                log_connected(client.as_ref(), "browserchannel", session.address());
-                if let Some(c) = &client
-                    && wire == Wire::Json
-                {
-                    drop(session.send(&hello(&c.name, &c.hostname)));
-                }
-                while let Some(m) = session.recv().await {
-                    match &client {
-                        None => drop(session.send(&m.value)),
-                        Some(c) => {
-                            if let Some(text) = received_text(&m) {
-                                proxy.from_client(c, text.as_bytes());
-                            }
-                        }
-                    }
-                }
-                let reason = session.closed().await;
-                if let Some(c) = &client {
-                    proxy.disconnect(c, &reason);
-                }
-                log_disconnected(client.as_ref(), &reason);
-            });
-        }
-    });
-    let p = proxy.clone();
-    tokio::spawn(async move {
-        while let Some(session) = ws_sessions.accept().await {
-            let proxy = p.clone();
-            tokio::spawn(async move {
-                let wire = if session.mode() == WsMode::Session {
-                    Wire::Json
-                } else {
-                    Wire::Text
-                };
-                let channel = Arc::new(WsChannel(session.clone()));
-                let Some(client) =
-                    register(&proxy, mode, session.name(), channel, wire, "websocket")
-                else {
-                    session.close();
-                    return;
-                };
-                log_connected(client.as_ref(), "websocket", session.address());
-                if let Some(c) = &client
-                    && wire == Wire::Json
-                {
-                    drop(session.send_text(hello(&c.name, &c.hostname)));
-                }
-                while let Some(m) = session.recv().await {
-                    match &client {
-                        None => drop(session.send(m)),
-                        Some(c) => match &m {
-                            Message::Text(t) => proxy.from_client(c, message_text(t).as_bytes()),
-                            Message::Binary(b) => proxy.from_client(c, b),
-                        },
-                    }
-                }
-                let reason = session.closed().await;
-                if let Some(c) = &client {
-                    proxy.disconnect(c, &reason);
-                }
-                log_disconnected(client.as_ref(), &reason);
-            });
-        }
-    });
+    for mut sessions in [bc_sessions, ws_sessions] {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            while let Some(session) = sessions.accept().await {
+                tokio::spawn(serve_session(proxy.clone(), mode, session));
+            }
+        });
+    }
     let limits = config.limits.clone();
     let max_connections = match conn::file_limit() {
         Some(files) => {

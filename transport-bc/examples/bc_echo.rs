@@ -12,15 +12,14 @@
 //! `BC_SESSION_TIMEOUT_MS`. `BC_CLOSE_ON_CONNECT=1` closes every new BrowserChannel session in
 //! the connect hook; `BC_STOP_ON_CONNECT=1` stops it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use browserver_transport_bc::{BrowserChannel, ClientAddr, Options};
-use browserver_transport_ws::{Message, WsEndpoint};
+use browserver_runtime::{Message, Session, Transport};
+use browserver_transport_bc::{BrowserChannel, Options};
+use browserver_transport_ws::WsEndpoint;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 fn env_ms(name: &str) -> Option<Duration> {
@@ -33,49 +32,49 @@ fn env_ms(name: &str) -> Option<Duration> {
 
 const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>bc_echo</title></head><body>bc_echo</body></html>";
 
-async fn echo_bc(session: browserver_transport_bc::Session) {
+/// One handler for both transports.
+async fn echo(session: Session) {
+    let bc = session.transport() == Transport::BrowserChannel;
     let mut received = 0u64;
     while let Some(message) = session.recv().await {
         received += 1;
-        let value = match (message.value, message.map) {
-            (Some(v), _) => v,
-            (None, Some(map)) => json!(map),
-            (None, None) => Value::Null,
-        };
-        match value.as_str() {
+        // A control string arrives as JSON text (BrowserChannel, the session-mode clients)
+        // or as plain text (a plain WebSocket client).
+        let control = message
+            .as_text()
+            .map(|t| serde_json::from_str::<String>(t).unwrap_or_else(|_| t.to_string()));
+        match control.as_deref() {
             Some("close") => session.close(),
             Some("stop") => drop(session.stop()),
-            Some("appVersion") => drop(session.send(&json!({"appVersion": session.app_version()}))),
-            Some("query") => {
+            Some("appVersion") if bc => {
+                drop(session.send_json(&json!({"appVersion": session.app_version()})))
+            }
+            Some("query") if bc => {
                 let query: serde_json::Map<String, Value> = session
                     .query()
                     .iter()
                     .map(|(k, v)| (k.clone(), json!(v)))
                     .collect();
-                drop(session.send(&json!({ "query": query })));
+                drop(session.send_json(&json!({ "query": query })));
             }
-            Some("headers") => {
+            Some("headers") if bc => {
                 let headers: serde_json::Map<String, Value> = session
                     .headers()
                     .iter()
                     .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
                     .collect();
-                drop(session.send(&json!({ "headers": headers })));
+                drop(session.send_json(&json!({ "headers": headers })));
             }
-            _ => drop(session.send(&value)),
+            // A map without a message goes back as an object of its keys.
+            _ => match message {
+                Message::Map(map) => drop(session.send_json(&map)),
+                message => drop(session.send(message)),
+            },
         }
     }
     let reason = session.closed().await;
-    println!("closed {} {reason} after {received} messages", session.id());
-}
-
-async fn echo_ws(session: browserver_transport_ws::Session) {
-    while let Some(message) = session.recv().await {
-        match &message {
-            Message::Text(t) if t == "\"close\"" || t == "close" => session.close(),
-            Message::Text(t) if t == "\"stop\"" || t == "stop" => drop(session.stop()),
-            _ => drop(session.send(message)),
-        }
+    if bc {
+        println!("closed {} {reason} after {received} messages", session.id());
     }
 }
 
@@ -105,60 +104,46 @@ async fn main() -> std::io::Result<()> {
             }
         }));
     }
-    let (bc, mut sessions) = BrowserChannel::new(options);
-    let (ws, mut ws_sessions) = WsEndpoint::new(ws_options);
+    let (bc, bc_sessions) = BrowserChannel::new(options);
+    let (ws, ws_sessions) = WsEndpoint::new(ws_options);
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Some(s) = ws_sessions.accept().await {
-            tokio::spawn(echo_ws(s));
-        }
-    });
-    tokio::spawn(async move {
-        while let Some(session) = sessions.accept().await {
-            tokio::spawn(echo_bc(session));
-        }
-    });
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let (bc, ws) = (bc.clone(), ws.clone());
+    for mut sessions in [bc_sessions, ws_sessions] {
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    req.extensions_mut()
-                        .insert(browserver_transport_ws::ClientAddr(peer));
-                    let (bc, ws) = (bc.clone(), ws.clone());
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let response = if path == "/ws" {
-                            ws.handle(req).await.map(Either::Right)
-                        } else if bc.owns(&path) {
-                            bc.handle(req).await.map(Either::Left)
-                        } else {
-                            let (status, body) = if path == "/" {
-                                (200, PAGE)
-                            } else {
-                                (404, "Not found")
-                            };
-                            let mut r = http::Response::new(Either::Right(Full::new(
-                                Bytes::from_static(body.as_bytes()),
-                            )));
-                            *r.status_mut() =
-                                http::StatusCode::from_u16(status).unwrap_or_default();
-                            r.headers_mut().insert(
-                                "content-type",
-                                http::HeaderValue::from_static("text/html; charset=utf-8"),
-                            );
-                            r
-                        };
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            while let Some(session) = sessions.accept().await {
+                tokio::spawn(echo(session));
+            }
         });
     }
+    browserver_runtime::serve(
+        listener,
+        move |req: http::Request<hyper::body::Incoming>| {
+            let (bc, ws) = (bc.clone(), ws.clone());
+            async move {
+                let path = req.uri().path().to_string();
+                if path == "/ws" {
+                    ws.handle(req).await.map(Either::Right)
+                } else if bc.owns(&path) {
+                    bc.handle(req).await.map(Either::Left)
+                } else {
+                    let (status, body) = if path == "/" {
+                        (200, PAGE)
+                    } else {
+                        (404, "Not found")
+                    };
+                    let mut r = http::Response::new(Either::Right(Full::new(Bytes::from_static(
+                        body.as_bytes(),
+                    ))));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+                    r.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    r
+                }
+            }
+        },
+    )
+    .await;
+    Ok(())
 }

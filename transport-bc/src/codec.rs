@@ -166,6 +166,29 @@ pub fn to_ascii_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_j
     String::from_utf8(out).map_err(|e| serde_json::Error::io(io::Error::other(e)))
 }
 
+/// JSON text with every non-ASCII character escaped as `\uXXXX` (the client's length framing
+/// counts UTF-16 units; ASCII makes bytes and units agree). Valid JSON has non-ASCII only
+/// inside strings, so the escaped text is the same value; everything else — numbers
+/// included — is kept as written.
+pub fn ascii_json(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.is_ascii() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for ch in text.chars() {
+        if ch.is_ascii() {
+            out.push(ch);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A JSON string literal of `s`, ASCII-only, with `<` also escaped so that it can sit inside an
 /// html `<script>` block.
 pub fn js_string_literal(s: &str) -> String {

@@ -1,15 +1,19 @@
 //! # browserver-transport-bc
 //!
 //! The server side of BrowserChannel (protocol version 8), wire-compatible with the Closure
-//! Library's `goog.net.BrowserChannel` and node-browserchannel's clients. Each session is a
-//! `browserver-core` [`Session`](browserver_core::Session) machine run by its own task; this
-//! crate moves HTTP bytes to and from it.
+//! Library's `goog.net.BrowserChannel` and node-browserchannel's clients.
 //!
 //! - [`codec`]: the wire format as pure functions (shared with the Rust client).
-//! - [`BrowserChannel`]: the endpoint — a `tower::Service`, a [`warp` filter](BrowserChannel::filter),
-//!   or [`handle`](BrowserChannel::handle) for your own server; [`serve`] runs it on a listener.
-//! - [`Sessions`] yields each new [`Session`]: `send(value)` → [`Ack`], `recv()`, `close()`,
-//!   `stop()`, state and close reason.
+//! - [`protocol`]: one session's protocol as a sans-IO machine ([`ServerMachine`]), run by
+//!   the `browserver-runtime` driver and by the simulator.
+//! - [`BrowserChannel`]: the endpoint — a `tower::Service`, a [`warp` filter](BrowserChannel::filter)
+//!   (feature `warp`), or [`handle`](BrowserChannel::handle) for your own server; [`serve`]
+//!   runs it on a listener.
+//! - [`Sessions`] yields each new [`Session`] — the runtime's one session type, shared with
+//!   the WebSocket transport: `send(message)` → [`Ack`], `recv()`, `close()`, `stop()`,
+//!   state and close reason. BrowserChannel carries JSON: messages arrive as
+//!   [`Message::Text`] holding the client's JSON exactly as written (or [`Message::Map`] for
+//!   a map without `JSON`/`_S`).
 //!
 //! An echo server:
 //!
@@ -23,11 +27,9 @@
 //! while let Some(session) = sessions.accept().await {
 //!     tokio::spawn(async move {
 //!         while let Some(message) = session.recv().await {
-//!             if let Some(value) = message.value {
-//!                 let _ack = session.send(&value); // awaiting it waits for the client's ack
-//!             }
+//!             let _ack = session.send(message); // awaiting it waits for the client's ack
 //!         }
-//!         println!("{} closed: {}", session.id(), session.closed().await);
+//!         println!("{:?} closed: {}", session.name(), session.closed().await);
 //!     });
 //! }
 //! # Ok(()) }
@@ -35,23 +37,27 @@
 //!
 //! See `docs/browserchannel.md` for the options and protocol notes.
 
-mod actor;
 mod body;
 pub mod codec;
+mod io;
 mod options;
+pub mod protocol;
+mod response;
 mod serve;
 mod service;
-mod session;
 #[cfg(feature = "warp")]
 mod warp_filter;
 
 pub use body::ResponseBody;
 pub use options::{Admission, AdmissionFuture, ConnectHook, Cors, CorsFn, Options};
+pub use protocol::ServerMachine;
 pub use serve::serve;
-pub use service::{BrowserChannel, ClientAddr, Sessions, WithFallback};
-pub use session::{Ack, Received, SendError, Session, Status};
+pub use service::{BrowserChannel, WithFallback};
 
-pub use browserver_core::{CloseReason, State};
+pub use browserver_runtime::{
+    Ack, ClientAddr, CloseReason, Map, Message, SendError, Session, Sessions, State, Status,
+    Transport,
+};
 
 /// The browser client served at `<base>/bcsocket.js`.
 pub const CLIENT_SCRIPT: &str = include_str!("../js/bcsocket.js");

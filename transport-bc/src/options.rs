@@ -5,27 +5,10 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::session::Session;
-
 /// Computes `Access-Control-Allow-Origin` per request (for example by checking `Origin`).
 pub type CorsFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
 
-/// Decides, before a session is created, whether the connecting client is admitted and,
-/// optionally, which name it gets ([`Session::name`]; for example from a bearer token or a
-/// signed claim). The session id stays a fresh secret whatever the name. A refusal
-/// `(status, reason)` — 401 or 403 — is the answer to the creating request.
-pub type Admission = Arc<dyn Fn(&http::request::Parts) -> AdmissionFuture + Send + Sync>;
-
-/// The future an [`Admission`] returns: the name to give the client (or none), or a refusal
-/// `(status, reason)`.
-pub type AdmissionFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<String>, (u16, String)>> + Send>,
->;
-
-/// Runs synchronously when a session is created, before the creating request is answered:
-/// whatever it sends (or `stop`, or `close`) goes into the creation response, as with
-/// node-browserchannel's connect handler.
-pub type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
+pub use browserver_runtime::http::{Admission, AdmissionFuture, ConnectHook};
 
 /// `Access-Control-Allow-Origin` for BrowserChannel responses.
 #[derive(Clone)]
@@ -93,7 +76,7 @@ pub struct Options {
     /// with [`SendError::BufferFull`](crate::SendError::BufferFull). 4 MiB.
     pub max_buffered_bytes: usize,
     /// Bytes of messages delivered to the application and not yet taken by
-    /// [`Session::recv`]; past it the session closes (`Protocol("the application is not
+    /// [`Session::recv`](crate::Session::recv); past it the session closes (`Protocol("the application is not
     /// reading")`), so a client cannot make the server hold more for an application that does
     /// not read. 16 MiB (keep it several times `max_body_bytes`: a request's maps count
     /// whole before the application runs).

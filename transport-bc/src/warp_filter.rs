@@ -5,7 +5,9 @@ use futures_util::TryStreamExt;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use warp::{Filter, Rejection, Reply};
 
-use crate::service::{BrowserChannel, ClientAddr};
+use browserver_runtime::ClientAddr;
+
+use crate::service::BrowserChannel;
 
 impl BrowserChannel {
     /// A warp filter answering every request under `base`; other requests are rejected with

@@ -64,7 +64,7 @@ async fn a_rid_far_ahead_is_400_and_the_session_lives_on() {
 async fn bad_aid_acknowledges_nothing() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let ack = session.send(&"x");
+    let ack = session.send_json(&"x");
     let mut bc = s.back_channel(session.id(), -1, 0, "xmlhttp").await;
     next_data(bc.body_mut(), WAIT).await.expect("written");
     for aid in ["abc", "-5", ""] {
@@ -159,7 +159,7 @@ async fn malformed_form_bodies_are_400_bad_data() {
         "a stray % is kept literally, like node-browserchannel"
     );
     assert_eq!(
-        session.recv().await.expect("map").map.expect("map")["a"],
+        session.recv().await.expect("map").map().expect("map")["a"],
         "%ZZ"
     );
 }
@@ -218,7 +218,7 @@ async fn sends_past_the_buffer_limit_fail_with_buffer_full() {
     .await;
     let (session, _) = s.connect().await;
     assert!(matches!(
-        session.send(&"y".repeat(100)).await,
+        session.send_json(&"y".repeat(100)).await,
         Err(browserver_transport_bc::SendError::BufferFull { limit: 64, .. })
     ));
 }
@@ -231,7 +231,7 @@ async fn a_back_channel_opened_twice_ends_the_first_and_streams_on_the_second() 
     let mut second = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     let (_, _, body) = read_all(first).await;
     assert_eq!(body, "");
-    drop(session.send(&"to the second"));
+    drop(session.send_json(&"to the second"));
     assert_eq!(
         next_data(second.body_mut(), WAIT).await.as_deref(),
         Some(lp("[[1,\"to the second\"]]\n").as_str())
@@ -258,7 +258,7 @@ async fn garbage_requests_do_not_disturb_other_sessions() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        session.recv().await.expect("map").map.expect("map")["ok"],
+        session.recv().await.expect("map").map().expect("map")["ok"],
         "1"
     );
 }

@@ -377,8 +377,8 @@ async fn item_33_creating_post_delivers_its_maps() {
     .await;
     let session = s.accept().await;
     let m = session.recv().await.expect("map");
-    assert_eq!(m.map.expect("map")["k"], "v");
-    assert_eq!(m.value, None);
+    assert_eq!(m.map().expect("map")["k"], "v");
+    assert_eq!(m.value(), None);
 }
 
 #[tokio::test]
@@ -391,7 +391,7 @@ async fn item_34_map_keys_and_values_are_form_decoded() {
     )
     .await;
     let m = s.accept().await.recv().await.expect("map");
-    assert_eq!(m.map.expect("map")["_int_^&^%#net"], "hi\"there&&\nsam");
+    assert_eq!(m.map().expect("map")["_int_^&^%#net"], "hi\"there&&\nsam");
 }
 
 fn with_hook(hook: impl Fn(&browserver_transport_bc::Session) + Send + Sync + 'static) -> Options {
@@ -404,7 +404,7 @@ fn with_hook(hook: impl Fn(&browserver_transport_bc::Session) + Send + Sync + 's
 #[tokio::test]
 async fn item_35_sends_in_the_connect_hook_go_into_the_creation_response() {
     let mut s = start(with_hook(|s| {
-        drop(s.send(&json!(["hello", "there", null, 1000, {}, [], [555]])));
+        drop(s.send_json(&json!(["hello", "there", null, 1000, {}, [], [555]])));
     }))
     .await;
     let (session, body) = s.connect().await;
@@ -420,7 +420,7 @@ async fn item_35_sends_in_the_connect_hook_go_into_the_creation_response() {
 #[tokio::test]
 async fn item_36_line_separators_are_escaped() {
     let mut s = start(with_hook(|s| {
-        drop(s.send(&json!({"a": "hello\u{2028}\u{2029}there\u{2028}\u{2029}"})));
+        drop(s.send_json(&json!({"a": "hello\u{2028}\u{2029}there\u{2028}\u{2029}"})));
     }))
     .await;
     let (session, body) = s.connect().await;
@@ -493,7 +493,7 @@ async fn item_43_forward_post_delivers_its_map() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        session.recv().await.expect("map").map.expect("map")["k"],
+        session.recv().await.expect("map").map().expect("map")["k"],
         "v"
     );
 }
@@ -524,7 +524,7 @@ async fn item_46_forward_answer_counts_unacknowledged_bytes() {
     let (session, _) = s.connect().await;
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     for m in ["message 1", "message 2", "message 3"] {
-        drop(session.send(&m));
+        drop(session.send_json(&m));
     }
     let mut seen = String::new();
     while !seen.contains("message 3") {
@@ -541,7 +541,7 @@ async fn maps(session: &browserver_transport_bc::Session, n: usize) -> Vec<Strin
             .await
             .expect("map in time")
             .expect("map");
-        let map = m.map.expect("map");
+        let map = m.map().expect("map");
         out.push(
             map.iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -605,7 +605,7 @@ async fn items_50_51_unknown_sid_is_400_with_the_text_after_offset_0_and_cors() 
 }
 
 #[tokio::test]
-async fn items_52_53_json_maps_become_messages_and_keep_their_maps() {
+async fn items_52_53_json_maps_become_messages_with_their_json_as_written() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
     let a = json!([{}, {"x": null}, "hi", "!@#$%^&*()-=", "'\""]);
@@ -618,10 +618,11 @@ async fn items_52_53_json_maps_become_messages_and_keep_their_maps() {
     );
     s.forward(session.id(), 1001, 0, &body).await;
     let first = session.recv().await.expect("message");
-    assert_eq!(first.value, Some(a.clone()));
-    assert_eq!(first.map.expect("map")["JSON"], a.to_string());
+    assert_eq!(first.value(), Some(a.clone()));
+    // The JSON exactly as the client wrote it.
+    assert_eq!(first.as_text(), Some(a.to_string().as_str()));
     assert_eq!(
-        session.recv().await.expect("message").value,
+        session.recv().await.expect("message").value(),
         Some(json!("hello dear user"))
     );
 }
@@ -644,8 +645,8 @@ async fn item_54_json_body_messages_are_delivered_before_the_answer() {
     assert_eq!(text, lp("[0,0,0]"));
     for expected in data.as_array().expect("array") {
         let m = session.recv().await.expect("message");
-        assert_eq!(m.value.as_ref(), Some(expected));
-        assert_eq!(m.map, None);
+        assert_eq!(m.value().as_ref(), Some(expected));
+        assert_eq!(m.map(), None);
     }
 }
 
@@ -656,7 +657,7 @@ async fn item_55_underscore_s_maps_are_string_messages() {
     s.forward(session.id(), 1001, 0, "count=1&ofs=0&req0__S=text")
         .await;
     assert_eq!(
-        session.recv().await.expect("message").value,
+        session.recv().await.expect("message").value(),
         Some(json!("text"))
     );
 }
@@ -676,7 +677,7 @@ async fn item_56_invalid_json_closes_the_session_and_answers_403() {
     assert_eq!(status, 403);
     assert!(body.contains("Forbidden"));
     let m = session.recv().await.expect("the map event still fires");
-    assert_eq!(m.value, None);
+    assert_eq!(m.value(), None);
     assert_eq!(session.recv().await, None, "nothing after the close");
     assert_eq!(
         session.closed().await,
@@ -701,7 +702,7 @@ async fn item_57_forward_body_without_ofs_or_empty_is_bad_data() {
 async fn item_60_back_channel_carries_cors_headers() {
     let mut s = start(cors_options()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&"flush"));
+    drop(session.send_json(&"flush"));
     let bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     assert!(has_cors(bc.headers()));
 }
@@ -721,7 +722,7 @@ async fn items_61_62_unknown_sid_on_back_channels() {
 async fn item_63_data_sent_without_back_channel_is_buffered() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&json!({"some": "data"})));
+    drop(session.send_json(&json!({"some": "data"})));
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     let text = next_data(bc.body_mut(), WAIT).await.expect("data");
     assert_eq!(text, lp("[[1,{\"some\":\"data\"}]]\n"));
@@ -733,7 +734,7 @@ async fn item_64_data_sent_later_arrives_on_the_open_back_channel() {
     let (session, _) = s.connect().await;
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    drop(session.send(&json!({"some": "data"})));
+    drop(session.send_json(&json!({"some": "data"})));
     assert_eq!(
         next_data(bc.body_mut(), WAIT).await.as_deref(),
         Some(lp("[[1,{\"some\":\"data\"}]]\n").as_str())
@@ -745,7 +746,7 @@ async fn item_65_acknowledgements_resolve_sends_in_order() {
     let (tx, rx) = std::sync::mpsc::channel::<(u8, bool)>();
     let tx1 = tx.clone();
     let mut s = start(with_hook(move |s| {
-        let ack = s.send(&json!([1]));
+        let ack = s.send_json(&json!([1]));
         let tx = tx1.clone();
         tokio::spawn(async move {
             let _ = tx.send((1, ack.await.is_ok()));
@@ -753,8 +754,8 @@ async fn item_65_acknowledgements_resolve_sends_in_order() {
     }))
     .await;
     let (session, _) = s.connect().await;
-    let ack2 = session.send(&json!([2]));
-    let ack3 = session.send(&json!([3]));
+    let ack2 = session.send_json(&json!([2]));
+    let ack3 = session.send_json(&json!([3]));
     let mut bc = s.back_channel(session.id(), 1, 0, "xmlhttp").await;
     assert_eq!(
         next_data(bc.body_mut(), WAIT).await.as_deref(),
@@ -786,7 +787,7 @@ async fn item_65_acknowledgements_resolve_sends_in_order() {
 async fn item_66_closing_from_an_ack_callback_is_harmless() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    let ack = session.send(&"x");
+    let ack = session.send_json(&"x");
     let closer = session.clone();
     tokio::spawn(async move {
         let _ = ack.await;
@@ -802,7 +803,7 @@ async fn item_66_closing_from_an_ack_callback_is_harmless() {
 async fn item_67_ci1_ends_after_the_first_chunk() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&"hi"));
+    drop(session.send_json(&"hi"));
     let (status, _, body) = read_all(s.back_channel(session.id(), 0, 1, "xmlhttp").await).await;
     assert_eq!((status.as_u16(), body), (200, lp("[[1,\"hi\"]]\n")));
 }
@@ -811,7 +812,7 @@ async fn item_67_ci1_ends_after_the_first_chunk() {
 async fn item_68_ci0_stays_open_after_a_chunk() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&"hi"));
+    drop(session.send_json(&"hi"));
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     next_data(bc.body_mut(), WAIT).await.expect("chunk");
     assert!(stays_quiet(bc.body_mut(), Duration::from_millis(300)).await);
@@ -821,7 +822,7 @@ async fn item_68_ci0_stays_open_after_a_chunk() {
 async fn items_69_70_html_back_channels() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&json!(["hello", "there", null, 1000, {}, [], [555]])));
+    drop(session.send_json(&json!(["hello", "there", null, 1000, {}, [], [555]])));
     let (_, h, body) = read_all(s.back_channel(session.id(), 0, 1, "html").await).await;
     assert_eq!(h["content-type"], "text/html");
     assert_eq!(
@@ -830,7 +831,7 @@ async fn items_69_70_html_back_channels() {
             "<html><body><script>try {{parent.m(\"[[1,[\\\"hello\\\",\\\"there\\\",null,1000,{{}},[],[555]]]]\\n\")}} catch(e) {{}}</script>\n{PADDING}\n<script>try  {{parent.d(); }}catch (e){{}}</script>\n"
         )
     );
-    drop(session.send(&json!({"other": "data"})));
+    drop(session.send_json(&json!({"other": "data"})));
     let mut bc = s
         .request(
             Method::GET,
@@ -871,8 +872,8 @@ async fn item_71_a_second_back_channel_ends_the_first() {
 async fn item_72_unacknowledged_arrays_are_resent_on_the_next_back_channel() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&json!([1, 2, 3])));
-    drop(session.send(&json!([4, 5, 6])));
+    drop(session.send_json(&json!([1, 2, 3])));
+    drop(session.send_json(&json!([4, 5, 6])));
     let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
     assert_eq!(
         next_data(bc.body_mut(), WAIT).await.as_deref(),
@@ -889,7 +890,7 @@ async fn item_72_unacknowledged_arrays_are_resent_on_the_next_back_channel() {
 async fn item_73_null_can_be_sent() {
     let mut s = start(Options::default()).await;
     let (session, _) = s.connect().await;
-    drop(session.send(&serde_json::Value::Null));
+    drop(session.send_json(&serde_json::Value::Null));
     let (_, _, body) = read_all(s.back_channel(session.id(), 0, 1, "xmlhttp").await).await;
     assert_eq!(body, lp("[[1,null]]\n"));
 }
@@ -903,7 +904,7 @@ async fn item_74_streaming_back_channel_ends_after_10_kib() {
     let mut written = 0;
     let mut chunks = 0;
     loop {
-        drop(session.send(&big));
+        drop(session.send_json(&big));
         match next_data(bc.body_mut(), WAIT).await {
             Some(text) => {
                 written += text.len();
@@ -1031,12 +1032,12 @@ async fn pending_sends_fail_with(
 ) {
     let mut s = start(fast_timers()).await;
     let (session, _) = s.connect().await;
-    let sent = session.send(&"sent");
+    let sent = session.send_json(&"sent");
     {
         let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
         next_data(bc.body_mut(), WAIT).await.expect("written");
     }
-    let never_sent = session.send(&"never sent");
+    let never_sent = session.send_json(&"never sent");
     end(&mut s, &session).await;
     assert_eq!(
         sent.await,
@@ -1191,12 +1192,12 @@ async fn item_96_whole_server_close_closes_every_session() {
 #[tokio::test]
 async fn items_97_99_osid_ghosts_the_old_session_after_confirming_oaid() {
     let mut s = start(with_hook(|s| {
-        drop(s.send(&"one"));
+        drop(s.send_json(&"one"));
     }))
     .await;
     let (old, _) = s.connect().await;
-    let two = old.send(&"two");
-    let three = old.send(&"three");
+    let two = old.send_json(&"two");
+    let three = old.send_json(&"three");
     let mut bc = s.back_channel(old.id(), 1, 0, "xmlhttp").await;
     next_data(bc.body_mut(), WAIT)
         .await

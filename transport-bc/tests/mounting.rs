@@ -1,6 +1,7 @@
 //! The same endpoint mounted as a warp filter and in front of another tower service.
 
 mod common;
+use common::MessageExt;
 
 use std::convert::Infallible;
 
@@ -57,7 +58,7 @@ async fn warp_filter_serves_the_channel_and_lets_other_routes_through() {
     assert_eq!(r.status(), 200);
     let session = sessions.accept().await.expect("session");
     assert_eq!(
-        session.recv().await.expect("message").value,
+        session.recv().await.expect("message").value(),
         Some(serde_json::json!("via warp"))
     );
 }

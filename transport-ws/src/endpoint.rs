@@ -3,51 +3,35 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use browserver_core::{QuotaError, Registry, SharedQuota};
+use browserver_core::Registry;
+use browserver_runtime::http::{QuotaSlot, admits_origin, owned_headers, quota_refusal};
+use browserver_runtime::{Announce, Info, Link, Session, Sessions, Transport};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::actor::{Actor, ActorParts, Command, Out};
 use crate::codec::SUBPROTOCOL;
-use crate::session::{Message, Mode, Session, Shared, Status};
+use crate::io::{Command, ConnIo, Out};
+use crate::protocol::{self, ConnId, Mode, SessionMachine};
 
-/// A connection's client address, for [`Session::address`]; insert it into the request's
-/// extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// Runs when a session is created, before its first frame is written.
-pub type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
-
-/// The future an [`Admission`] returns.
-pub type AdmissionFuture =
-    Pin<Box<dyn Future<Output = Result<Option<String>, (u16, String)>> + Send>>;
-
-/// Decides, before a new session is created, whether the connecting client is admitted and,
-/// optionally, which name it gets ([`Session::name`]); the session id stays a fresh secret.
-/// A refusal `(status, reason)` — 401 or 403 — is the answer to the upgrade request.
-/// Resumptions are authorised by the session's resume token, which only its owner was given,
-/// and keep the name admission granted.
-pub type Admission = Arc<dyn Fn(&http::request::Parts) -> AdmissionFuture + Send + Sync>;
+pub use browserver_runtime::http::{Admission, AdmissionFuture, ConnectHook};
 
 /// Options of a [`WsEndpoint`].
 #[derive(Clone)]
@@ -138,46 +122,35 @@ impl std::fmt::Debug for Options {
     }
 }
 
-/// New sessions, in order of creation.
-#[derive(Debug)]
-pub struct Sessions {
-    rx: mpsc::UnboundedReceiver<Session>,
+/// What the endpoint keeps per live session.
+#[derive(Clone)]
+struct Entry {
+    link: Link<Command>,
+    /// `<id>.<secret>`: what a session-mode client presents to resume (only in its hello).
+    resume_token: String,
+    mode: Mode,
 }
 
-impl Sessions {
-    /// The next new session.
-    pub async fn accept(&mut self) -> Option<Session> {
-        self.rx.recv().await
-    }
-}
-
-pub(crate) struct Inner {
-    pub(crate) options: Options,
-    registry: Mutex<Registry<Session>>,
-    accept: mpsc::UnboundedSender<Session>,
+struct Inner {
+    options: Options,
+    registry: Mutex<Registry<Entry>>,
+    accept: Announce,
     next_conn: AtomicU64,
 }
 
 impl Inner {
-    fn registry(&self) -> MutexGuard<'_, Registry<Session>> {
+    fn registry(&self) -> MutexGuard<'_, Registry<Entry>> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn quota(&self) -> &SharedQuota {
-        &self.options.quota
-    }
-
-    fn release(&self, address: Option<SocketAddr>) {
-        if let Some(address) = address {
-            self.quota()
+    /// The session closed: it leaves the registry and its address's quota.
+    fn forget(&self, id: &str) {
+        let removed = self.registry().remove(id);
+        if let Some(address) = removed.and_then(|e| e.link.session.address()) {
+            self.options
+                .quota
                 .release(address.ip(), tokio::time::Instant::now().into_std());
         }
-    }
-
-    /// The session closed: it leaves the registry and its address's quota.
-    pub(crate) fn forget(&self, id: &str) {
-        let removed = self.registry().remove(id);
-        self.release(removed.and_then(|s| s.address()));
     }
 }
 
@@ -219,21 +192,6 @@ fn bad_request(reason: &'static str) -> Response<Full<Bytes>> {
     Refusal(StatusCode::BAD_REQUEST, reason.into()).response()
 }
 
-/// A copy of request headers that owns its bytes. hyper's header values are slices of the
-/// connection's read buffer; a session keeping them would keep that buffer (8 KiB or more)
-/// alive as long as the session lives.
-fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.as_str().as_bytes()).ok()?,
-                HeaderValue::from_bytes(value.as_bytes()).ok()?,
-            ))
-        })
-        .collect()
-}
-
 fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
@@ -268,7 +226,7 @@ fn validate(parts: &http::request::Parts) -> Result<&HeaderValue, &'static str> 
 impl WsEndpoint {
     /// An endpoint and the stream of sessions it creates.
     pub fn new(options: Options) -> (WsEndpoint, Sessions) {
-        let (accept, rx) = mpsc::unbounded_channel();
+        let (accept, sessions) = Sessions::new();
         let inner = Inner {
             registry: Mutex::new(Registry::new(options.max_sessions)),
             options,
@@ -279,13 +237,16 @@ impl WsEndpoint {
             WsEndpoint {
                 inner: Arc::new(inner),
             },
-            Sessions { rx },
+            sessions,
         )
     }
 
     /// The live session with this id.
     pub fn session(&self, id: &str) -> Option<Session> {
-        self.inner.registry().get(id).cloned()
+        self.inner
+            .registry()
+            .get(id)
+            .map(|e| e.link.session.clone())
     }
 
     /// Every live session.
@@ -293,7 +254,7 @@ impl WsEndpoint {
         self.inner
             .registry()
             .iter()
-            .map(|(_, s)| s.clone())
+            .map(|(_, e)| e.link.session.clone())
             .collect()
     }
 
@@ -391,43 +352,31 @@ impl WsEndpoint {
         parts: &http::request::Parts,
         session_mode: bool,
     ) -> Result<Target, Refusal> {
-        let host = parts
-            .headers
-            .get(http::header::HOST)
-            .map(|h| h.as_bytes())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
-        let origin = parts
-            .headers
-            .get(http::header::ORIGIN)
-            .map(|o| o.as_bytes());
-        let admitted_origin = self.inner.options.origins.admits_raw(origin, host);
-        if !admitted_origin {
+        if !admits_origin(&self.inner.options.origins, parts) {
             return Err(Refusal(StatusCode::FORBIDDEN, "origin not allowed".into()));
         }
         let query = parse_query(parts.uri.query());
         if session_mode
             && let Some(token) = query.iter().find(|(k, _)| k == "resume").map(|(_, v)| v)
-            && let Some(session) = self.resumable(token)
+            && let Some(link) = self.resumable(token)
         {
             let ack = query
                 .iter()
                 .find(|(k, _)| k == "ack")
                 .and_then(|(_, v)| v.parse().ok());
-            return Ok(Target { session, ack });
+            return Ok(Target { link, ack });
         }
-        let address = parts.extensions.get::<ClientAddr>().map(|a| a.0);
-        if let Some(address) = address {
-            let now = tokio::time::Instant::now().into_std();
-            self.inner
-                .quota()
-                .try_admit(address.ip(), now)
-                .map_err(|e| quota_refusal(&e))?;
-        }
+        let slot = QuotaSlot::take(&self.inner.options.quota, parts).map_err(|e| {
+            let (status, _) = quota_refusal(&e);
+            Refusal(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                e.to_string().into(),
+            )
+        })?;
         let name = match &self.inner.options.admission {
             Some(admit) => match admit(parts).await {
                 Ok(name) => name,
                 Err((status, reason)) => {
-                    self.inner.release(address);
                     return Err(Refusal(
                         StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
                         reason.into(),
@@ -440,7 +389,6 @@ impl WsEndpoint {
             && !browserver_core::is_valid_id(name)
         {
             tracing::warn!(name, "admission chose an invalid name");
-            self.inner.release(address);
             return Err(Refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot create session".into(),
@@ -451,20 +399,17 @@ impl WsEndpoint {
         } else {
             Mode::Plain
         };
-        let session = self
-            .create(parts, query, mode, name, address)
-            .inspect_err(|_| self.inner.release(address))?;
-        Ok(Target { session, ack: None })
+        let link = self.create(parts, query, mode, name, slot)?;
+        Ok(Target { link, ack: None })
     }
 
     /// The live session-mode session whose resume token is `token` (`<id>.<secret>`), the
     /// secret compared in constant time.
-    fn resumable(&self, token: &str) -> Option<Session> {
+    fn resumable(&self, token: &str) -> Option<Link<Command>> {
         let (id, _) = token.split_once('.')?;
-        let session = self.session(id)?;
-        (session.mode() == Mode::Session
-            && browserver_core::secret::equal(token, &session.shared.resume_token))
-        .then_some(session)
+        let entry = self.inner.registry().get(id)?.clone();
+        (entry.mode == Mode::Session && browserver_core::secret::equal(token, &entry.resume_token))
+            .then_some(entry.link)
     }
 
     fn create(
@@ -473,42 +418,47 @@ impl WsEndpoint {
         query: Vec<(String, String)>,
         mode: Mode,
         name: Option<String>,
-        address: Option<SocketAddr>,
-    ) -> Result<Session, Refusal> {
-        let secret = browserver_core::secret::generate().map_err(|e| {
-            tracing::error!(error = %e, "no entropy for a resume token");
+        slot: QuotaSlot,
+    ) -> Result<Link<Command>, Refusal> {
+        let cannot = || {
             Refusal(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot create session".into(),
             )
+        };
+        let secret = browserver_core::secret::generate().map_err(|e| {
+            tracing::error!(error = %e, "no entropy for a resume token");
+            cannot()
         })?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (messages_tx, messages_rx) = mpsc::unbounded_channel::<Message>();
-        let (status_tx, status_rx) = watch::channel(Status {
-            state: browserver_core::State::Init,
-            close_reason: None,
-        });
-        let shared = Shared {
-            id: String::new(),
-            resume_token: String::new(),
-            name,
-            unread: browserver_core::Unread::default(),
-            mode,
-            address,
-            query,
-            headers: owned_headers(&parts.headers),
-            tx,
-            status: status_rx,
-            messages: tokio::sync::Mutex::new(messages_rx),
+        let options = &self.inner.options;
+        let limits = browserver_runtime::Limits {
+            max_queued_bytes: options.max_buffered_bytes,
+            max_unread_bytes: options.max_unread_bytes,
         };
-        let make = |id: &str| Session {
-            shared: Arc::new(Shared {
+        let mut driver = None;
+        let make = |id: &str| {
+            let info = Info {
                 id: id.to_string(),
+                name,
+                transport: match mode {
+                    Mode::Plain => Transport::WebSocket,
+                    Mode::Session => Transport::WebSocketSession,
+                },
+                address: slot.address(),
+                query,
+                headers: owned_headers(&parts.headers),
+                app_version: None,
+            };
+            let (link, parts) = browserver_runtime::driver::session(info, limits);
+            driver = Some(parts);
+            Entry {
+                link,
                 resume_token: format!("{id}.{secret}"),
-                ..shared
-            }),
+                mode,
+            }
         };
-        let id = match self.inner.registry().create(make) {
+        let created = self.inner.registry().create(make);
+        let id = match created {
             Ok(id) => id,
             Err(browserver_core::Error::RegistryFull { .. }) => {
                 return Err(Refusal(
@@ -518,34 +468,42 @@ impl WsEndpoint {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a session");
-                return Err(Refusal(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot create session".into(),
-                ));
+                return Err(cannot());
             }
         };
-        let session = self.session(&id).ok_or(Refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot create session".into(),
-        ))?;
-        let actor = Actor::new(
-            self.inner.clone(),
-            ActorParts {
-                id,
-                resume_token: session.shared.resume_token.clone(),
-                unread: session.shared.unread.clone(),
+        let entry = self.inner.registry().get(&id).cloned();
+        let (Some(entry), Some(driver)) = (entry, driver) else {
+            return Err(cannot());
+        };
+        // Registered: the session gives its place back when it closes.
+        slot.keep();
+        let machine = SessionMachine::new(
+            protocol::Config {
+                id: id.clone(),
+                resume_token: entry.resume_token.clone(),
                 mode,
-                rx,
-                messages: messages_tx,
-                status: status_tx,
+                keep_alive_interval: options.keep_alive_interval,
+                session_timeout: options.session_timeout,
+                idle_timeout: options.idle_timeout,
+                max_buffered_bytes: options.max_buffered_bytes,
+                reorder_window: options.reorder_window,
+                ack_delay: options.ack_delay,
             },
+            tokio::time::Instant::now().into_std(),
         );
-        tokio::spawn(actor.run());
-        if let Some(hook) = &self.inner.options.connect_hook {
+        let inner = Arc::downgrade(&self.inner);
+        let io = ConnIo::new(Box::new(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.forget(&id);
+            }
+        }));
+        driver.spawn(machine, io);
+        let session = entry.link.session.clone();
+        if let Some(hook) = &options.connect_hook {
             hook(&session);
         }
-        let _ = self.inner.accept.send(session.clone());
-        Ok(session)
+        self.inner.accept.announce(session);
+        Ok(entry.link)
     }
 
     /// Starts a connection's reader and writer tasks and hands it to its session.
@@ -557,9 +515,9 @@ impl WsEndpoint {
             + 'static,
         E: std::fmt::Display + Send,
     {
-        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed));
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
-        let actor = target.session.shared.tx.clone();
+        let actor = target.link;
         let _ = actor.send(Command::Attach {
             conn,
             tx: out_tx,
@@ -655,17 +613,8 @@ impl WsEndpoint {
     }
 }
 
-/// The answer to a creation the address's quota refused: 429 or 503.
-fn quota_refusal(e: &QuotaError) -> Refusal {
-    let status = match e {
-        QuotaError::TableFull => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::TOO_MANY_REQUESTS,
-    };
-    Refusal(status, e.to_string().into())
-}
-
 pub(crate) struct Target {
-    session: Session,
+    link: Link<Command>,
     ack: Option<u64>,
 }
 
@@ -690,37 +639,5 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let endpoint = self.clone();
         Box::pin(async move { Ok(endpoint.handle(req).await) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owned_headers_keep_every_value_without_sharing_the_request_buffer() {
-        let buffer = bytes::Bytes::from_static(b"a1a2z");
-        let mut headers = HeaderMap::new();
-        let name = HeaderName::from_static("x-repeated");
-        headers.append(
-            &name,
-            HeaderValue::from_maybe_shared(buffer.slice(0..2)).expect("valid value"),
-        );
-        headers.append(
-            &name,
-            HeaderValue::from_maybe_shared(buffer.slice(2..4)).expect("valid value"),
-        );
-        headers.insert(http::header::HOST, HeaderValue::from_static("example"));
-        let owned = owned_headers(&headers);
-        assert_eq!(owned, headers);
-        let values: Vec<_> = owned.get_all(&name).iter().collect();
-        assert_eq!(values, ["a1", "a2"]);
-        for value in owned.values() {
-            let range = buffer.as_ptr_range();
-            assert!(
-                !range.contains(&value.as_bytes().as_ptr()),
-                "a value still points into the buffer"
-            );
-        }
     }
 }

@@ -1,7 +1,9 @@
 //! # browserver-transport-ws
 //!
-//! The WebSocket transport: a `tokio-tungstenite` adapter that drives `browserver-core`'s
-//! [`Session`](browserver_core::Session) machine, one task per session.
+//! The WebSocket transport. [`protocol`] is one session's protocol as a sans-IO machine
+//! ([`SessionMachine`], on `browserver-core`'s session); the `browserver-runtime` driver
+//! runs it, and `tokio-tungstenite` moves the frames. Applications get the runtime's one
+//! [`Session`] type, the same as BrowserChannel's.
 //!
 //! - A **plain** WebSocket client (a browser's `new WebSocket(url)`, the `ws` npm package)
 //!   just exchanges messages: each text or binary frame is one message and nothing else is
@@ -30,17 +32,18 @@
 //! # Ok(()) }
 //! ```
 
-mod actor;
 pub mod codec;
 mod endpoint;
+mod io;
+pub mod protocol;
 mod serve;
-mod session;
 #[cfg(feature = "warp")]
 mod warp_filter;
 
-pub use browserver_core::{CloseReason, State};
-pub use endpoint::{
-    Admission, AdmissionFuture, ClientAddr, ConnectHook, Options, Sessions, WsEndpoint,
-};
+pub use endpoint::{Admission, AdmissionFuture, ConnectHook, Options, WsEndpoint};
+pub use protocol::{Mode, SessionMachine};
 pub use serve::serve;
-pub use session::{Ack, Message, Mode, SendError, Session, Status};
+
+pub use browserver_runtime::{
+    Ack, ClientAddr, CloseReason, Message, SendError, Session, Sessions, State, Status, Transport,
+};

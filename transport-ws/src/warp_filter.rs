@@ -8,7 +8,9 @@ use warp::Filter;
 use warp::ws::Message as WarpMessage;
 
 use crate::codec::SUBPROTOCOL;
-use crate::endpoint::{ClientAddr, WsEndpoint};
+use browserver_runtime::ClientAddr;
+
+use crate::endpoint::WsEndpoint;
 
 fn to_tungstenite(m: WarpMessage) -> WsMessage {
     if m.is_text() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use browserver_transport_ws::codec::{self, CLOSE_CLOSED, CLOSE_STOPPED, Frame, SUBPROTOCOL};
 use browserver_transport_ws::{
-    CloseReason, Message, Mode, Options, SendError, Sessions, WsEndpoint, serve,
+    CloseReason, Message, Options, SendError, Sessions, Transport, WsEndpoint, serve,
 };
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -78,7 +78,7 @@ async fn plain_client_exchanges_text_and_binary_and_gets_nothing_else() {
     let (url, _, mut sessions) = start(Options::default()).await;
     let mut c = plain(&url).await;
     let s = accept(&mut sessions).await;
-    assert_eq!(s.mode(), Mode::Plain);
+    assert_eq!(s.transport(), Transport::WebSocket);
     c.send(WsMessage::Text("héllo".into())).await.expect("send");
     c.send(WsMessage::Binary(Bytes::from_static(&[0, 1, 255])))
         .await
@@ -144,7 +144,7 @@ async fn session_mode_is_negotiated_with_hello_open_sequence_and_acks() {
     let (url, _, mut sessions) = start(Options::default()).await;
     let mut c = session_client(&url).await;
     let s = accept(&mut sessions).await;
-    assert_eq!(s.mode(), Mode::Session);
+    assert_eq!(s.transport(), Transport::WebSocketSession);
     match next_frame(&mut c).await {
         Frame::Hello {
             sid,
@@ -416,7 +416,7 @@ async fn the_warp_filter_serves_both_modes() {
     let mut c = session_client(&url).await;
     let s = accept(&mut sessions).await;
     assert!(matches!(next_frame(&mut c).await, Frame::Hello { .. }));
-    assert_eq!(s.mode(), Mode::Session);
+    assert_eq!(s.transport(), Transport::WebSocketSession);
 }
 
 #[tokio::test]

@@ -167,3 +167,26 @@ pub fn fast_timers() -> Options {
         ..Options::default()
     }
 }
+
+/// The old `Received` view of a message, for the conformance items: its JSON value (`None`
+/// for a map without one) and its map (`None` for a message).
+pub trait MessageExt {
+    fn value(&self) -> Option<serde_json::Value>;
+    fn map(&self) -> Option<browserver_transport_bc::Map>;
+}
+
+impl MessageExt for browserver_transport_bc::Message {
+    fn value(&self) -> Option<serde_json::Value> {
+        match self {
+            browserver_transport_bc::Message::Map(_) => None,
+            other => other.json().ok(),
+        }
+    }
+
+    fn map(&self) -> Option<browserver_transport_bc::Map> {
+        match self {
+            browserver_transport_bc::Message::Map(map) => Some(map.clone()),
+            _ => None,
+        }
+    }
+}

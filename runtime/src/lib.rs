@@ -1,0 +1,49 @@
+//! # browserver-runtime
+//!
+//! The tokio side of browserver's transports, written once:
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`machine`] | the [`Machine`] trait every transport's sans-IO protocol machine implements |
+//! | [`driver`] | one generic task that runs any machine: commands in, drain, one timer |
+//! | [`session`] | the application's one [`Session`] type, whatever the transport; [`Sessions`] |
+//! | [`message`] | [`Message`]: text, binary, or a BrowserChannel map |
+//! | [`error`] | [`SendError`] |
+//! | [`http`] | client address, owned headers, origin check, quota slot, admission hooks |
+//! | [`serve()`] | the accept loop (HTTP/1 and HTTP/2, upgrades, graceful drain) |
+//!
+//! A transport (`browserver-transport-bc`, `browserver-transport-ws`) parses requests or
+//! frames into its machine's inputs and writes its transmits; everything between — the
+//! application's commands, acknowledgements, the unread bound, state changes, timers — is
+//! here. An application writes one handler for every transport:
+//!
+//! ```
+//! use browserver_runtime::{Message, Session};
+//!
+//! async fn echo(session: Session) {
+//!     while let Some(message) = session.recv().await {
+//!         // Sends are acknowledged by the client; the Ack may be awaited or dropped.
+//!         let _ack = session.send(message);
+//!     }
+//!     println!("{} client closed: {}", session.transport(), session.closed().await);
+//! }
+//! # let _ = echo;
+//! ```
+
+pub mod driver;
+pub mod error;
+pub mod http;
+pub mod machine;
+pub mod message;
+mod serve;
+pub mod session;
+
+pub use driver::{Io, Limits, Link, Parts};
+pub use error::SendError;
+pub use http::ClientAddr;
+pub use machine::{Event, Machine, Output};
+pub use message::{Map, Message};
+pub use serve::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, serve, serve_with_shutdown};
+pub use session::{Ack, Announce, Info, Session, Sessions, Status, Transport};
+
+pub use browserver_core::{CloseReason, State};

@@ -1,0 +1,519 @@
+//! One WebSocket session as a sans-IO machine: WebSocket messages in, WebSocket messages
+//! out. It owns every protocol decision — the hello and resumption, session mode's sequence
+//! numbers and acknowledgements, plain mode's "written counts as acknowledged", keep-alive
+//! pings and the idle timeout, the close codes — on top of a `browserver-core`
+//! [`Session`](Core). Plain mode is the degenerate case: no hello, no numbers, no resumption.
+//! Time is an argument; the simulator drives it exactly as the runtime's driver does.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use browserver_core::{
+    CloseReason, Event as CoreEvent, PathId, PathMode, Payload, Session as Core, State,
+    Transmit as CoreTransmit,
+};
+use browserver_runtime::{Event, Machine, Message, Output, SendError};
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::codec::{self, CLOSE_CLOSED, CLOSE_STOPPED, Frame};
+
+/// How the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A plain WebSocket client: one frame per message, nothing else sent to it; a send
+    /// counts as acknowledged once written to the socket; no resumption.
+    Plain,
+    /// The negotiated session mode: sequence numbers, acknowledgements, resumption.
+    Session,
+}
+
+/// Identifies one WebSocket connection of a session (the I/O side chooses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u64);
+
+/// What the connection tasks feed in.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// A new connection (the first, or a resumption with the client's acknowledgement).
+    Attach {
+        /// The connection.
+        conn: ConnId,
+        /// The client's `ack` (resumption).
+        ack: Option<u64>,
+    },
+    /// A message read from `conn`.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        message: WsMessage,
+    },
+    /// Plain mode: `conn` flushed every message up to `upto` to its socket.
+    Written {
+        /// The connection.
+        conn: ConnId,
+        /// The last message written.
+        upto: u64,
+    },
+    /// `conn` ended without a close frame.
+    Gone {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// What the connection tasks are asked to do.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Transmit {
+    /// Write `message` on `conn`.
+    Frame {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        message: WsMessage,
+    },
+    /// Plain mode: report [`Input::Written`] once everything before this is flushed.
+    Written {
+        /// The connection.
+        conn: ConnId,
+        /// The last message queued.
+        upto: u64,
+    },
+    /// Nothing more will be written on `conn`: close it once its queue is written.
+    Release {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// The machine's settings (from the endpoint's options).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The session id (sent in the hello).
+    pub id: String,
+    /// The resume token (sent in the hello).
+    pub resume_token: String,
+    /// Plain or session mode.
+    pub mode: Mode,
+    /// Ping period on an idle connection.
+    pub keep_alive_interval: Duration,
+    /// How long a session-mode session waits for its client to resume.
+    pub session_timeout: Duration,
+    /// A connection from which nothing arrived this long is dropped.
+    pub idle_timeout: Duration,
+    /// Unacknowledged outbound bytes retained.
+    pub max_buffered_bytes: usize,
+    /// How far ahead of a missing message others are held.
+    pub reorder_window: u64,
+    /// Session mode: how long an acknowledgement may wait for company.
+    pub ack_delay: Duration,
+}
+
+#[derive(Debug)]
+struct Conn {
+    path: PathId,
+    last_heard: Instant,
+}
+
+/// One WebSocket session, server side.
+#[derive(Debug)]
+pub struct SessionMachine {
+    core: Core,
+    config: Config,
+    conns: HashMap<ConnId, Conn>,
+    /// Plain mode: the sequence number of the next message (plain clients send none).
+    inbound_next: u64,
+    /// Whether message frames were written during this drain (an acknowledgement rides
+    /// along at once).
+    wrote: bool,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    now: Instant,
+}
+
+/// A close frame; the reason cut to 120 bytes (a control frame holds 125).
+pub fn close_frame(code: u16, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason[..end].into(),
+    }))
+}
+
+fn tagged(tag: u8, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+impl SessionMachine {
+    /// A new session at `now`.
+    pub fn new(config: Config, now: Instant) -> SessionMachine {
+        let core_config = browserver_core::Config {
+            keepalive_interval: config.keep_alive_interval,
+            session_timeout: config.session_timeout,
+            attach_timeout: config.session_timeout,
+            keepalive: browserver_core::KeepaliveMode::Ping,
+            max_buffered_bytes: config.max_buffered_bytes,
+            reorder_window: config.reorder_window,
+            // Plain clients get no acknowledgements: no timer for them.
+            ack_delay: if config.mode == Mode::Session {
+                config.ack_delay
+            } else {
+                Duration::ZERO
+            },
+            ..browserver_core::Config::default()
+        };
+        SessionMachine {
+            core: Core::new(browserver_core::Role::Server, core_config, now),
+            config,
+            conns: HashMap::new(),
+            inbound_next: 0,
+            wrote: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            now,
+        }
+    }
+
+    /// The core session (for inspection in tests and the simulator).
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn frame_out(&mut self, conn: ConnId, message: WsMessage) {
+        self.transmits.push_back(Transmit::Frame { conn, message });
+    }
+
+    fn release(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+        self.transmits.push_back(Transmit::Release { conn });
+    }
+
+    fn attach(&mut self, now: Instant, conn: ConnId, ack: Option<u64>) {
+        if let Some(ack) = ack {
+            // An acknowledgement of messages never sent is ignored (the core refuses it).
+            let _ = self.core.handle_ack(now, ack);
+        }
+        let resumed = self.core.state() != State::Init;
+        let Ok(path) = self.core.attach(now, PathMode::default()) else {
+            self.frame_out(conn, close_frame(CLOSE_CLOSED, "closed"));
+            self.transmits.push_back(Transmit::Release { conn });
+            return;
+        };
+        if self.config.mode == Mode::Session {
+            let hello = Frame::Hello {
+                sid: self.config.id.clone(),
+                ack: self.core.ack_position(),
+                resumed,
+                token: Some(self.config.resume_token.clone()),
+            };
+            self.frame_out(conn, WsMessage::Binary(codec::encode(&hello)));
+            // The hello carries the acknowledgement.
+            let _ = self.core.poll_ack(true);
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                path,
+                last_heard: now,
+            },
+        );
+    }
+
+    fn frame_in(&mut self, now: Instant, conn: ConnId, message: WsMessage) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_heard = now;
+        match (self.config.mode, message) {
+            (_, WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
+            // A close frame is the client's decision (a browser tab going away included); only
+            // a connection lost without one can be resumed.
+            (_, WsMessage::Close(_)) => {
+                self.conns.remove(&conn);
+                let _ = self.core.handle_peer_close(now);
+            }
+            (Mode::Plain, WsMessage::Text(text)) => {
+                self.plain_message(now, tagged(b'T', text.as_bytes()));
+            }
+            (Mode::Plain, WsMessage::Binary(data)) => {
+                self.plain_message(now, tagged(b'B', &data));
+            }
+            (Mode::Session, WsMessage::Binary(data)) => match codec::decode(&data) {
+                Ok(Frame::Text { seq, text }) => {
+                    let _ =
+                        self.core
+                            .handle_incoming(now, seq, Payload::Message(tagged(b'T', &text)));
+                }
+                Ok(Frame::Binary { seq, data }) => {
+                    let _ =
+                        self.core
+                            .handle_incoming(now, seq, Payload::Message(tagged(b'B', &data)));
+                }
+                Ok(Frame::Ack { upto }) => {
+                    let _ = self.core.handle_ack(now, upto);
+                }
+                Ok(other) => {
+                    self.protocol_error(now, &format!("unexpected frame from client: {other:?}"))
+                }
+                Err(e) => self.protocol_error(now, &e.to_string()),
+            },
+            (Mode::Session, WsMessage::Text(_)) => {
+                self.protocol_error(now, "text frame in session mode")
+            }
+        }
+    }
+
+    fn plain_message(&mut self, now: Instant, data: Bytes) {
+        let seq = self.inbound_next;
+        self.inbound_next = self.inbound_next.saturating_add(1);
+        let _ = self.core.handle_incoming(now, seq, Payload::Message(data));
+    }
+
+    fn protocol_error(&mut self, now: Instant, what: &str) {
+        let _ = self
+            .core
+            .close(now, CloseReason::Protocol(what.to_string()));
+    }
+
+    fn conn_for(&self, path: PathId) -> Option<ConnId> {
+        self.conns
+            .iter()
+            .find(|(_, c)| c.path == path)
+            .map(|(k, _)| *k)
+    }
+
+    fn write(&mut self, transmit: CoreTransmit) {
+        match transmit {
+            CoreTransmit::Batch { path, items, end } => {
+                let Some(conn) = self.conn_for(path) else {
+                    return;
+                };
+                self.wrote = true;
+                let mode = self.config.mode;
+                let mut stopped = false;
+                let mut last = None;
+                for item in &items {
+                    last = Some(item.seq);
+                    let message = match (&item.payload, mode) {
+                        // The body is sliced out of the payload, not copied (text was valid
+                        // UTF-8 when the application gave it).
+                        (Payload::Message(data), Mode::Plain) => match data.first() {
+                            Some(b'T') => Utf8Bytes::try_from(data.slice(1..))
+                                .ok()
+                                .map(WsMessage::Text),
+                            Some(b'B') => Some(WsMessage::Binary(data.slice(1..))),
+                            _ => None,
+                        },
+                        (Payload::Message(data), Mode::Session) => {
+                            let frame = match data.first() {
+                                Some(b'T') => Frame::Text {
+                                    seq: item.seq,
+                                    text: data.slice(1..),
+                                },
+                                _ => Frame::Binary {
+                                    seq: item.seq,
+                                    data: data.slice(1..),
+                                },
+                            };
+                            Some(WsMessage::Binary(codec::encode(&frame)))
+                        }
+                        (Payload::Open, Mode::Session) => {
+                            Some(WsMessage::Binary(codec::encode(&Frame::Open {
+                                seq: item.seq,
+                            })))
+                        }
+                        (Payload::Stop, mode) => {
+                            stopped = true;
+                            (mode == Mode::Session).then(|| {
+                                WsMessage::Binary(codec::encode(&Frame::Stop { seq: item.seq }))
+                            })
+                        }
+                        _ => None,
+                    };
+                    if let Some(m) = message {
+                        self.frame_out(conn, m);
+                    }
+                }
+                if stopped {
+                    self.frame_out(conn, close_frame(CLOSE_STOPPED, "stop"));
+                    self.events.push_back(Event::StopWritten);
+                }
+                if mode == Mode::Plain
+                    && let Some(upto) = last
+                {
+                    // A plain client cannot acknowledge: what its writer flushed counts as
+                    // delivered (`Input::Written`), so a client that does not read holds at
+                    // most the session's buffer limit.
+                    self.transmits.push_back(Transmit::Written { conn, upto });
+                }
+                if end {
+                    self.release(conn);
+                }
+            }
+            CoreTransmit::Ping { path } => {
+                let Some(conn) = self.conn_for(path) else {
+                    return;
+                };
+                let idle = self.conns.get(&conn).is_some_and(|c| {
+                    self.now.duration_since(c.last_heard) > self.config.idle_timeout
+                });
+                if idle {
+                    self.frame_out(conn, close_frame(1001, "idle"));
+                    self.release(conn);
+                    self.core.detach(self.now, path);
+                    if self.config.mode == Mode::Plain {
+                        let _ = self.core.handle_peer_close(self.now);
+                    }
+                } else {
+                    self.frame_out(conn, WsMessage::Ping(Bytes::new()));
+                }
+            }
+            CoreTransmit::End { path } => {
+                if let Some(conn) = self.conn_for(path) {
+                    let frame = match self.core.close_reason() {
+                        Some(reason) => close_frame(CLOSE_CLOSED, &reason.to_string()),
+                        None => close_frame(1000, "replaced"),
+                    };
+                    self.frame_out(conn, frame);
+                    self.release(conn);
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: CoreEvent) {
+        let event = match event {
+            CoreEvent::StateChanged { new, .. } => Event::State(new),
+            CoreEvent::Closed(reason) => Event::Closed(reason),
+            CoreEvent::Message { data, .. } => {
+                let message = match data.split_first() {
+                    Some((b'T', text)) => match String::from_utf8(text.to_vec()) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => return,
+                    },
+                    Some((b'B', _)) => Message::Binary(data.slice(1..)),
+                    _ => return,
+                };
+                Event::Message(message)
+            }
+            CoreEvent::Acked { seq } => Event::Acked(seq),
+            CoreEvent::SendFailed { seq, reason } => Event::SendFailed(seq, reason),
+        };
+        self.events.push_back(event);
+    }
+}
+
+impl Machine for SessionMachine {
+    type Input = Input;
+    type Transmit = Transmit;
+
+    fn handle_input(&mut self, now: Instant, input: Input) {
+        self.now = now;
+        match input {
+            Input::Attach { conn, ack } => self.attach(now, conn, ack),
+            Input::Frame { conn, message } => self.frame_in(now, conn, message),
+            Input::Written { conn, upto } => {
+                if self.config.mode == Mode::Plain && self.conns.contains_key(&conn) {
+                    let _ = self.core.handle_ack(now, upto);
+                }
+            }
+            Input::Gone { conn } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    self.transmits.push_back(Transmit::Release { conn });
+                    if self.core.detach(now, c.path) && self.config.mode == Mode::Plain {
+                        let _ = self.core.handle_peer_close(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, now: Instant, message: Message) -> Result<u64, SendError> {
+        self.now = now;
+        let data = match &message {
+            Message::Text(text) => tagged(b'T', text.as_bytes()),
+            Message::Binary(data) => tagged(b'B', data),
+            _ => {
+                return Err(SendError::Unsupported(
+                    "WebSocket carries text and binary messages, not maps",
+                ));
+            }
+        };
+        self.core.send(now, data).map_err(|e| match e {
+            browserver_core::Error::BufferFull {
+                buffered, limit, ..
+            } => SendError::BufferFull { buffered, limit },
+            _ => SendError::Closed(self.close_reason().unwrap_or(CloseReason::Closed(None))),
+        })
+    }
+
+    fn close(&mut self, now: Instant, reason: CloseReason) {
+        self.now = now;
+        let _ = self.core.close(now, reason);
+    }
+
+    fn stop(&mut self, now: Instant) -> bool {
+        self.now = now;
+        self.core.stop(now).is_ok()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.core.handle_timeout(now);
+    }
+
+    fn poll_output(&mut self) -> Output<Transmit> {
+        loop {
+            if let Some(t) = self.transmits.pop_front() {
+                return Output::Transmit(t);
+            }
+            if let Some(e) = self.events.pop_front() {
+                return Output::Event(e);
+            }
+            let transmit = self.core.poll_transmit();
+            let event = self.core.poll_event();
+            let drained = transmit.is_none() && event.is_none();
+            if let Some(t) = transmit {
+                self.write(t);
+            }
+            if let Some(e) = event {
+                self.event(e);
+            }
+            if drained {
+                // Session mode: acknowledge what the application has been given, when the
+                // core says it is due (at once if frames were just written: they leave in
+                // the same write).
+                let wrote = std::mem::take(&mut self.wrote);
+                if self.config.mode == Mode::Session
+                    && let Some(conn) = self.conns.keys().next().copied()
+                    && let Some(upto) = self.core.poll_ack(wrote)
+                {
+                    let ack = WsMessage::Binary(codec::encode(&Frame::Ack { upto }));
+                    self.frame_out(conn, ack);
+                    continue;
+                }
+                return Output::Timeout(self.core.poll_timeout());
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.core.close_reason().cloned()
+    }
+}
