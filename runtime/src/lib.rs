@@ -10,7 +10,7 @@
 //! | [`message`] | [`Message`]: text, binary, or a BrowserChannel map |
 //! | [`error`] | [`SendError`] |
 //! | [`http`] | client address, owned headers, origin check, quota slot, admission hooks |
-//! | [`serve()`] | the accept loop (HTTP/1 and HTTP/2, upgrades, graceful drain) |
+//! | `serve` | the accept loop (HTTP/1 and HTTP/2, upgrades, graceful drain; feature `serve`, on by default) |
 //!
 //! A transport (`browserver-transport-bc`, `browserver-transport-ws`) parses requests or
 //! frames into its machine's inputs and writes its transmits; everything between — the
@@ -35,6 +35,7 @@ pub mod error;
 pub mod http;
 pub mod machine;
 pub mod message;
+#[cfg(feature = "serve")]
 mod serve;
 pub mod session;
 
@@ -43,6 +44,7 @@ pub use error::SendError;
 pub use http::ClientAddr;
 pub use machine::{Event, Machine, Output};
 pub use message::{Map, Message};
+#[cfg(feature = "serve")]
 pub use serve::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, serve, serve_with_shutdown};
 pub use session::{Ack, Announce, Info, Session, Sessions, Status, Transport};
 

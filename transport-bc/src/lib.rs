@@ -37,21 +37,31 @@
 //!
 //! See `docs/browserchannel.md` for the options and protocol notes.
 
+#[cfg(feature = "server")]
 mod body;
 pub mod codec;
+#[cfg(feature = "server")]
 mod io;
+#[cfg(feature = "server")]
 mod options;
 pub mod protocol;
+#[cfg(feature = "server")]
 mod response;
+#[cfg(feature = "server")]
 mod serve;
+#[cfg(feature = "server")]
 mod service;
 #[cfg(feature = "warp")]
 mod warp_filter;
 
+#[cfg(feature = "server")]
 pub use body::ResponseBody;
+#[cfg(feature = "server")]
 pub use options::{Admission, AdmissionFuture, ConnectHook, Cors, CorsFn, Options};
 pub use protocol::ServerMachine;
+#[cfg(feature = "server")]
 pub use serve::serve;
+#[cfg(feature = "server")]
 pub use service::{BrowserChannel, WithFallback};
 
 pub use browserver_runtime::{
@@ -60,4 +70,5 @@ pub use browserver_runtime::{
 };
 
 /// The browser client served at `<base>/bcsocket.js`.
+#[cfg(feature = "server")]
 pub const CLIENT_SCRIPT: &str = include_str!("../js/bcsocket.js");

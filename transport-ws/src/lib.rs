@@ -33,15 +33,20 @@
 //! ```
 
 pub mod codec;
+#[cfg(feature = "server")]
 mod endpoint;
+#[cfg(feature = "server")]
 mod io;
 pub mod protocol;
+#[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "warp")]
 mod warp_filter;
 
+#[cfg(feature = "server")]
 pub use endpoint::{Admission, AdmissionFuture, ConnectHook, Options, WsEndpoint};
 pub use protocol::{Mode, SessionMachine};
+#[cfg(feature = "server")]
 pub use serve::serve;
 
 pub use browserver_runtime::{

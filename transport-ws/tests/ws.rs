@@ -396,6 +396,7 @@ async fn a_bad_handshake_gets_400_with_a_reason() {
     assert_eq!(&body[..], b"missing Upgrade: websocket");
 }
 
+#[cfg(feature = "warp")]
 #[tokio::test]
 async fn the_warp_filter_serves_both_modes() {
     use warp::Filter;
