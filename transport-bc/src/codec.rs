@@ -10,7 +10,6 @@
 //! byte lengths equal the UTF-16 lengths the Closure client counts, and U+2028/U+2029 are always
 //! escaped.
 
-use std::collections::BTreeMap;
 use std::io;
 
 use serde::Serialize;
@@ -18,7 +17,7 @@ use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// A forward-channel map: string keys to string values.
-pub type Map = BTreeMap<String, String>;
+pub type Map = browserver_runtime::Map;
 
 /// The fixed padding Google's server writes after the first script of an html response.
 pub const HTML_PADDING: &str = "7cca69475363026330a0d99468e88d23ce95e222591126443015f5f462d9a177186c8701fb45a6ffee0daf1a178fc0f58cd309308fba7e6f011ac38c9cdd4580760f1d4560a84d5ca0355ecbbed2ab715a3350fe0c479050640bd0e77acec90c58c4d3dd0f5cf8d4510e68c8b12e087bd88cad349aafd2ab16b07b0b1b8276091217a44a9fe92fedacffff48092ee693af";
@@ -50,6 +49,9 @@ pub enum CodecError {
     /// A server → client chunk is malformed.
     #[error("bad chunk: {0}")]
     BadChunk(&'static str),
+    /// A server → client answer is not what the protocol says it is.
+    #[error("bad answer: {0}")]
+    BadAnswer(&'static str),
 }
 
 /// Bounds on one forward-channel request, so that parsing it costs memory in proportion to
@@ -521,6 +523,172 @@ pub fn split_chunk(buf: &str) -> Result<Option<(&str, usize)>, CodecError> {
     Ok(None)
 }
 
+/// The test channel's first answer to a streaming probe (`TYPE=xmlhttp`): it arrives alone
+/// if responses stream, together with [`TEST_SECOND`] behind a buffering proxy.
+pub const TEST_FIRST: &str = "11111";
+/// The test channel's second answer, after the server's pause.
+pub const TEST_SECOND: &str = "2";
+
+/// The test channel's `MODE=init` answer: `[hostPrefix|null,null]`.
+pub fn test_init_answer(host_prefix: Option<&str>) -> String {
+    let prefix = host_prefix.map_or_else(|| "null".to_string(), js_string_literal);
+    format!("[{prefix},null]")
+}
+
+/// The host prefix in a `MODE=init` answer.
+pub fn parse_test_init(answer: &str) -> Result<Option<String>, CodecError> {
+    let (prefix, _): (Option<String>, serde::de::IgnoredAny) =
+        serde_json::from_str(answer).map_err(|_| CodecError::BadAnswer("test channel"))?;
+    Ok(prefix)
+}
+
+/// A forward request's answer: `[backChannelPresent, lastSentArrayId, outstandingBytes]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardStatus {
+    /// Whether the server has a back channel for the session.
+    pub back_channel: bool,
+    /// The last array id it sent (`None`: none yet, written `-1`).
+    pub last_sent: Option<u64>,
+    /// Bytes of arrays sent and not yet acknowledged.
+    pub outstanding: u64,
+}
+
+impl ForwardStatus {
+    /// The array's JSON text (not chunked).
+    pub fn encode(&self) -> String {
+        let last = self
+            .last_sent
+            .map_or_else(|| "-1".to_string(), |s| s.to_string());
+        format!(
+            "[{},{last},{}]",
+            u8::from(self.back_channel),
+            self.outstanding
+        )
+    }
+
+    /// Reads a forward answer's body: one chunk holding the array.
+    pub fn parse(body: &str) -> Result<ForwardStatus, CodecError> {
+        let Some((payload, used)) = split_chunk(body)? else {
+            return Err(CodecError::BadAnswer("forward answer is incomplete"));
+        };
+        if used != body.len() {
+            return Err(CodecError::BadAnswer(
+                "forward answer has more than one chunk",
+            ));
+        }
+        let (present, last, outstanding): (u8, i64, u64) = serde_json::from_str(payload)
+            .map_err(|_| CodecError::BadAnswer("forward answer is not a status array"))?;
+        Ok(ForwardStatus {
+            back_channel: present == 1,
+            last_sent: u64::try_from(last).ok(),
+            outstanding,
+        })
+    }
+}
+
+/// Incremental decoding of a server → client stream of length-prefixed chunks, whose network
+/// reads may split chunks and UTF-8 sequences anywhere. Holds at most `limit` bytes of an
+/// unfinished chunk.
+#[derive(Debug)]
+pub struct ChunkReader {
+    bytes: Vec<u8>,
+    text: String,
+    limit: usize,
+}
+
+impl Default for ChunkReader {
+    fn default() -> Self {
+        ChunkReader::with_limit(16 << 20)
+    }
+}
+
+impl ChunkReader {
+    /// A reader that refuses to hold more than `limit` bytes of unfinished chunks.
+    pub fn with_limit(limit: usize) -> ChunkReader {
+        ChunkReader {
+            bytes: Vec::new(),
+            text: String::new(),
+            limit,
+        }
+    }
+
+    /// Adds bytes read from the network; returns the payloads completed by them, in order.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<String>, CodecError> {
+        self.bytes.extend_from_slice(data);
+        let valid = match std::str::from_utf8(&self.bytes) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_some() => {
+                return Err(CodecError::BadChunk("invalid UTF-8"));
+            }
+            Err(e) => e.valid_up_to(),
+        };
+        self.text
+            .push_str(std::str::from_utf8(&self.bytes[..valid]).unwrap_or_default());
+        self.bytes.drain(..valid);
+        let mut out = Vec::new();
+        while let Some((payload, used)) = split_chunk(&self.text)? {
+            out.push(payload.to_string());
+            self.text.drain(..used);
+        }
+        if self.text.len().saturating_add(self.bytes.len()) > self.limit {
+            return Err(CodecError::BadChunk("chunk larger than the limit"));
+        }
+        Ok(out)
+    }
+
+    /// Whether nothing unfinished is held (a response that ends otherwise was cut).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.text.is_empty()
+    }
+}
+
+/// The arrays of one back-channel payload, `[[id,data],…]`: each id with its data as the
+/// server wrote it (not parsed into a tree: numbers keep every digit).
+pub fn parse_arrays(payload: &str) -> Result<Vec<(u64, Box<RawValue>)>, CodecError> {
+    serde_json::from_str(payload.trim_end()).map_err(|_| CodecError::BadAnswer("arrays"))
+}
+
+/// What one array of a back channel is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArrayKind {
+    /// `["c", sid, hostPrefix, version]`: the session is open.
+    Open {
+        /// The session id.
+        sid: String,
+        /// The host prefix the server offers.
+        host_prefix: Option<String>,
+    },
+    /// `["noop"]`: a keep-alive.
+    Noop,
+    /// `["stop"]`: do not reconnect.
+    Stop,
+    /// An application message.
+    Message,
+}
+
+/// Classifies one array's data.
+pub fn array_kind(data: &RawValue) -> ArrayKind {
+    let text = data.get();
+    if !text.starts_with("[\"") {
+        return ArrayKind::Message;
+    }
+    match serde_json::from_str::<Vec<serde_json::Value>>(text) {
+        Ok(items) => match items.first().and_then(|v| v.as_str()) {
+            Some("noop") if items.len() == 1 => ArrayKind::Noop,
+            Some("stop") if items.len() == 1 => ArrayKind::Stop,
+            Some("c") if items.len() >= 2 => match items[1].as_str() {
+                Some(sid) => ArrayKind::Open {
+                    sid: sid.to_string(),
+                    host_prefix: items.get(2).and_then(|p| p.as_str()).map(str::to_string),
+                },
+                None => ArrayKind::Message,
+            },
+            _ => ArrayKind::Message,
+        },
+        Err(_) => ArrayKind::Message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,5 +897,123 @@ mod tests {
         assert_eq!(split_chunk("12"), Ok(None));
         assert_eq!(split_chunk("4\n\"😀\"x"), Ok(Some(("\"😀\"", 8))));
         assert!(split_chunk("x\n").is_err());
+    }
+
+    #[test]
+    fn forward_status_round_trips_and_refuses_anything_else() {
+        for status in [
+            ForwardStatus {
+                back_channel: true,
+                last_sent: Some(7),
+                outstanding: 12,
+            },
+            ForwardStatus {
+                back_channel: false,
+                last_sent: None,
+                outstanding: 0,
+            },
+        ] {
+            let body = chunk(&status.encode());
+            assert_eq!(ForwardStatus::parse(&body), Ok(status));
+        }
+        assert_eq!(
+            chunk(
+                &ForwardStatus {
+                    back_channel: false,
+                    last_sent: None,
+                    outstanding: 0
+                }
+                .encode()
+            ),
+            "8\n[0,-1,0]"
+        );
+        for bad in [
+            "",
+            "8\n[0,-1,0",
+            "3\n[0]",
+            "8\n[0,-1,0]1\n2",
+            "x\n[]",
+            "6\n[0,0,0]",
+        ] {
+            assert!(ForwardStatus::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_test_channel_answers_round_trip() {
+        assert_eq!(parse_test_init(&test_init_answer(None)), Ok(None));
+        assert_eq!(
+            parse_test_init(&test_init_answer(Some("b<1"))),
+            Ok(Some("b<1".to_string()))
+        );
+        assert!(parse_test_init("[1,null]").is_err());
+        assert!(parse_test_init("").is_err());
+    }
+
+    #[test]
+    fn a_chunk_reader_reassembles_chunks_split_anywhere() {
+        let stream = format!("{}{}", chunk("[[0,\"\\u00e9\"]]"), chunk("[[1,2.50]]"));
+        let mut expected = Vec::new();
+        for cut in 0..=stream.len() {
+            let mut reader = ChunkReader::default();
+            let mut got = reader.push(&stream.as_bytes()[..cut]).expect("first part");
+            got.extend(reader.push(&stream.as_bytes()[cut..]).expect("second part"));
+            assert!(reader.is_empty());
+            if cut == 0 {
+                expected = got.clone();
+            }
+            assert_eq!(got, expected, "cut at {cut}");
+        }
+        assert_eq!(expected.len(), 2);
+    }
+
+    #[test]
+    fn a_chunk_reader_splits_utf8_across_reads_and_bounds_what_it_holds() {
+        let mut reader = ChunkReader::default();
+        let text = "é";
+        let stream = format!("1\n{text}");
+        let bytes = stream.as_bytes();
+        assert_eq!(
+            reader.push(&bytes[..3]).expect("partial"),
+            Vec::<String>::new()
+        );
+        assert_eq!(reader.push(&bytes[3..]).expect("rest"), ["é"]);
+        let mut small = ChunkReader::with_limit(8);
+        assert!(small.push(b"100\n0123456789").is_err());
+        assert!(ChunkReader::default().push(&[b'1', b'\n', 0xff]).is_err());
+    }
+
+    #[test]
+    fn arrays_keep_their_data_as_written() {
+        let arrays = parse_arrays(
+            "[[0,[\"c\",\"s\",null,8]],[1,1.0e+21],[2,[\"noop\"]],[3,[\"stop\"]],[4,[\"x\"]]]\n",
+        )
+        .expect("arrays");
+        let ids: Vec<u64> = arrays.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+        assert_eq!(arrays[1].1.get(), "1.0e+21");
+        let kinds: Vec<ArrayKind> = arrays.iter().map(|(_, d)| array_kind(d)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ArrayKind::Open {
+                    sid: "s".into(),
+                    host_prefix: None
+                },
+                ArrayKind::Message,
+                ArrayKind::Noop,
+                ArrayKind::Stop,
+                ArrayKind::Message
+            ]
+        );
+        assert!(parse_arrays("[[-1,0]]").is_err());
+        assert!(parse_arrays("[[0]]").is_err());
+        assert!(parse_arrays("{}").is_err());
+    }
+
+    #[test]
+    fn ascii_json_escapes_only_non_ascii_and_keeps_numbers() {
+        assert_eq!(ascii_json("[1.10,2e5]"), "[1.10,2e5]");
+        assert_eq!(ascii_json("\"é😀\""), "\"\\u00e9\\ud83d\\ude00\"");
     }
 }

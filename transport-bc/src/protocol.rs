@@ -309,8 +309,6 @@ impl ServerMachine {
 
     /// `[backChannelPresent, lastSentArrayId, outstandingBytes]` for a forward-POST answer.
     fn forward_status(&self) -> String {
-        let present = u8::from(self.core.has_path());
-        let last_sent = self.core.last_sent().map_or(-1, |s| s as i64);
         let mut outstanding = 0usize;
         let mut count = 0usize;
         for item in self.core.in_flight() {
@@ -320,7 +318,12 @@ impl ServerMachine {
         if count > 0 {
             outstanding = outstanding.saturating_add(count + 1); // brackets and commas
         }
-        format!("[{present},{last_sent},{outstanding}]")
+        codec::ForwardStatus {
+            back_channel: self.core.has_path(),
+            last_sent: self.core.last_sent(),
+            outstanding: outstanding as u64,
+        }
+        .encode()
     }
 
     fn item_json<'a>(&self, item: &'a Item) -> Cow<'a, [u8]> {

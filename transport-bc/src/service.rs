@@ -251,10 +251,8 @@ impl BrowserChannel {
             return error_response(400, "Version 8 required", &headers);
         }
         if param(query, "MODE") == Some("init") && method == Method::GET {
-            let prefix = self
-                .host_prefix()
-                .map_or_else(|| "null".to_string(), |p| codec::js_string_literal(&p));
-            let mut r = ok_response(&headers, ResponseBody::full(format!("[{prefix},null]")));
+            let answer = codec::test_init_answer(self.host_prefix().as_deref());
+            let mut r = ok_response(&headers, ResponseBody::full(answer));
             r.headers_mut().insert(
                 HeaderName::from_static("x-accept"),
                 HeaderValue::from_static("application/json; application/x-www-form-urlencoded"),
@@ -265,12 +263,16 @@ impl BrowserChannel {
         let (first, second, headers) = if html {
             let domain = param(query, "DOMAIN");
             (
-                codec::html_prelude(domain) + &codec::html_script("11111", true),
-                codec::html_script("2", false) + codec::HTML_DONE,
+                codec::html_prelude(domain) + &codec::html_script(codec::TEST_FIRST, true),
+                codec::html_script(codec::TEST_SECOND, false) + codec::HTML_DONE,
                 self.inner.html_headers.clone(),
             )
         } else {
-            ("11111".to_string(), "2".to_string(), headers)
+            (
+                codec::TEST_FIRST.to_string(),
+                codec::TEST_SECOND.to_string(),
+                headers,
+            )
         };
         let (tx, body) = ResponseBody::channel(None);
         let _ = tx.send(Bytes::from(first));
