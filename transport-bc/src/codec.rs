@@ -642,9 +642,12 @@ impl ChunkReader {
     }
 }
 
+/// Arrays of a back channel: each id with its data as the server wrote it.
+pub type Arrays = Vec<(u64, Box<RawValue>)>;
+
 /// The arrays of one back-channel payload, `[[id,data],…]`: each id with its data as the
 /// server wrote it (not parsed into a tree: numbers keep every digit).
-pub fn parse_arrays(payload: &str) -> Result<Vec<(u64, Box<RawValue>)>, CodecError> {
+pub fn parse_arrays(payload: &str) -> Result<Arrays, CodecError> {
     serde_json::from_str(payload.trim_end()).map_err(|_| CodecError::BadAnswer("arrays"))
 }
 

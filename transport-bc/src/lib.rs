@@ -4,6 +4,8 @@
 //! Library's `goog.net.BrowserChannel` and node-browserchannel's clients.
 //!
 //! - [`codec`]: the wire format as pure functions (shared with the Rust client).
+//! - [`client`]: the client side of one session as a sans-IO machine ([`client::ClientMachine`]),
+//!   run by the Rust client and by the simulator.
 //! - [`protocol`]: one session's protocol as a sans-IO machine ([`ServerMachine`]), run by
 //!   the `browserver-runtime` driver and by the simulator.
 //! - [`BrowserChannel`]: the endpoint — a `tower::Service`, a [`warp` filter](BrowserChannel::filter)
@@ -39,6 +41,7 @@
 
 #[cfg(feature = "server")]
 mod body;
+pub mod client;
 pub mod codec;
 #[cfg(feature = "server")]
 mod io;

@@ -1,0 +1,963 @@
+//! The client side of BrowserChannel for one session, as a sans-IO machine (the protocol of
+//! Closure's `goog.net.BrowserChannel`, version 8, after the test channel): the creating
+//! request, the forward channel (one POST in flight, retried under the same `RID`), the back
+//! channel (reopened with `AID`), `terminate`. Responses in (status, body bytes, end, or a
+//! failure), requests out; every request deadline and retry delay is in this machine's timer,
+//! so the simulator runs it exactly as the client's driver does.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use browserver_core::{
+    CloseReason, Event as CoreEvent, PathMode, Payload, Role, Session as Core, State,
+    Transmit as CoreTransmit,
+};
+use bytes::Bytes;
+
+use crate::codec::{self, ArrayKind, ChunkReader, ForwardStatus, Map};
+use crate::protocol::RequestId;
+
+/// Settings of one client session.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Whether back channels may stream (`CI=0`; the test channel's verdict).
+    pub streaming: bool,
+    /// Sent as `CVER`.
+    pub app_version: Option<String>,
+    /// The session this one replaces (`OSID`, and `OAID`: the last array received).
+    pub previous: Option<(String, Option<u64>)>,
+    /// The first `RID`.
+    pub first_rid: u64,
+    /// Deadline of the creating request and of each back channel's silence (Closure: 45 s).
+    pub watchdog: Duration,
+    /// Deadline of a forward request. 20 s.
+    pub forward_timeout: Duration,
+    /// Deadline of `terminate`. 2 s.
+    pub terminate_timeout: Duration,
+    /// Retries of a failed forward request (same `RID`). 2.
+    pub max_forward_retries: u32,
+    /// Retries of a failed back channel. 3.
+    pub max_back_retries: u32,
+    /// The first retry is at once; then `retry_delay × (n − 1)` plus up to twice as much
+    /// jitter, capped at 30 s (Closure: 5 s + 0–10 s).
+    pub retry_delay: Duration,
+    /// Give up at the first failure instead of retrying.
+    pub fail_fast: bool,
+    /// Most maps per forward request. 1 000.
+    pub max_maps_per_post: usize,
+    /// Bytes of one response held before it is refused. 16 MiB.
+    pub max_response_bytes: usize,
+    /// Seeds the retry jitter.
+    pub seed: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            streaming: true,
+            app_version: None,
+            previous: None,
+            first_rid: 0,
+            watchdog: Duration::from_secs(45),
+            forward_timeout: Duration::from_secs(20),
+            terminate_timeout: Duration::from_secs(2),
+            max_forward_retries: 2,
+            max_back_retries: 3,
+            retry_delay: Duration::from_secs(5),
+            fail_fast: false,
+            max_maps_per_post: 1000,
+            max_response_bytes: 16 << 20,
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+/// A request for the I/O side to make, at `<base>/bind` (or the host-prefixed base for back
+/// channels, `back`) with this query (plus the application's own parameters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Its id; responses name it.
+    pub id: RequestId,
+    /// POST (forward) or GET.
+    pub post: bool,
+    /// A back channel: use the host-prefixed base, if any.
+    pub back: bool,
+    /// The protocol's query parameters.
+    pub query: Vec<(String, String)>,
+    /// The form body of a POST.
+    pub body: Option<String>,
+}
+
+/// What the I/O side feeds in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientInput {
+    /// The response's status.
+    Head {
+        /// The request.
+        request: RequestId,
+        /// Its status.
+        status: u16,
+    },
+    /// Body bytes, as read.
+    Data {
+        /// The request.
+        request: RequestId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The body ended normally.
+    End {
+        /// The request.
+        request: RequestId,
+    },
+    /// The request failed (network error); it is over.
+    Failed {
+        /// The request.
+        request: RequestId,
+        /// Why.
+        error: String,
+    },
+}
+
+/// What the I/O side is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientTransmit {
+    /// Make this request.
+    Request(Request),
+    /// Abandon this request (its deadline passed, or the session ended).
+    Cancel(RequestId),
+}
+
+/// What the client application learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The session is open.
+    Open {
+        /// The server's session id.
+        sid: String,
+    },
+    /// A message, as the server wrote its JSON.
+    Message(Bytes),
+    /// The message `send` numbered `seq` was acknowledged by the server.
+    Acked(u64),
+    /// The message `send` numbered `seq` never will be.
+    SendFailed(u64, CloseReason),
+    /// A request failed for good (a `Closed` follows).
+    Error(String),
+    /// The session could not be opened for a reason that may pass (network, bad answer); a
+    /// `Closed` follows.
+    OpenFailed(String),
+    /// The session closed.
+    Closed(CloseReason),
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// Network error, timeout, empty or garbled body: retried.
+    Transient(String),
+    /// HTTP 400 with `Unknown SID`: the session is gone.
+    UnknownSession,
+    /// Any other non-200 status: fatal.
+    Status(u16),
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::Transient(e) => format!("Request failed: {e}"),
+            Failure::UnknownSession => "Unknown session ID".into(),
+            Failure::Status(s) => format!("Request failed (HTTP {s})"),
+        }
+    }
+}
+
+fn classify(status: u16, body: &[u8]) -> Result<(), Failure> {
+    let body = String::from_utf8_lossy(body);
+    match status {
+        200 => Ok(()),
+        400 if body.find("Unknown SID").is_some_and(|i| i > 0) => Err(Failure::UnknownSession),
+        s => Err(Failure::Status(s)),
+    }
+}
+
+#[derive(Debug)]
+enum Kind {
+    Create { last: Option<u64> },
+    Forward { rid: u64, last: Option<u64> },
+    Back,
+    Terminate,
+}
+
+#[derive(Debug)]
+struct Pending {
+    kind: Kind,
+    deadline: Instant,
+    status: Option<u16>,
+    body: Vec<u8>,
+    reader: ChunkReader,
+    got_data: bool,
+}
+
+/// One BrowserChannel session, client side.
+#[derive(Debug)]
+pub struct ClientMachine {
+    core: Core,
+    config: ClientConfig,
+    sid: Option<String>,
+    rid: u64,
+    next_request: u64,
+    pending: HashMap<RequestId, Pending>,
+    posting: Option<RequestId>,
+    back: Option<RequestId>,
+    forward_retries: u32,
+    back_retries: u32,
+    post_retry: Option<(Instant, u64)>,
+    back_retry: Option<Instant>,
+    opened: bool,
+    transmits: VecDeque<ClientTransmit>,
+    events: VecDeque<ClientEvent>,
+    rng: u64,
+    now: Instant,
+}
+
+impl ClientMachine {
+    /// A session that is not open yet: `send` queues, [`open`](Self::open) starts it.
+    pub fn new(config: ClientConfig, now: Instant) -> ClientMachine {
+        let core_config = browserver_core::Config {
+            keepalive_interval: Duration::MAX,
+            session_timeout: Duration::MAX,
+            attach_timeout: Duration::MAX,
+            ..browserver_core::Config::default()
+        };
+        ClientMachine {
+            core: Core::new(Role::Client, core_config, now),
+            rid: config.first_rid,
+            rng: config.seed | 1,
+            config,
+            sid: None,
+            next_request: 0,
+            pending: HashMap::new(),
+            posting: None,
+            back: None,
+            forward_retries: 0,
+            back_retries: 0,
+            post_retry: None,
+            back_retry: None,
+            opened: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            now,
+        }
+    }
+
+    /// The server's session id, once open.
+    pub fn sid(&self) -> Option<&str> {
+        self.sid.as_deref()
+    }
+
+    /// The last array received (the `OAID` of a session that replaces this one).
+    pub fn ack_position(&self) -> Option<u64> {
+        self.core.ack_position()
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// Closed, and no request (a `terminate`) is still on its way.
+    pub fn is_finished(&self) -> bool {
+        self.core.is_closed() && self.pending.is_empty()
+    }
+
+    /// Queues a message (JSON text, ASCII) and, if no forward request is in flight, sends
+    /// it; `Ok(seq)` is resolved by `Acked` or `SendFailed`.
+    pub fn send(&mut self, now: Instant, json: Bytes) -> Result<u64, browserver_core::Error> {
+        self.now = now;
+        let seq = self.core.send(now, json)?;
+        self.maybe_post(now);
+        Ok(seq)
+    }
+
+    /// Sends the creating request, carrying what was queued.
+    pub fn open(&mut self, now: Instant) {
+        self.now = now;
+        let (body, last) = self.forward_batch(now, false);
+        let rid = self.rid;
+        self.rid = self.rid.wrapping_add(1);
+        let mut query = vec![("VER".into(), "8".into()), ("RID".into(), rid.to_string())];
+        if let Some(v) = &self.config.app_version {
+            query.push(("CVER".into(), v.clone()));
+        }
+        if let Some((osid, oaid)) = &self.config.previous {
+            query.push(("OSID".into(), osid.clone()));
+            query.push(("OAID".into(), aid_text(*oaid)));
+        }
+        query.push(("t".into(), "1".into()));
+        let deadline = now + self.config.watchdog;
+        self.request(
+            Kind::Create { last },
+            true,
+            false,
+            query,
+            Some(body),
+            deadline,
+        );
+    }
+
+    /// The application closes the session: `terminate` is sent (if it is open).
+    pub fn close(&mut self, now: Instant) {
+        self.now = now;
+        if self.core.is_closed() {
+            return;
+        }
+        if let Some(sid) = self.sid.clone() {
+            let query = vec![
+                ("VER".into(), "8".into()),
+                ("SID".into(), sid),
+                ("RID".into(), self.rid.to_string()),
+                ("TYPE".into(), "terminate".into()),
+            ];
+            let deadline = now + self.config.terminate_timeout;
+            self.request(Kind::Terminate, false, false, query, None, deadline);
+        }
+        let _ = self.core.close(now, CloseReason::Closed(None));
+    }
+
+    /// Feeds one response event.
+    pub fn handle_input(&mut self, now: Instant, input: ClientInput) {
+        self.now = now;
+        match input {
+            ClientInput::Head { request, status } => {
+                if let Some(p) = self.pending.get_mut(&request) {
+                    p.status = Some(status);
+                }
+            }
+            ClientInput::Data { request, data } => self.data(now, request, &data),
+            ClientInput::End { request } => {
+                if let Some(p) = self.pending.remove(&request) {
+                    self.ended(now, request, p);
+                }
+            }
+            ClientInput::Failed { request, error } => {
+                if let Some(p) = self.pending.remove(&request) {
+                    self.failed(now, request, p.kind, Failure::Transient(error));
+                }
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// Runs the deadlines and retries due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let expired: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.transmits.push_back(ClientTransmit::Cancel(id));
+                self.failed(now, id, p.kind, Failure::Transient("timed out".into()));
+            }
+        }
+        if let Some((at, rid)) = self.post_retry
+            && at <= now
+        {
+            self.post_retry = None;
+            let (body, last) = self.forward_batch(now, true);
+            self.post(rid, body, last);
+        }
+        if let Some(at) = self.back_retry
+            && at <= now
+        {
+            self.back_retry = None;
+            self.start_back_channel();
+        }
+        self.after_input(now);
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let requests = self.pending.values().map(|p| p.deadline);
+        let retries = self
+            .post_retry
+            .map(|(at, _)| at)
+            .into_iter()
+            .chain(self.back_retry);
+        requests.chain(retries).min()
+    }
+
+    /// The next request (or cancellation) to make.
+    pub fn poll_transmit(&mut self) -> Option<ClientTransmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.pump();
+        self.events.pop_front()
+    }
+
+    fn next_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request = self.next_request.wrapping_add(1);
+        id
+    }
+
+    fn request(
+        &mut self,
+        kind: Kind,
+        post: bool,
+        back: bool,
+        query: Vec<(String, String)>,
+        body: Option<String>,
+        deadline: Instant,
+    ) -> RequestId {
+        let id = self.next_id();
+        self.pending.insert(
+            id,
+            Pending {
+                kind,
+                deadline,
+                status: None,
+                body: Vec::new(),
+                reader: ChunkReader::with_limit(self.config.max_response_bytes),
+                got_data: false,
+            },
+        );
+        self.transmits.push_back(ClientTransmit::Request(Request {
+            id,
+            post,
+            back,
+            query,
+            body,
+        }));
+        id
+    }
+
+    fn aid(&self) -> String {
+        aid_text(self.core.ack_position())
+    }
+
+    /// Takes the next batch of maps from the core (a one-shot path per POST; attaching
+    /// rewinds, so a retry carries every unacknowledged map again, plus new ones).
+    fn forward_batch(&mut self, now: Instant, retry: bool) -> (String, Option<u64>) {
+        let mut maps = Vec::new();
+        let mut first = None;
+        let mut last = None;
+        let mode = PathMode {
+            one_shot: true,
+            max_bytes: None,
+            provisional: false,
+        };
+        if (retry || self.core.has_unsent()) && self.core.attach(now, mode).is_ok() {
+            while let Some(t) = self.core.poll_transmit() {
+                if let CoreTransmit::Batch { items, .. } = t {
+                    for item in items.into_iter().take(self.config.max_maps_per_post) {
+                        if let Payload::Message(json) = item.payload {
+                            first.get_or_insert(item.seq);
+                            last = Some(item.seq);
+                            let mut m = Map::new();
+                            m.insert("JSON".into(), String::from_utf8_lossy(&json).into_owned());
+                            maps.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        (codec::encode_forward(first.unwrap_or(0), &maps), last)
+    }
+
+    fn post(&mut self, rid: u64, body: String, last: Option<u64>) {
+        let Some(sid) = self.sid.clone() else {
+            return;
+        };
+        let query = vec![
+            ("VER".into(), "8".into()),
+            ("SID".into(), sid),
+            ("RID".into(), rid.to_string()),
+            ("AID".into(), self.aid()),
+            ("t".into(), (self.forward_retries + 1).to_string()),
+        ];
+        let deadline = self.now + self.config.forward_timeout;
+        let id = self.request(
+            Kind::Forward { rid, last },
+            true,
+            false,
+            query,
+            Some(body),
+            deadline,
+        );
+        self.posting = Some(id);
+    }
+
+    fn maybe_post(&mut self, now: Instant) {
+        if self.posting.is_some()
+            || self.post_retry.is_some()
+            || self.sid.is_none()
+            || self.core.is_closed()
+            || !self.core.has_unsent()
+        {
+            return;
+        }
+        let (body, last) = self.forward_batch(now, false);
+        let rid = self.rid;
+        self.rid = self.rid.wrapping_add(1);
+        self.post(rid, body, last);
+    }
+
+    fn start_back_channel(&mut self) {
+        let Some(sid) = self.sid.clone() else {
+            return;
+        };
+        let ci = if self.config.streaming { "0" } else { "1" };
+        let query = vec![
+            ("VER".into(), "8".into()),
+            ("RID".into(), "rpc".into()),
+            ("SID".into(), sid),
+            ("CI".into(), ci.into()),
+            ("AID".into(), self.aid()),
+            ("TYPE".into(), "xmlhttp".into()),
+            ("t".into(), (self.back_retries + 1).to_string()),
+        ];
+        let deadline = self.now + self.config.watchdog;
+        let id = self.request(Kind::Back, false, true, query, None, deadline);
+        self.back = Some(id);
+    }
+
+    fn data(&mut self, now: Instant, request: RequestId, data: &[u8]) {
+        let watchdog = self.config.watchdog;
+        let limit = self.config.max_response_bytes;
+        let Some(p) = self.pending.get_mut(&request) else {
+            return;
+        };
+        if !matches!(p.kind, Kind::Back) || p.status != Some(200) {
+            if p.body.len().saturating_add(data.len()) > limit {
+                self.abandon(now, request, "response too large");
+            } else {
+                p.body.extend_from_slice(data);
+            }
+            return;
+        }
+        // A back channel's silence is bounded, not its length.
+        p.deadline = now + watchdog;
+        let arrays = p.reader.push(data).ok().and_then(|chunks| {
+            let mut arrays = Vec::new();
+            for chunk in chunks {
+                arrays.extend(codec::parse_arrays(&chunk).ok()?);
+            }
+            Some(arrays)
+        });
+        let Some(arrays) = arrays else {
+            return self.abandon(now, request, "bad data");
+        };
+        if !arrays.is_empty() {
+            p.got_data = true;
+            self.back_retries = 0;
+        }
+        self.incoming(now, &arrays);
+    }
+
+    /// Gives up on a request whose response is unusable.
+    fn abandon(&mut self, now: Instant, request: RequestId, why: &str) {
+        if let Some(p) = self.pending.remove(&request) {
+            self.transmits.push_back(ClientTransmit::Cancel(request));
+            self.failed(now, request, p.kind, Failure::Transient(why.into()));
+        }
+    }
+
+    fn incoming(&mut self, now: Instant, arrays: &codec::Arrays) {
+        for (id, data) in arrays {
+            let payload = match codec::array_kind(data) {
+                ArrayKind::Noop => Payload::Keepalive,
+                ArrayKind::Stop => Payload::Stop,
+                ArrayKind::Open { .. } => Payload::Open,
+                ArrayKind::Message => {
+                    Payload::Message(Bytes::copy_from_slice(data.get().as_bytes()))
+                }
+            };
+            // Arrays already received (a back channel reopened before its AID landed) are
+            // ignored by the core; one beyond its window closes the session.
+            let _ = self.core.handle_incoming(now, *id, payload);
+        }
+    }
+
+    fn ended(&mut self, now: Instant, request: RequestId, p: Pending) {
+        let status = p.status.unwrap_or(0);
+        match p.kind {
+            Kind::Create { last } => {
+                if let Err(f) = classify(status, &p.body) {
+                    return self.failed(now, request, Kind::Create { last }, f);
+                }
+                if p.body.is_empty() {
+                    let f = Failure::Transient("no data".into());
+                    return self.failed(now, request, Kind::Create { last }, f);
+                }
+                match open_answer(&p.body) {
+                    Some((sid, arrays)) => {
+                        self.sid = Some(sid);
+                        if let Some(last) = last {
+                            let _ = self.core.handle_ack(now, last);
+                        }
+                        self.incoming(now, &arrays);
+                        if !self.core.is_closed() {
+                            self.start_back_channel();
+                        }
+                    }
+                    None => {
+                        self.open_failed(now, "Got bad data from the server".into());
+                    }
+                }
+            }
+            Kind::Forward { rid, last } => {
+                self.posting = None;
+                let outcome = classify(status, &p.body).and_then(|()| {
+                    if p.body.is_empty() {
+                        return Err(Failure::Transient("no data".into()));
+                    }
+                    let text = String::from_utf8_lossy(&p.body);
+                    ForwardStatus::parse(&text).map_err(|_| Failure::Status(200))
+                });
+                match outcome {
+                    Ok(_) => {
+                        self.forward_retries = 0;
+                        if let Some(last) = last {
+                            let _ = self.core.handle_ack(now, last);
+                        }
+                    }
+                    Err(f) => self.failed(now, request, Kind::Forward { rid, last }, f),
+                }
+            }
+            Kind::Back => {
+                let outcome = classify(status, &p.body).and_then(|()| {
+                    if !p.reader.is_empty() {
+                        Err(Failure::Transient("bad data".into()))
+                    } else if p.got_data {
+                        Ok(())
+                    } else {
+                        Err(Failure::Transient("no data".into()))
+                    }
+                });
+                match outcome {
+                    Ok(()) => {
+                        if self.back == Some(request) {
+                            self.back = None;
+                            if !self.core.is_closed() {
+                                self.start_back_channel();
+                            }
+                        }
+                    }
+                    Err(f) => self.failed(now, request, Kind::Back, f),
+                }
+            }
+            Kind::Terminate => {}
+        }
+    }
+
+    fn failed(&mut self, now: Instant, request: RequestId, kind: Kind, failure: Failure) {
+        if self.core.is_closed() {
+            return;
+        }
+        let may_retry = matches!(failure, Failure::Transient(_)) && !self.config.fail_fast;
+        match kind {
+            Kind::Create { .. } => match failure {
+                Failure::Transient(_) => self.open_failed(now, failure.describe()),
+                _ => {
+                    let _ = self
+                        .core
+                        .close(now, CloseReason::Protocol(failure.describe()));
+                }
+            },
+            Kind::Forward { rid, .. } => {
+                if self.posting == Some(request) {
+                    self.posting = None;
+                }
+                if may_retry && self.forward_retries < self.config.max_forward_retries {
+                    self.forward_retries += 1;
+                    let delay = self.retry_delay(self.forward_retries);
+                    self.post_retry = Some((now + delay, rid));
+                } else {
+                    self.end_with(now, &failure);
+                }
+            }
+            Kind::Back => {
+                if self.back != Some(request) {
+                    return;
+                }
+                self.back = None;
+                if may_retry && self.back_retries < self.config.max_back_retries {
+                    self.back_retries += 1;
+                    let delay = self.retry_delay(self.back_retries);
+                    self.back_retry = Some(now + delay);
+                } else {
+                    self.end_with(now, &failure);
+                }
+            }
+            Kind::Terminate => {}
+        }
+    }
+
+    fn open_failed(&mut self, now: Instant, why: String) {
+        self.events.push_back(ClientEvent::OpenFailed(why.clone()));
+        let _ = self.core.close(now, CloseReason::Protocol(why));
+    }
+
+    fn end_with(&mut self, now: Instant, failure: &Failure) {
+        let reason = match failure {
+            Failure::UnknownSession => CloseReason::PeerClosed,
+            _ => CloseReason::Protocol(failure.describe()),
+        };
+        self.events
+            .push_back(ClientEvent::Error(failure.describe()));
+        let _ = self.core.close(now, reason);
+    }
+
+    /// `retry_delay × (n − 1)` plus up to twice as much jitter, capped at 30 s; the first
+    /// retry at once.
+    fn retry_delay(&mut self, retry: u32) -> Duration {
+        if retry <= 1 {
+            return Duration::ZERO;
+        }
+        // xorshift64: a deterministic jitter from the configured seed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.config.retry_delay.as_millis() as u64;
+        let jitter = if base == 0 { 0 } else { self.rng % (2 * base) };
+        let ms = base
+            .saturating_add(jitter)
+            .saturating_mul(u64::from(retry - 1));
+        Duration::from_millis(ms.min(30_000))
+    }
+
+    fn after_input(&mut self, now: Instant) {
+        self.pump();
+        if self.core.is_closed() {
+            // Nothing more is wanted from the server except the terminate's answer.
+            let abandoned: Vec<RequestId> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| !matches!(p.kind, Kind::Terminate))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in abandoned {
+                self.pending.remove(&id);
+                self.transmits.push_back(ClientTransmit::Cancel(id));
+            }
+            self.post_retry = None;
+            self.back_retry = None;
+            self.posting = None;
+            self.back = None;
+        } else {
+            self.maybe_post(now);
+        }
+    }
+
+    /// Moves the core's events into this machine's queue (its transmits are only read by
+    /// `forward_batch`).
+    fn pump(&mut self) {
+        while self.core.poll_transmit().is_some() {}
+        while let Some(e) = self.core.poll_event() {
+            let event = match e {
+                CoreEvent::StateChanged { new: State::Ok, .. } if !self.opened => {
+                    self.opened = true;
+                    ClientEvent::Open {
+                        sid: self.sid.clone().unwrap_or_default(),
+                    }
+                }
+                CoreEvent::StateChanged { .. } => continue,
+                CoreEvent::Message { data, .. } => ClientEvent::Message(data),
+                CoreEvent::Acked { seq } => ClientEvent::Acked(seq),
+                CoreEvent::SendFailed { seq, reason } => ClientEvent::SendFailed(seq, reason),
+                CoreEvent::Closed(reason) => ClientEvent::Closed(reason),
+            };
+            self.events.push_back(event);
+        }
+    }
+}
+
+fn aid_text(aid: Option<u64>) -> String {
+    aid.map_or_else(|| "-1".to_string(), |a| a.to_string())
+}
+
+/// The session id and the arrays of a creating request's answer; `None` if it does not
+/// start with the session's `["c", sid, …]` array at id 0.
+fn open_answer(body: &[u8]) -> Option<(String, codec::Arrays)> {
+    let mut reader = ChunkReader::default();
+    let mut arrays = Vec::new();
+    for chunk in reader.push(body).ok()? {
+        arrays.extend(codec::parse_arrays(&chunk).ok()?);
+    }
+    let (0, first) = arrays.first()? else {
+        return None;
+    };
+    let ArrayKind::Open { sid, .. } = codec::array_kind(first) else {
+        return None;
+    };
+    Some((sid, arrays))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(m: &mut ClientMachine) -> Vec<Request> {
+        std::iter::from_fn(|| m.poll_transmit())
+            .filter_map(|t| match t {
+                ClientTransmit::Request(r) => Some(r),
+                ClientTransmit::Cancel(_) => None,
+            })
+            .collect()
+    }
+
+    fn param<'a>(r: &'a Request, name: &str) -> Option<&'a str> {
+        r.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn answer(m: &mut ClientMachine, now: Instant, r: &Request, status: u16, body: &str) {
+        m.handle_input(
+            now,
+            ClientInput::Head {
+                request: r.id,
+                status,
+            },
+        );
+        m.handle_input(
+            now,
+            ClientInput::Data {
+                request: r.id,
+                data: Bytes::copy_from_slice(body.as_bytes()),
+            },
+        );
+        m.handle_input(now, ClientInput::End { request: r.id });
+    }
+
+    fn opened(now: Instant) -> (ClientMachine, Request) {
+        let mut m = ClientMachine::new(ClientConfig::default(), now);
+        m.open(now);
+        let create = requests(&mut m).remove(0);
+        let body = codec::chunk(&codec::array_batch([(
+            0,
+            codec::open_array("s1", None).as_bytes(),
+        )]));
+        answer(&mut m, now, &create, 200, &body);
+        let back = requests(&mut m).remove(0);
+        (m, back)
+    }
+
+    #[test]
+    fn the_creating_request_carries_queued_messages_and_opens_the_session() {
+        let t0 = Instant::now();
+        let mut m = ClientMachine::new(ClientConfig::default(), t0);
+        m.send(t0, Bytes::from_static(b"[1]")).expect("queued");
+        m.open(t0);
+        let create = requests(&mut m).remove(0);
+        assert!(create.post);
+        assert_eq!(param(&create, "SID"), None);
+        assert!(
+            create
+                .body
+                .as_deref()
+                .is_some_and(|b| b.contains("req0_JSON"))
+        );
+        let body = codec::chunk(&codec::array_batch([(
+            0,
+            codec::open_array("s1", None).as_bytes(),
+        )]));
+        answer(&mut m, t0, &create, 200, &body);
+        let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert!(events.contains(&ClientEvent::Open { sid: "s1".into() }));
+        assert!(events.contains(&ClientEvent::Acked(0)));
+        let back = requests(&mut m).remove(0);
+        assert_eq!(param(&back, "TYPE"), Some("xmlhttp"));
+        assert_eq!(param(&back, "AID"), Some("0"));
+        assert!(back.back);
+    }
+
+    #[test]
+    fn a_failed_forward_request_is_retried_under_the_same_rid() {
+        let t0 = Instant::now();
+        let (mut m, _back) = opened(t0);
+        m.send(t0, Bytes::from_static(b"\"a\"")).expect("send");
+        let first = requests(&mut m).remove(0);
+        m.handle_input(
+            t0,
+            ClientInput::Failed {
+                request: first.id,
+                error: "reset".into(),
+            },
+        );
+        // The first retry is due at once.
+        assert_eq!(m.poll_timeout(), Some(t0));
+        m.handle_timeout(t0);
+        let retry = requests(&mut m).remove(0);
+        assert_eq!(param(&retry, "RID"), param(&first, "RID"));
+        assert_eq!(param(&retry, "t"), Some("2"));
+        assert_eq!(retry.body, first.body);
+    }
+
+    #[test]
+    fn a_request_past_its_deadline_is_cancelled_and_counts_as_failed() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        let due = m.poll_timeout().expect("the back channel's watchdog");
+        assert_eq!(due, t0 + Duration::from_secs(45));
+        m.handle_timeout(due);
+        let out: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        assert!(out.contains(&ClientTransmit::Cancel(back.id)));
+        // The first retry is at once.
+        assert!(
+            out.iter()
+                .any(|t| matches!(t, ClientTransmit::Request(r) if r.back))
+        );
+    }
+
+    #[test]
+    fn unknown_sid_ends_the_session_as_closed_by_the_peer() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        answer(&mut m, t0, &back, 400, &codec::error_body("Unknown SID"));
+        let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert!(events.contains(&ClientEvent::Closed(CloseReason::PeerClosed)));
+        assert!(m.is_finished());
+    }
+
+    #[test]
+    fn closing_sends_terminate_and_finishes_when_it_is_answered() {
+        let t0 = Instant::now();
+        let (mut m, _back) = opened(t0);
+        m.close(t0);
+        let out: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        let terminate = out
+            .iter()
+            .find_map(|t| match t {
+                ClientTransmit::Request(r) if param(r, "TYPE") == Some("terminate") => {
+                    Some(r.clone())
+                }
+                _ => None,
+            })
+            .expect("terminate");
+        assert!(m.is_closed() && !m.is_finished());
+        answer(&mut m, t0, &terminate, 200, "");
+        assert!(m.is_finished());
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let t0 = Instant::now();
+        let mut m = ClientMachine::new(ClientConfig::default(), t0);
+        assert_eq!(m.retry_delay(1), Duration::ZERO);
+        let second = m.retry_delay(2);
+        assert!(second >= Duration::from_secs(5) && second < Duration::from_secs(15));
+        assert!(m.retry_delay(100) <= Duration::from_secs(30));
+    }
+}
