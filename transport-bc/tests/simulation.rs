@@ -509,7 +509,7 @@ impl World {
     }
 
     /// Sends one response event after a latency, behind the response's earlier events.
-    fn to_client(&mut self, client: usize, input: ClientInput) {
+    fn send_to_client(&mut self, client: usize, input: ClientInput) {
         let request = match &input {
             ClientInput::Head { request, .. }
             | ClientInput::Data { request, .. }
@@ -536,13 +536,13 @@ impl World {
             return;
         }
         let (client, request) = (route.client, route.request);
-        self.to_client(client, ClientInput::Head { request, status });
+        self.send_to_client(client, ClientInput::Head { request, status });
         if !body.is_empty() {
             // Split anywhere (even inside a UTF-8 sequence or a length prefix).
             let cut = self.rng.random_range(0..=body.len());
             for part in [body.slice(..cut), body.slice(cut..)] {
                 if !part.is_empty() {
-                    self.to_client(
+                    self.send_to_client(
                         client,
                         ClientInput::Data {
                             request,
@@ -552,7 +552,7 @@ impl World {
                 }
             }
         }
-        self.to_client(client, ClientInput::End { request });
+        self.send_to_client(client, ClientInput::End { request });
     }
 
     fn pump_all(&mut self) -> Result<(), Violation> {
@@ -605,7 +605,7 @@ impl World {
                     self.stream_of
                         .insert((route.client, route.request), (i, path));
                     if !self.faults.buffering {
-                        self.to_client(
+                        self.send_to_client(
                             route.client,
                             ClientInput::Head {
                                 request: route.request,
@@ -631,7 +631,7 @@ impl World {
                     let cut = self.rng.random_range(0..data.len().max(1));
                     let lat = self.latency();
                     if cut > 0 {
-                        self.to_client(
+                        self.send_to_client(
                             route.client,
                             ClientInput::Data {
                                 request: route.request,
@@ -639,7 +639,7 @@ impl World {
                             },
                         );
                     }
-                    self.to_client(
+                    self.send_to_client(
                         route.client,
                         ClientInput::Failed {
                             request: route.request,
@@ -652,7 +652,7 @@ impl World {
                     self.note(format!("back channel of server {i} cut mid-chunk"));
                     return;
                 }
-                self.to_client(
+                self.send_to_client(
                     route.client,
                     ClientInput::Data {
                         request: route.request,
@@ -670,7 +670,7 @@ impl World {
                     self.respond(route, 200, Bytes::from(body));
                     return;
                 }
-                self.to_client(
+                self.send_to_client(
                     route.client,
                     ClientInput::End {
                         request: route.request,
