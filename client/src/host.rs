@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use browserver_core::{RequestId, Requests, Resolved};
+use browserver_core::{RequestEvent, RequestId, Requests, Resolved, Unanswered};
 use tokio::sync::oneshot;
 
 use browserver_transport_http::message::{self, Head, Message};
@@ -21,9 +21,16 @@ use crate::{Client, Event, Options, connect};
 pub struct Host {
     client: std::sync::Arc<Client>,
     hostname: watch::Receiver<Option<String>>,
-    pending: Arc<Mutex<Requests<oneshot::Sender<Message>>>>,
+    pending: Arc<Mutex<Requests<Waiter>>>,
+    /// Wakes the host's task to re-arm its deadline timer.
+    wake: Arc<tokio::sync::Notify>,
+    /// Set (under the `pending` lock) once the connection is over.
+    ended: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Where a fetch's answer goes: the proxy's response, or why there is none.
+type Waiter = oneshot::Sender<Result<Message, Unanswered>>;
 
 /// Why [`Host::fetch`] got no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +77,11 @@ impl Host {
         }
         let (tx, rx) = oneshot::channel();
         let id = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = lock(&self.pending);
+            // Checked under the lock the task fails everything under when it ends.
+            if self.ended.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(FetchError::Closed);
+            }
             pending
                 .insert(Instant::now(), FETCH_TIMEOUT, tx)
                 .map_err(|_| FetchError::TooMany)?
@@ -84,16 +95,14 @@ impl Host {
             headers,
             body,
         };
+        self.wake.notify_one();
         drop(self.client.send(&message::encode_json(&message)));
-        let answer = match tokio::time::timeout(FETCH_TIMEOUT, rx).await {
+        // The deadline is the request table's (one clock): the host's task answers
+        // `TimedOut` when it passes.
+        let answer = match rx.await {
             Ok(Ok(m)) => m,
-            Ok(Err(_)) => return Err(FetchError::Closed),
-            Err(_) => {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                pending.handle_timeout(Instant::now());
-                while pending.poll_event().is_some() {}
-                return Err(FetchError::TimedOut);
-            }
+            Ok(Err(Unanswered::TimedOut)) => return Err(FetchError::TimedOut),
+            Ok(Err(_)) | Err(_) => return Err(FetchError::Closed),
         };
         let Head::Response { status, .. } = answer.head else {
             return Err(FetchError::Invalid);
@@ -145,8 +154,29 @@ where
     let host_client = client.clone();
     let pending = Arc::new(Mutex::new(Requests::new(1024)));
     let answers = pending.clone();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let woken = wake.clone();
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let over = ended.clone();
     let task = tokio::spawn(async move {
-        while let Some(event) = client.next_event().await {
+        loop {
+            let next = lock(&answers).poll_timeout();
+            let notified = woken.notified();
+            let event = tokio::select! {
+                event = client.next_event() => event,
+                () = sleep_until(next) => {
+                    let mut pending = lock(&answers);
+                    pending.handle_timeout(Instant::now());
+                    while let Some(RequestEvent::Failed { value, reason, .. }) = pending.poll_event() {
+                        let _ = value.send(Err(reason));
+                    }
+                    continue;
+                }
+                () = notified => continue,
+            };
+            let Some(event) = event else {
+                break;
+            };
             let Event::Message(value) = event else {
                 continue;
             };
@@ -177,16 +207,36 @@ where
             let (client, service) = (client.clone(), service.clone());
             tokio::spawn(async move { answer(&client, service, request).await });
         }
+        // The connection is over: every fetch still waiting fails now.
+        let mut pending = lock(&answers);
+        over.store(true, std::sync::atomic::Ordering::Release);
+        pending.fail_all(&browserver_core::CloseReason::Closed(None));
+        while let Some(RequestEvent::Failed { value, reason, .. }) = pending.poll_event() {
+            let _ = value.send(Err(reason));
+        }
     });
     Host {
         client: host_client,
         hostname,
         pending,
+        wake,
+        ended,
         task,
     }
 }
 
-fn resolve(pending: &Mutex<Requests<oneshot::Sender<Message>>>, response: Message) {
+fn lock(pending: &Mutex<Requests<Waiter>>) -> std::sync::MutexGuard<'_, Requests<Waiter>> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn resolve(pending: &Mutex<Requests<Waiter>>, response: Message) {
     let Some(id) = response
         .id
         .as_deref()
@@ -196,7 +246,7 @@ fn resolve(pending: &Mutex<Requests<oneshot::Sender<Message>>>, response: Messag
     };
     let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
     if let Resolved::Matched(tx) = pending.resolve(id) {
-        let _ = tx.send(response);
+        let _ = tx.send(Ok(response));
     }
 }
 

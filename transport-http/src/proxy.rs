@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use browserver_core::{CloseReason, IdGenerator, RandomIds, RequestId, Requests, Resolved};
+use browserver_core::{
+    CloseReason, IdGenerator, RandomIds, RequestEvent, RequestId, Requests, Resolved, Unanswered,
+};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -145,7 +147,8 @@ pub struct ClientInfo {
     pub requests_served: u64,
 }
 
-type Answer = oneshot::Sender<Message>;
+/// Where a waiting request's answer goes: the client's message, or why there is none.
+type Answer = oneshot::Sender<Result<Message, Unanswered>>;
 
 struct Client {
     key: u64,
@@ -165,6 +168,19 @@ struct Inner {
     clients: Mutex<HashMap<String, Client>>,
     next_key: AtomicU64,
     budget: Budget,
+    /// Wakes the deadline task when a request's deadline may be earlier than the one it
+    /// sleeps for.
+    deadlines: Arc<tokio::sync::Notify>,
+    deadline_task: std::sync::Once,
+    /// The deadline the task sleeps until (`None`: it waits for a request).
+    deadline_target: Mutex<Option<Instant>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The deadline task wakes, finds the proxy gone, and ends.
+        self.deadlines.notify_one();
+    }
 }
 
 /// The proxy. Cheap to clone.
@@ -208,6 +224,9 @@ impl Proxy {
                 options,
                 clients: Mutex::new(HashMap::new()),
                 next_key: AtomicU64::new(0),
+                deadlines: Arc::new(tokio::sync::Notify::new()),
+                deadline_target: Mutex::new(None),
+                deadline_task: std::sync::Once::new(),
             }),
         }
     }
@@ -260,7 +279,7 @@ impl Proxy {
         if let Some(mut old) = clients.insert(name.clone(), client) {
             old.channel.replace();
             old.requests.fail_all(&CloseReason::Replaced);
-            while old.requests.poll_event().is_some() {}
+            answer_failures(&mut old.requests);
         }
         Ok(Connected {
             hostname: self.inner.pattern.hostname(&name),
@@ -279,8 +298,7 @@ impl Proxy {
             && let Some(mut c) = clients.remove(&client.name)
         {
             c.requests.fail_all(reason);
-            // Dropping the failed requests' senders answers their waiters with 504.
-            while c.requests.poll_event().is_some() {}
+            answer_failures(&mut c.requests);
         }
     }
 
@@ -357,7 +375,7 @@ impl Proxy {
         match client.requests.resolve(rid) {
             Resolved::Matched(waiter) => {
                 client.served += 1;
-                let _ = waiter.send(message);
+                let _ = waiter.send(Ok(message));
             }
             Resolved::Unknown | Resolved::Repeated => {
                 tracing::debug!(client = %from.name, request = %rid, "ignored an answer to no pending request");
@@ -435,7 +453,7 @@ impl Proxy {
         mut request: Message,
         held: Option<Reservation>,
     ) -> Result<Message, Response<Full<Bytes>>> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<Result<Message, Unanswered>>();
         let timeout = self.inner.options.request_timeout;
         let (key, rid, delivery) = {
             let mut clients = self.clients();
@@ -459,41 +477,65 @@ impl Proxy {
                 }
             }
         };
-        // The answer, unless the channel refuses the request first.
-        let outcome = tokio::time::timeout(timeout, async {
+        self.ensure_deadline_task();
+        {
+            // Wake the deadline task only if it would sleep past this request's deadline.
+            let deadline = Instant::now() + timeout;
+            let target = self
+                .inner
+                .deadline_target
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if target.is_none_or(|at| deadline < at) {
+                self.inner.deadlines.notify_one();
+            }
+        }
+        // The answer, unless the channel refuses the request first. Its deadline is the
+        // request table's (one clock): the deadline task answers `TimedOut`.
+        let outcome = async {
             let mut rx = rx;
             let mut delivery = Some(delivery);
             loop {
                 tokio::select! {
-                    answer = &mut rx => return answer.map_err(|_| Undelivered::Closed),
+                    answer = &mut rx => return answer.unwrap_or(Err(Unanswered::SessionClosed(CloseReason::Closed(None)))).map_err(Waited::Unanswered),
                     refused = async { delivery.as_mut().map(|d| d.as_mut()).expect("some").await },
                         if delivery.is_some() => match refused {
                         Ok(()) => delivery = None,
-                        Err(why) => return Err(why),
+                        Err(why) => return Err(Waited::Undelivered(why)),
                     },
                 }
             }
-        })
+        }
         .await;
         drop(held);
         match outcome {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(Undelivered::Full)) => {
+            Ok(answer) => Ok(answer),
+            Err(Waited::Undelivered(Undelivered::Full)) => {
                 self.forget_request(name, key, rid);
                 Err(plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: the client cannot take more",
                 ))
             }
-            Ok(Err(Undelivered::Closed)) => Err(gateway_timeout("the client disconnected")),
-            Err(_) => {
-                if let Some(client) = self.clients().get_mut(name) {
-                    client.requests.handle_timeout(Instant::now());
-                    while client.requests.poll_event().is_some() {}
-                }
+            Err(Waited::Undelivered(Undelivered::Closed))
+            | Err(Waited::Unanswered(Unanswered::SessionClosed(_))) => {
+                self.forget_request(name, key, rid);
+                Err(gateway_timeout("the client disconnected"))
+            }
+            Err(Waited::Unanswered(Unanswered::TimedOut)) => {
                 Err(gateway_timeout("the client did not answer in time"))
             }
         }
+    }
+
+    /// Starts the task that fails requests at their deadlines (once per proxy, on the first
+    /// request; it ends with the proxy).
+    fn ensure_deadline_task(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let wake = self.inner.deadlines.clone();
+        self.inner.deadline_task.call_once(|| {
+            tokio::spawn(run_deadlines(weak, wake));
+        });
     }
 
     /// Drops request `rid` of the connection `key` holding `name` (not of a newer holder,
@@ -634,6 +676,58 @@ impl Proxy {
         match self.forward(name, request, Some(held)).await {
             Ok(answer) => to_http(answer),
             Err(response) => response,
+        }
+    }
+}
+
+/// How waiting for an answer ended without one.
+enum Waited {
+    Undelivered(Undelivered),
+    Unanswered(Unanswered),
+}
+
+/// Answers the waiters of every failed request in `requests` with why.
+fn answer_failures(requests: &mut Requests<Answer>) {
+    while let Some(RequestEvent::Failed { value, reason, .. }) = requests.poll_event() {
+        let _ = value.send(Err(reason));
+    }
+}
+
+/// The proxy's one timer for request deadlines: sleeps until the earliest deadline over all
+/// clients' request tables (or until a new request may have an earlier one), then lets each
+/// table fail what is due, which answers those waiters 504.
+async fn run_deadlines(inner: std::sync::Weak<Inner>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let mut clients = inner.clients.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = None::<Instant>;
+            for client in clients.values_mut() {
+                client.requests.handle_timeout(now);
+                answer_failures(&mut client.requests);
+                if let Some(at) = client.requests.poll_timeout() {
+                    next = Some(next.map_or(at, |n: Instant| n.min(at)));
+                }
+            }
+            // Set under the clients lock: a request inserted after this sees the new target.
+            *inner
+                .deadline_target
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = next;
+            next
+        };
+        let notified = wake.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                    () = notified => {}
+                }
+            }
+            None => notified.await,
         }
     }
 }
