@@ -330,6 +330,7 @@ impl Tracker {
                 CoreEvent::Closed(reason) => {
                     ended.get_or_insert(Ended::Closed(reason));
                 }
+                _ => {}
             }
         }
         ended

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::error::Error;
+use crate::error::TooManyPending;
 use crate::session::CloseReason;
 
 /// A request id, unique within one [`Requests`] table. Written on the wire in lowercase
@@ -109,9 +109,9 @@ impl<T> Requests<T> {
         now: Instant,
         timeout: Duration,
         value: T,
-    ) -> Result<RequestId, Error> {
+    ) -> Result<RequestId, TooManyPending> {
         if self.pending.len() >= self.max_pending {
-            return Err(Error::TooManyPending {
+            return Err(TooManyPending {
                 limit: self.max_pending,
             });
         }
@@ -158,6 +158,7 @@ impl<T> Requests<T> {
     }
 
     /// The earliest request deadline.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadlines.first().map(|&(at, _)| at)
     }
@@ -197,6 +198,7 @@ impl<T> Requests<T> {
     }
 
     /// The next failure to report.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<RequestEvent<T>> {
         self.events.pop_front()
     }
@@ -287,10 +289,7 @@ mod tests {
         let mut t = Requests::new(1);
         let now = Instant::now();
         assert!(t.insert(now, SEC, ()).is_ok());
-        assert_eq!(
-            t.insert(now, SEC, ()),
-            Err(Error::TooManyPending { limit: 1 })
-        );
+        assert_eq!(t.insert(now, SEC, ()), Err(TooManyPending { limit: 1 }));
     }
 
     #[test]

@@ -1,9 +1,16 @@
-//! The core's error type: API misuse and exceeded limits are values, never panics.
+//! The core's errors, one type per concern: API misuse and exceeded limits are values, never
+//! panics, and a caller matches only what its call can return.
 
-/// Everything a core call can refuse.
+/// The session is closed: nothing can be sent, attached, acknowledged or delivered any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session is closed")]
+pub struct Closed;
+
+/// Why [`Session::send`](crate::Session::send) (or `stop`) refused a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    /// The session is closed: nothing can be sent, attached or delivered any more.
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closed.
     #[error("the session is closed")]
     Closed,
     /// Accepting the message would exceed the session's outbound buffer limit. The message was
@@ -17,7 +24,17 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
-    /// An inbound message lies too far beyond a gap; the session was closed because of it.
+}
+
+/// Why an item from the peer was refused ([`Session::handle_incoming`]
+/// (crate::Session::handle_incoming)). Except for `Closed`, the session closed because of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// The session was already closed.
+    #[error("the session is closed")]
+    Closed,
+    /// The item lies too far beyond a gap.
     #[error("message {pos} is beyond the reorder window (next expected {next}, window {window})")]
     BeyondWindow {
         /// The refused position.
@@ -27,21 +44,38 @@ pub enum Error {
         /// The configured window.
         window: u64,
     },
-    /// Held out-of-order messages would exceed their byte limit; the session was closed.
+    /// Held out-of-order items would exceed their byte limit.
     #[error("held out-of-order messages would exceed {limit} bytes")]
     HeldBytesExceeded {
         /// The configured limit.
         limit: usize,
     },
-    /// Too many requests are waiting for an answer.
-    #[error("too many pending requests (limit {limit})")]
-    TooManyPending {
-        /// The configured limit.
-        limit: usize,
-    },
+}
+
+impl From<Closed> for SendError {
+    fn from(_: Closed) -> SendError {
+        SendError::Closed
+    }
+}
+
+impl From<Closed> for InputError {
+    fn from(_: Closed) -> InputError {
+        InputError::Closed
+    }
+}
+
+/// The operating system's secure random source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no secure randomness available: {0}")]
+pub struct EntropyError(pub String);
+
+/// Why the [`Registry`](crate::Registry) refused to create an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
     /// The registry holds its maximum number of sessions.
     #[error("too many sessions (limit {limit})")]
-    RegistryFull {
+    Full {
         /// The configured limit.
         limit: usize,
     },
@@ -57,7 +91,15 @@ pub enum Error {
         /// How many ids were tried.
         attempts: u32,
     },
-    /// The operating system's secure random source failed.
-    #[error("no secure randomness available: {0}")]
-    Entropy(String),
+    /// No secure randomness for an id.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+}
+
+/// Too many requests are waiting for an answer ([`Requests::insert`](crate::Requests::insert)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many pending requests (limit {limit})")]
+pub struct TooManyPending {
+    /// The configured limit.
+    pub limit: usize,
 }

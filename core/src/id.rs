@@ -5,7 +5,7 @@
 /// valid DNS label and not in use.
 pub trait IdGenerator: Send {
     /// A fresh id candidate.
-    fn generate(&mut self) -> Result<String, crate::Error>;
+    fn generate(&mut self) -> Result<String, crate::EntropyError>;
 }
 
 /// The default generator: 128 bits from the operating system's CSPRNG, written as 25
@@ -14,9 +14,9 @@ pub trait IdGenerator: Send {
 pub struct RandomIds;
 
 impl IdGenerator for RandomIds {
-    fn generate(&mut self) -> Result<String, crate::Error> {
+    fn generate(&mut self) -> Result<String, crate::EntropyError> {
         let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|e| crate::Error::Entropy(e.to_string()))?;
+        getrandom::fill(&mut bytes).map_err(|e| crate::EntropyError(e.to_string()))?;
         Ok(format!("{:0>25}", base36(u128::from_le_bytes(bytes))))
     }
 }
@@ -25,7 +25,7 @@ impl<F> IdGenerator for F
 where
     F: FnMut() -> String + Send,
 {
-    fn generate(&mut self) -> Result<String, crate::Error> {
+    fn generate(&mut self) -> Result<String, crate::EntropyError> {
         Ok(self())
     }
 }

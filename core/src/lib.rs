@@ -96,7 +96,7 @@ mod timer;
 pub mod unread;
 
 pub use correlate::{RequestEvent, RequestId, Requests, Resolved, Unanswered};
-pub use error::Error;
+pub use error::{Closed, EntropyError, InputError, RegistryError, SendError, TooManyPending};
 pub use id::{IdGenerator, RandomIds, is_valid_id};
 pub use origin::OriginPolicy;
 pub use outbound::{Item, Payload};

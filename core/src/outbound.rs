@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::error::Error;
+use crate::error::SendError;
 
 /// What one sequenced outbound item carries.
 ///
@@ -59,11 +59,11 @@ impl Outbound {
     }
 
     /// Appends an item; messages are checked against the byte limit first.
-    pub(crate) fn push(&mut self, payload: Payload) -> Result<u64, Error> {
+    pub(crate) fn push(&mut self, payload: Payload) -> Result<u64, SendError> {
         if let Payload::Message(data) = &payload {
             let len = data.len();
             if self.buffered_bytes + len > self.limit {
-                return Err(Error::BufferFull {
+                return Err(SendError::BufferFull {
                     buffered: self.buffered_bytes,
                     len,
                     limit: self.limit,
@@ -212,7 +212,7 @@ mod tests {
         assert!(o.push(msg("abc")).is_ok());
         assert!(matches!(
             o.push(msg("de")),
-            Err(Error::BufferFull {
+            Err(SendError::BufferFull {
                 buffered: 3,
                 len: 2,
                 limit: 4

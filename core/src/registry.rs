@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::Error;
+use crate::error::RegistryError;
 use crate::id::{IdGenerator, RandomIds, is_valid_id};
 use crate::session::Session;
 
@@ -55,16 +55,16 @@ impl<T> Registry<T> {
     }
 
     /// Creates an entry under a fresh id; `make` receives the id (a session announces it).
-    pub fn create(&mut self, make: impl FnOnce(&str) -> T) -> Result<String, Error> {
+    pub fn create(&mut self, make: impl FnOnce(&str) -> T) -> Result<String, RegistryError> {
         if self.entries.len() >= self.max_sessions {
-            return Err(Error::RegistryFull {
+            return Err(RegistryError::Full {
                 limit: self.max_sessions,
             });
         }
         for _ in 0..MAX_ATTEMPTS {
             let id = self.ids.generate()?;
             if !is_valid_id(&id) {
-                return Err(Error::InvalidId(id));
+                return Err(RegistryError::InvalidId(id));
             }
             if !self.entries.contains_key(&id) {
                 let entry = make(&id);
@@ -72,7 +72,7 @@ impl<T> Registry<T> {
                 return Ok(id);
             }
         }
-        Err(Error::IdCollision {
+        Err(RegistryError::IdCollision {
             attempts: MAX_ATTEMPTS,
         })
     }
@@ -83,15 +83,15 @@ impl<T> Registry<T> {
         &mut self,
         id: &str,
         make: impl FnOnce(&str) -> T,
-    ) -> Result<String, Error> {
+    ) -> Result<String, RegistryError> {
         if !is_valid_id(id) {
-            return Err(Error::InvalidId(id.to_string()));
+            return Err(RegistryError::InvalidId(id.to_string()));
         }
         if self.entries.contains_key(id) {
-            return Err(Error::IdInUse(id.to_string()));
+            return Err(RegistryError::IdInUse(id.to_string()));
         }
         if self.entries.len() >= self.max_sessions {
-            return Err(Error::RegistryFull {
+            return Err(RegistryError::Full {
                 limit: self.max_sessions,
             });
         }
@@ -207,9 +207,15 @@ mod tests {
         let mut r = Registry::new(10);
         r.set_id_generator(|| "same".to_string());
         assert!(r.create(|_| ()).is_ok());
-        assert_eq!(r.create(|_| ()), Err(Error::IdCollision { attempts: 8 }));
+        assert_eq!(
+            r.create(|_| ()),
+            Err(RegistryError::IdCollision { attempts: 8 })
+        );
         r.set_id_generator(|| "Not Valid".to_string());
-        assert_eq!(r.create(|_| ()), Err(Error::InvalidId("Not Valid".into())));
+        assert_eq!(
+            r.create(|_| ()),
+            Err(RegistryError::InvalidId("Not Valid".into()))
+        );
     }
 
     #[test]
@@ -218,11 +224,11 @@ mod tests {
         assert_eq!(r.create_with_id("alice", |_| ()).as_deref(), Ok("alice"));
         assert_eq!(
             r.create_with_id("alice", |_| ()),
-            Err(Error::IdInUse("alice".into()))
+            Err(RegistryError::IdInUse("alice".into()))
         );
         assert_eq!(
             r.create_with_id("Bob!", |_| ()),
-            Err(Error::InvalidId("Bob!".into()))
+            Err(RegistryError::InvalidId("Bob!".into()))
         );
     }
 
@@ -230,6 +236,6 @@ mod tests {
     fn the_number_of_sessions_is_bounded() {
         let mut r = Registry::new(1);
         assert!(r.create(|_| ()).is_ok());
-        assert_eq!(r.create(|_| ()), Err(Error::RegistryFull { limit: 1 }));
+        assert_eq!(r.create(|_| ()), Err(RegistryError::Full { limit: 1 }));
     }
 }

@@ -4,7 +4,7 @@
 use subtle::ConstantTimeEq;
 
 /// A fresh secret: 128 bits from the CSPRNG as 25 lowercase base-36 characters.
-pub fn generate() -> Result<String, crate::Error> {
+pub fn generate() -> Result<String, crate::EntropyError> {
     crate::id::IdGenerator::generate(&mut crate::id::RandomIds)
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::error::Error;
+use crate::error::{Closed, InputError, SendError};
 use crate::outbound::{Item, Outbound, Payload};
 use crate::reorder::{Inserted, Reorder};
 use crate::timer::{Timer, Timers};
@@ -31,7 +31,7 @@ pub struct Config {
     /// How keep-alives travel. Default [`KeepaliveMode::Sequenced`].
     pub keepalive: KeepaliveMode,
     /// Bytes of unacknowledged application messages the session retains; past it `send`
-    /// returns [`Error::BufferFull`]. Default 4 MiB.
+    /// returns [`SendError::BufferFull`]. Default 4 MiB.
     pub max_buffered_bytes: usize,
     /// How far past a gap inbound messages are held. Beyond it the session closes with a
     /// protocol error (the peer is misbehaving). Default 4096 positions.
@@ -116,6 +116,7 @@ impl fmt::Display for State {
 
 /// Who closed the session and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The peer ended the session (BrowserChannel `terminate`). Shown as `Disconnected`.
     PeerClosed,
@@ -174,6 +175,7 @@ pub struct PathMode {
 
 /// Output: something to write on a downstream path.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Transmit {
     /// Write these items, in order, as one unit. If `end` is set, finish the path after
     /// writing: the session has already detached it.
@@ -199,6 +201,7 @@ pub enum Transmit {
 
 /// Output: something the application (or the transport) should learn.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The state changed. A change to `Closed` is followed at once by [`Event::Closed`].
     StateChanged {
@@ -337,10 +340,10 @@ impl Session {
     /// the next transmit once a downstream path is attached (and, for a server, after the
     /// session announcement). Its outcome arrives later as [`Event::Acked`] or
     /// [`Event::SendFailed`] with this number.
-    pub fn send(&mut self, now: Instant, data: Bytes) -> Result<u64, Error> {
+    pub fn send(&mut self, now: Instant, data: Bytes) -> Result<u64, SendError> {
         self.advance(now);
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(SendError::Closed);
         }
         self.outbound.push(Payload::Message(data))
     }
@@ -348,10 +351,10 @@ impl Session {
     /// Tells the peer to give up and not reconnect: queues [`Payload::Stop`] after everything
     /// already sent. Once it has been transmitted, the session closes with
     /// [`CloseReason::Stopped`]. Calling it again returns the same sequence number.
-    pub fn stop(&mut self, now: Instant) -> Result<u64, Error> {
+    pub fn stop(&mut self, now: Instant) -> Result<u64, SendError> {
         self.advance(now);
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(SendError::Closed);
         }
         if let Some(seq) = self.stop_seq {
             return Ok(seq);
@@ -363,27 +366,27 @@ impl Session {
 
     /// Closes the session now. Any attached path is ended normally, every unresolved send
     /// fails with `reason`, held inbound messages are dropped.
-    pub fn close(&mut self, now: Instant, reason: CloseReason) -> Result<(), Error> {
+    pub fn close(&mut self, now: Instant, reason: CloseReason) -> Result<(), Closed> {
         self.advance(now);
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(Closed);
         }
         self.close_now(reason);
         Ok(())
     }
 
     /// The peer ended the session.
-    pub fn handle_peer_close(&mut self, now: Instant) -> Result<(), Error> {
+    pub fn handle_peer_close(&mut self, now: Instant) -> Result<(), Closed> {
         self.close(now, CloseReason::PeerClosed)
     }
 
     /// Attaches a downstream path. A path already attached is ended ([`Transmit::End`]);
     /// everything transmitted but not acknowledged is offered again on the new path, in
     /// order. Apply the peer's acknowledgement that came with the attach request first.
-    pub fn attach(&mut self, now: Instant, mode: PathMode) -> Result<PathId, Error> {
+    pub fn attach(&mut self, now: Instant, mode: PathMode) -> Result<PathId, Closed> {
         self.advance(now);
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(Closed);
         }
         if let Some(old) = self.path.take() {
             self.transmits.push_back(Transmit::End { path: old.id });
@@ -427,10 +430,10 @@ impl Session {
 
     /// The peer acknowledged everything up to and including `upto`. Acknowledgements beyond
     /// what was transmitted are clamped; stale or repeated ones release nothing.
-    pub fn handle_ack(&mut self, now: Instant, upto: u64) -> Result<(), Error> {
+    pub fn handle_ack(&mut self, now: Instant, upto: u64) -> Result<(), Closed> {
         self.advance(now);
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(Closed);
         }
         for seq in self.outbound.ack(upto) {
             self.events.push_back(Event::Acked { seq });
@@ -446,10 +449,10 @@ impl Session {
         now: Instant,
         seq: u64,
         payload: Payload,
-    ) -> Result<(), Error> {
+    ) -> Result<(), InputError> {
         self.advance(now);
         if self.is_closed() {
-            return Err(Error::Closed);
+            return Err(InputError::Closed);
         }
         let len = payload_len(&payload);
         match self.inbound.insert(seq, payload) {
@@ -465,7 +468,7 @@ impl Session {
                     self.close_now(CloseReason::Protocol(
                         "held out-of-order messages exceed the limit".into(),
                     ));
-                    return Err(Error::HeldBytesExceeded { limit });
+                    return Err(InputError::HeldBytesExceeded { limit });
                 }
                 Ok(())
             }
@@ -478,7 +481,7 @@ impl Session {
             Inserted::BeyondWindow(_) => {
                 let next = self.inbound.next();
                 self.close_now(CloseReason::Protocol("reorder window exceeded".into()));
-                Err(Error::BeyondWindow {
+                Err(InputError::BeyondWindow {
                     pos: seq,
                     next,
                     window: self.config.reorder_window,
@@ -488,7 +491,12 @@ impl Session {
     }
 
     /// Convenience for [`handle_incoming`](Self::handle_incoming) with a message payload.
-    pub fn handle_message(&mut self, now: Instant, seq: u64, data: Bytes) -> Result<(), Error> {
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        data: Bytes,
+    ) -> Result<(), InputError> {
         self.handle_incoming(now, seq, Payload::Message(data))
     }
 
@@ -513,6 +521,7 @@ impl Session {
     }
 
     /// The earliest deadline at which [`handle_timeout`](Self::handle_timeout) has work.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.is_closed() {
             None
@@ -522,6 +531,7 @@ impl Session {
     }
 
     /// The next thing to write. Drain until `None` after every input.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if let Some(t) = self.transmits.pop_front() {
             return Some(t);
@@ -556,6 +566,7 @@ impl Session {
     }
 
     /// The next event. Drain until `None` after every input.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -574,6 +585,7 @@ impl Session {
     /// costs nothing extra), or [`Config::ack_every`] messages wait for it, or they have
     /// waited [`Config::ack_delay`] (the deadline is in [`poll_timeout`](Self::poll_timeout)).
     /// Call it after every input, timeout and write, as [`poll_transmit`](Self::poll_transmit).
+    #[must_use]
     pub fn poll_ack(&mut self, piggyback: bool) -> Option<u64> {
         let position = self.ack_position()?;
         let waiting = match self.ack_reported {
@@ -900,12 +912,12 @@ mod tests {
         let now = t0();
         let (mut s, _) = open_server(now);
         s.close(now, CloseReason::Closed(None)).expect("close");
-        assert_eq!(s.send(now, b("x")), Err(Error::Closed));
-        assert_eq!(s.stop(now), Err(Error::Closed));
-        assert_eq!(s.close(now, CloseReason::TimedOut), Err(Error::Closed));
-        assert_eq!(s.attach(now, PathMode::default()), Err(Error::Closed));
-        assert_eq!(s.handle_ack(now, 0), Err(Error::Closed));
-        assert_eq!(s.handle_message(now, 0, b("x")), Err(Error::Closed));
+        assert_eq!(s.send(now, b("x")), Err(SendError::Closed));
+        assert_eq!(s.stop(now), Err(SendError::Closed));
+        assert_eq!(s.close(now, CloseReason::TimedOut), Err(Closed));
+        assert_eq!(s.attach(now, PathMode::default()), Err(Closed));
+        assert_eq!(s.handle_ack(now, 0), Err(Closed));
+        assert_eq!(s.handle_message(now, 0, b("x")), Err(InputError::Closed));
         assert_eq!(s.close_reason(), Some(&CloseReason::Closed(None)));
     }
 
@@ -1041,7 +1053,7 @@ mod tests {
         s.send(now, b("12345")).expect("fits");
         assert!(matches!(
             s.send(now, b("6789")),
-            Err(Error::BufferFull { limit: 8, .. })
+            Err(SendError::BufferFull { limit: 8, .. })
         ));
         assert_eq!(s.buffered_bytes(), 5);
     }
@@ -1119,7 +1131,7 @@ mod tests {
         c.handle_message(now, 3, b("d")).expect("held");
         assert!(matches!(
             c.handle_message(now, 4, b("e")),
-            Err(Error::BeyondWindow { pos: 4, .. })
+            Err(InputError::BeyondWindow { pos: 4, .. })
         ));
         assert!(matches!(c.close_reason(), Some(CloseReason::Protocol(_))));
     }
@@ -1135,7 +1147,7 @@ mod tests {
         c.handle_message(now, 1, b("1234")).expect("held");
         assert_eq!(
             c.handle_message(now, 2, b("5")),
-            Err(Error::HeldBytesExceeded { limit: 4 })
+            Err(InputError::HeldBytesExceeded { limit: 4 })
         );
     }
 
@@ -1145,7 +1157,7 @@ mod tests {
         let mut c = Session::new(Role::Client, Config::default(), now);
         c.handle_message(now, 1, b("held")).expect("held");
         c.close(now, CloseReason::Closed(None)).expect("close");
-        assert_eq!(c.handle_message(now, 0, b("a")), Err(Error::Closed));
+        assert_eq!(c.handle_message(now, 0, b("a")), Err(InputError::Closed));
         assert!(
             !events(&mut c)
                 .iter()

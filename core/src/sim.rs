@@ -615,14 +615,13 @@ impl World<'_> {
                 p.to_send -= 1;
                 self.note(format!("{} sends #{index} as seq {seq}", name(peer)));
             }
-            Err(crate::Error::BufferFull { .. }) => {
+            Err(crate::SendError::BufferFull { .. }) => {
                 self.note(format!("{} send refused: buffer full", name(peer)));
             }
-            Err(crate::Error::Closed) => {
+            Err(crate::SendError::Closed) => {
                 self.peers[peer].to_send = 0;
                 return Ok(());
             }
-            Err(other) => return Err(self.fail(format!("unexpected send error {other}"))),
         }
         let gap = self
             .rng

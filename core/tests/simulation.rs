@@ -32,7 +32,7 @@ fn ten_thousand_seeded_runs_hold_every_invariant() {
                     Some(CloseReason::TimedOut) => "timed out",
                     Some(CloseReason::Stopped) => "stopped",
                     Some(CloseReason::Protocol(_)) => "protocol error",
-                    Some(CloseReason::Replaced) | None => "other",
+                    _ => "other",
                 };
                 *endings.entry(kind.to_string()).or_default() += 1;
             }

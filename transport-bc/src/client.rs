@@ -275,7 +275,7 @@ impl ClientMachine {
 
     /// Queues a message (JSON text, ASCII) and, if no forward request is in flight, sends
     /// it; `Ok(seq)` is resolved by `Acked` or `SendFailed`.
-    pub fn send(&mut self, now: Instant, json: Bytes) -> Result<u64, browserver_core::Error> {
+    pub fn send(&mut self, now: Instant, json: Bytes) -> Result<u64, browserver_core::SendError> {
         self.now = now;
         let seq = self.core.send(now, json)?;
         self.maybe_post(now);
@@ -383,6 +383,7 @@ impl ClientMachine {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let requests = self.pending.values().map(|p| p.deadline);
         let retries = self
@@ -394,11 +395,13 @@ impl ClientMachine {
     }
 
     /// The next request (or cancellation) to make.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<ClientTransmit> {
         self.transmits.pop_front()
     }
 
     /// The next event for the application.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.pump();
         self.events.pop_front()
@@ -776,6 +779,7 @@ impl ClientMachine {
                 CoreEvent::Acked { seq } => ClientEvent::Acked(seq),
                 CoreEvent::SendFailed { seq, reason } => ClientEvent::SendFailed(seq, reason),
                 CoreEvent::Closed(reason) => ClientEvent::Closed(reason),
+                _ => continue,
             };
             self.events.push_back(event);
         }

@@ -402,7 +402,7 @@ impl ServerMachine {
                 }
             }
             // BrowserChannel's keep-alives are `["noop"]` arrays in the sequence.
-            CoreTransmit::Ping { .. } => {}
+            _ => {}
         }
     }
 
@@ -416,6 +416,7 @@ impl ServerMachine {
             },
             CoreEvent::Acked { seq } => Event::Acked(seq),
             CoreEvent::SendFailed { seq, reason } => Event::SendFailed(seq, reason),
+            _ => return,
         };
         self.events.push_back(event);
     }
@@ -532,7 +533,7 @@ impl Machine for ServerMachine {
         };
         let data = Bytes::from(json.into_owned());
         self.core.send(now, data).map_err(|e| match e {
-            browserver_core::Error::BufferFull {
+            browserver_core::SendError::BufferFull {
                 buffered, limit, ..
             } => SendError::BufferFull { buffered, limit },
             _ => SendError::Closed(self.close_reason().unwrap_or(CloseReason::Closed(None))),

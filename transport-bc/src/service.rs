@@ -511,7 +511,7 @@ impl BrowserChannel {
         let created = self.inner.registry().create(make);
         let id = match created {
             Ok(id) => id,
-            Err(browserver_core::Error::RegistryFull { .. }) => {
+            Err(browserver_core::RegistryError::Full { .. }) => {
                 let mut r = error_response(503, "Too many sessions", headers);
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("5"));

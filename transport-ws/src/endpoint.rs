@@ -460,7 +460,7 @@ impl WsEndpoint {
         let created = self.inner.registry().create(make);
         let id = match created {
             Ok(id) => id,
-            Err(browserver_core::Error::RegistryFull { .. }) => {
+            Err(browserver_core::RegistryError::Full { .. }) => {
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many sessions".into(),

@@ -390,6 +390,7 @@ impl SessionMachine {
                     self.release(conn);
                 }
             }
+            _ => {}
         }
     }
 
@@ -410,6 +411,7 @@ impl SessionMachine {
             }
             CoreEvent::Acked { seq } => Event::Acked(seq),
             CoreEvent::SendFailed { seq, reason } => Event::SendFailed(seq, reason),
+            _ => return,
         };
         self.events.push_back(event);
     }
@@ -452,7 +454,7 @@ impl Machine for SessionMachine {
             }
         };
         self.core.send(now, data).map_err(|e| match e {
-            browserver_core::Error::BufferFull {
+            browserver_core::SendError::BufferFull {
                 buffered, limit, ..
             } => SendError::BufferFull { buffered, limit },
             _ => SendError::Closed(self.close_reason().unwrap_or(CloseReason::Closed(None))),
