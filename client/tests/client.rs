@@ -146,7 +146,7 @@ async fn browserchannel_server_close_makes_the_client_reconnect_to_a_new_session
     }
     let (second, _) = until_open(&client).await;
     assert_ne!(first, second);
-    assert!(bc.session(&second).is_some());
+    assert!(bc.table().session(&second).is_some());
     drop(client.send(&"after"));
     assert_eq!(messages(&client, 1).await, [json!("after")]);
 }
@@ -156,7 +156,7 @@ async fn browserchannel_client_close_terminates_the_server_session() {
     let (addr, bc) = bc_echo().await;
     let client = connect(&format!("http://{addr}/channel"), bc_only());
     let (sid, _) = until_open(&client).await;
-    let session = bc.session(&sid).expect("live");
+    let session = bc.table().session(&sid).expect("live");
     client.close();
     assert_eq!(
         tokio::time::timeout(WAIT, session.closed())

@@ -316,6 +316,11 @@ impl Session {
         }
     }
 
+    /// The latest time it was given (inputs never move it back).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.state

@@ -343,3 +343,9 @@ impl<M: Machine, I: Io<M>> Driver<M, I> {
         let _ = messages.send(message);
     }
 }
+
+impl<C: Send + 'static> crate::table::Entry for Link<C> {
+    fn session(&self) -> &Session {
+        &self.session
+    }
+}

@@ -10,6 +10,7 @@
 //! | [`message`] | [`Message`]: text, binary, or a BrowserChannel map |
 //! | [`error`] | [`SendError`] |
 //! | [`http`] | client address, owned headers, origin check, quota slot, admission hooks |
+//! | [`table`] | [`SessionTable`]: an endpoint's live sessions by secret id, bounded |
 //! | `serve` | the accept loop (HTTP/1 and HTTP/2, upgrades, graceful drain; feature `serve`, on by default) |
 //!
 //! A transport (`browserver-transport-bc`, `browserver-transport-ws`) parses requests or
@@ -38,14 +39,16 @@ pub mod message;
 #[cfg(feature = "serve")]
 mod serve;
 pub mod session;
+pub mod table;
 
 pub use driver::{Io, Limits, Link, Parts};
 pub use error::SendError;
 pub use http::ClientAddr;
-pub use machine::{Event, Machine, Output};
+pub use machine::{Event, Machine, Output, Outputs, send_bytes};
 pub use message::{Map, Message};
 #[cfg(feature = "serve")]
 pub use serve::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, serve, serve_with_shutdown};
 pub use session::{Ack, Announce, Info, Session, Sessions, Status, Transport};
+pub use table::{Entry, SessionTable};
 
 pub use browserver_core::{CloseReason, State};

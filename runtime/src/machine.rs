@@ -44,12 +44,23 @@ pub enum Output<T> {
     Timeout(Option<Instant>),
 }
 
-/// A transport's protocol for one session, as a sans-IO state machine.
+/// A transport's protocol for one session, as a sans-IO state machine built on a
+/// `browserver-core` [`Session`](browserver_core::Session).
+///
+/// A machine implements what its wire protocol decides — inputs, sends, output — and exposes
+/// its core session; closing, stopping, timers and the session's state are the core's, so
+/// they are provided.
 pub trait Machine: Send + 'static {
     /// What the transport's I/O side feeds in (HTTP requests, WebSocket frames, …).
     type Input: Send + 'static;
     /// What the machine asks the I/O side to write.
     type Transmit: Send + 'static;
+
+    /// The core session the protocol runs on.
+    fn core(&self) -> &browserver_core::Session;
+
+    /// The core session, mutably.
+    fn core_mut(&mut self) -> &mut browserver_core::Session;
 
     /// Feeds one input from the network side.
     fn handle_input(&mut self, now: Instant, input: Self::Input);
@@ -58,22 +69,109 @@ pub trait Machine: Send + 'static {
     /// [`Event::Acked`] or [`Event::SendFailed`] with that `seq`.
     fn send(&mut self, now: Instant, message: Message) -> Result<u64, SendError>;
 
-    /// Closes the session (the peer may reconnect). Idempotent.
-    fn close(&mut self, now: Instant, reason: CloseReason);
-
-    /// Tells the peer not to reconnect; [`Event::StopWritten`] follows once it is written,
-    /// and the session closes with [`CloseReason::Stopped`]. False if the session is closed.
-    fn stop(&mut self, now: Instant) -> bool;
-
-    /// Runs whatever timer is due at `now` (a spurious call is harmless).
-    fn handle_timeout(&mut self, now: Instant);
-
     /// The next output; [`Output::Timeout`] once there is nothing else.
     fn poll_output(&mut self) -> Output<Self::Transmit>;
 
+    /// Closes the session (the peer may reconnect). Idempotent.
+    fn close(&mut self, now: Instant, reason: CloseReason) {
+        // Closing a closed session changes nothing.
+        let _ = self.core_mut().close(now, reason);
+    }
+
+    /// Tells the peer not to reconnect; [`Event::StopWritten`] follows once it is written,
+    /// and the session closes with [`CloseReason::Stopped`]. False if the session is closed.
+    fn stop(&mut self, now: Instant) -> bool {
+        self.core_mut().stop(now).is_ok()
+    }
+
+    /// Runs whatever timer is due at `now` (a spurious call is harmless).
+    fn handle_timeout(&mut self, now: Instant) {
+        self.core_mut().handle_timeout(now);
+    }
+
     /// Whether the session is closed (the driver stops once it is and the drain is done).
-    fn is_closed(&self) -> bool;
+    fn is_closed(&self) -> bool {
+        self.core().is_closed()
+    }
 
     /// Why it closed, once it has.
-    fn close_reason(&self) -> Option<CloseReason>;
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.core().close_reason().cloned()
+    }
+}
+
+/// Queues a message's bytes on `core`, with the runtime's error.
+pub fn send_bytes(
+    core: &mut browserver_core::Session,
+    now: Instant,
+    data: bytes::Bytes,
+) -> Result<u64, SendError> {
+    core.send(now, data).map_err(|e| match e {
+        browserver_core::SendError::BufferFull {
+            buffered, limit, ..
+        } => SendError::BufferFull { buffered, limit },
+        _ => SendError::Closed(
+            core.close_reason()
+                .cloned()
+                .unwrap_or(CloseReason::Closed(None)),
+        ),
+    })
+}
+
+/// The output queues a machine fills while it translates its core session's output: its
+/// transmits first, then its events.
+#[derive(Debug)]
+pub struct Outputs<T> {
+    transmits: std::collections::VecDeque<T>,
+    events: std::collections::VecDeque<Event>,
+}
+
+impl<T> Default for Outputs<T> {
+    fn default() -> Self {
+        Outputs {
+            transmits: std::collections::VecDeque::new(),
+            events: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Outputs<T> {
+    /// Queues a transmit.
+    pub fn transmit(&mut self, transmit: T) {
+        self.transmits.push_back(transmit);
+    }
+
+    /// Queues an event; a core event that is not a message is translated here (a message
+    /// is given back: its bytes are the transport's to decode).
+    pub fn core_event(&mut self, event: browserver_core::Event) -> Option<bytes::Bytes> {
+        use browserver_core::Event as Core;
+        let event = match event {
+            Core::StateChanged { new, .. } => Event::State(new),
+            Core::Closed(reason) => Event::Closed(reason),
+            Core::Acked { seq } => Event::Acked(seq),
+            Core::SendFailed { seq, reason } => Event::SendFailed(seq, reason),
+            Core::Message { data, .. } => return Some(data),
+            _ => return None,
+        };
+        self.events.push_back(event);
+        None
+    }
+
+    /// Queues an event.
+    pub fn event(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+
+    /// The next queued output.
+    pub fn pop(&mut self) -> Option<Output<T>> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(Output::Transmit(t));
+        }
+        self.events.pop_front().map(Output::Event)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.transmits.is_empty() && self.events.is_empty()
+    }
 }

@@ -417,24 +417,19 @@ pub async fn run(
     // give the stops up to a second to be written; pending proxied requests end with 504 as
     // their clients' sessions close.
     tracing::info!("shutting down: stopping every session");
-    let stops: Vec<_> = bc
-        .sessions()
-        .iter()
-        .map(|s| tokio::spawn(s.stop()))
-        .collect();
-    let ws_stops: Vec<_> = ws
-        .sessions()
-        .iter()
+    let sessions = bc.table().sessions().into_iter();
+    let stops: Vec<_> = sessions
+        .chain(ws.table().sessions())
         .map(|s| tokio::spawn(s.stop()))
         .collect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        for s in stops.into_iter().chain(ws_stops) {
+        for s in stops {
             let _ = s.await;
         }
     })
     .await;
-    bc.close_all();
-    ws.close_all();
+    bc.table().close_all();
+    ws.table().close_all();
     Ok(())
 }
 

@@ -6,14 +6,14 @@
 //! the simulator drives it exactly as the runtime's driver does.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use browserver_core::{
     CloseReason, Event as CoreEvent, Inserted, Item, PathId, PathMode, Payload, Reorder,
     Session as Core, Transmit as CoreTransmit,
 };
-use browserver_runtime::{Event, Machine, Map, Message, Output, SendError};
+use browserver_runtime::{Event, Machine, Map, Message, Output, Outputs, SendError, send_bytes};
 use bytes::Bytes;
 
 use crate::codec::{self, ForwardBody};
@@ -165,10 +165,7 @@ pub struct ServerMachine {
     paths: HashMap<PathId, Path>,
     /// False once the session closed for invalid JSON: nothing more is delivered.
     delivering: bool,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
-    /// The time of the latest input.
-    now: Instant,
+    out: Outputs<Transmit>,
 }
 
 impl ServerMachine {
@@ -188,20 +185,13 @@ impl ServerMachine {
             held_bytes: 0,
             paths: HashMap::new(),
             delivering: true,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            now,
+            out: Outputs::default(),
             config,
         }
     }
 
-    /// The core session (for inspection in tests and the simulator).
-    pub fn core(&self) -> &Core {
-        &self.core
-    }
-
     fn respond(&mut self, request: RequestId, status: u16, message: &str) {
-        self.transmits.push_back(Transmit::Respond {
+        self.out.transmit(Transmit::Respond {
             request,
             status,
             body: Bytes::from(codec::error_body(message)),
@@ -287,13 +277,13 @@ impl ServerMachine {
         let Ok(path) = self.core.attach(now, mode) else {
             return self.respond(request, 400, "Unknown SID");
         };
-        self.transmits.push_back(Transmit::Stream {
+        self.out.transmit(Transmit::Stream {
             request,
             path,
             html: html.is_some(),
         });
         if let Some(domain) = &html {
-            self.transmits.push_back(Transmit::Chunk {
+            self.out.transmit(Transmit::Chunk {
                 path,
                 data: Bytes::from(codec::html_prelude(Some(domain))),
             });
@@ -339,19 +329,22 @@ impl ServerMachine {
 
     /// Moves everything the core has to say into this machine's queues.
     fn pump(&mut self) {
-        loop {
-            let transmit = self.core.poll_transmit();
-            let event = self.core.poll_event();
-            if transmit.is_none() && event.is_none() {
-                return;
-            }
-            if let Some(t) = transmit {
-                self.write(t);
-            }
-            if let Some(e) = event {
-                self.event(e);
-            }
+        while self.pump_one() {}
+    }
+
+    /// Moves one transmit and one event from the core into this machine's queues; false if
+    /// the core had neither.
+    fn pump_one(&mut self) -> bool {
+        let transmit = self.core.poll_transmit();
+        let event = self.core.poll_event();
+        let any = transmit.is_some() || event.is_some();
+        if let Some(t) = transmit {
+            self.write(t);
         }
+        if let Some(e) = event {
+            self.event(e);
+        }
+        any
     }
 
     fn write(&mut self, transmit: CoreTransmit) {
@@ -378,27 +371,27 @@ impl ServerMachine {
                     } else {
                         codec::chunk(&text)
                     };
-                    self.transmits.push_back(Transmit::Chunk {
+                    self.out.transmit(Transmit::Chunk {
                         path,
                         data: Bytes::from(data),
                     });
                 }
                 if end && self.paths.remove(&path).is_some() {
-                    self.transmits.push_back(Transmit::End { path });
+                    self.out.transmit(Transmit::End { path });
                 }
                 if stop_written {
-                    self.events.push_back(Event::StopWritten);
+                    self.out.event(Event::StopWritten);
                 }
             }
             CoreTransmit::End { path } => {
                 if let Some(p) = self.paths.remove(&path) {
                     if p.html {
-                        self.transmits.push_back(Transmit::Chunk {
+                        self.out.transmit(Transmit::Chunk {
                             path,
                             data: Bytes::from_static(codec::HTML_DONE.as_bytes()),
                         });
                     }
-                    self.transmits.push_back(Transmit::End { path });
+                    self.out.transmit(Transmit::End { path });
                 }
             }
             // BrowserChannel's keep-alives are `["noop"]` arrays in the sequence.
@@ -407,18 +400,11 @@ impl ServerMachine {
     }
 
     fn event(&mut self, event: CoreEvent) {
-        let event = match event {
-            CoreEvent::StateChanged { new, .. } => Event::State(new),
-            CoreEvent::Closed(reason) => Event::Closed(reason),
-            CoreEvent::Message { data, .. } => match self.message(&data) {
-                Some(m) => Event::Message(m),
-                None => return,
-            },
-            CoreEvent::Acked { seq } => Event::Acked(seq),
-            CoreEvent::SendFailed { seq, reason } => Event::SendFailed(seq, reason),
-            _ => return,
-        };
-        self.events.push_back(event);
+        if let Some(data) = self.out.core_event(event)
+            && let Some(m) = self.message(&data)
+        {
+            self.out.event(Event::Message(m));
+        }
     }
 
     /// The application's message for the core's bytes; closes the session on a map whose
@@ -437,9 +423,10 @@ impl ServerMachine {
                 return Some(Message::Text(json.clone()));
             }
             self.delivering = false;
+            let now = self.core.now();
             let _ = self
                 .core
-                .close(self.now, CloseReason::Protocol("Invalid JSON".into()));
+                .close(now, CloseReason::Protocol("Invalid JSON".into()));
             return Some(Message::Map(map));
         }
         if let Some(text) = map.get("_S") {
@@ -458,8 +445,15 @@ impl Machine for ServerMachine {
     type Input = Input;
     type Transmit = Transmit;
 
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
     fn handle_input(&mut self, now: Instant, input: Input) {
-        self.now = now;
         match input {
             Input::Forward {
                 request,
@@ -479,7 +473,7 @@ impl Machine for ServerMachine {
                     self.attach(now, request, false, None, true);
                 } else {
                     let status = self.forward_status();
-                    self.transmits.push_back(Transmit::Respond {
+                    self.out.transmit(Transmit::Respond {
                         request,
                         status: 200,
                         body: Bytes::from(codec::chunk(&status)),
@@ -512,7 +506,6 @@ impl Machine for ServerMachine {
     }
 
     fn send(&mut self, now: Instant, message: Message) -> Result<u64, SendError> {
-        self.now = now;
         let json = match &message {
             Message::Text(text) if is_json(text) => codec::ascii_json(text),
             Message::Text(_) => {
@@ -531,58 +524,18 @@ impl Machine for ServerMachine {
                 ));
             }
         };
-        let data = Bytes::from(json.into_owned());
-        self.core.send(now, data).map_err(|e| match e {
-            browserver_core::SendError::BufferFull {
-                buffered, limit, ..
-            } => SendError::BufferFull { buffered, limit },
-            _ => SendError::Closed(self.close_reason().unwrap_or(CloseReason::Closed(None))),
-        })
-    }
-
-    fn close(&mut self, now: Instant, reason: CloseReason) {
-        self.now = now;
-        let _ = self.core.close(now, reason);
-    }
-
-    fn stop(&mut self, now: Instant) -> bool {
-        self.now = now;
-        self.core.stop(now).is_ok()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
-        self.core.handle_timeout(now);
+        send_bytes(&mut self.core, now, Bytes::from(json.into_owned()))
     }
 
     fn poll_output(&mut self) -> Output<Transmit> {
         loop {
-            if let Some(t) = self.transmits.pop_front() {
-                return Output::Transmit(t);
+            if let Some(output) = self.out.pop() {
+                return output;
             }
-            if let Some(e) = self.events.pop_front() {
-                return Output::Event(e);
-            }
-            let transmit = self.core.poll_transmit();
-            let event = self.core.poll_event();
-            if transmit.is_none() && event.is_none() {
+            if !self.pump_one() {
                 return Output::Timeout(self.core.poll_timeout());
             }
-            if let Some(t) = transmit {
-                self.write(t);
-            }
-            if let Some(e) = event {
-                self.event(e);
-            }
         }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.core.is_closed()
-    }
-
-    fn close_reason(&self) -> Option<CloseReason> {
-        self.core.close_reason().cloned()
     }
 }
 

@@ -4,12 +4,11 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use browserver_core::Registry;
 use browserver_runtime::http::{QuotaSlot, admits_origin, owned_headers, quota_refusal};
-use browserver_runtime::{Announce, Info, Link, Session, Sessions, Transport};
+use browserver_runtime::{Announce, Entry, Info, Link, SessionTable, Sessions, Transport};
 use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -41,7 +40,7 @@ impl std::fmt::Debug for BrowserChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrowserChannel")
             .field("base", &self.inner.base)
-            .field("sessions", &self.session_count())
+            .field("sessions", &self.inner.table.len())
             .finish()
     }
 }
@@ -51,25 +50,8 @@ struct Inner {
     base: String,
     headers: HeaderMap,
     html_headers: HeaderMap,
-    registry: Mutex<Registry<Link<Command>>>,
+    table: SessionTable<Link<Command>>,
     accept: Announce,
-}
-
-impl Inner {
-    fn registry(&self) -> MutexGuard<'_, Registry<Link<Command>>> {
-        // A panic while holding the lock cannot leave the map half-updated; keep serving.
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The session closed: it leaves the registry and its address's quota.
-    fn forget(&self, id: &str) {
-        let removed = self.registry().remove(id);
-        if let Some(address) = removed.and_then(|link| link.session.address()) {
-            self.options
-                .quota
-                .release(address.ip(), tokio::time::Instant::now().into_std());
-        }
-    }
 }
 
 impl BrowserChannel {
@@ -93,7 +75,7 @@ impl BrowserChannel {
         }
         let (accept, sessions) = Sessions::new();
         let inner = Inner {
-            registry: Mutex::new(Registry::new(options.max_sessions)),
+            table: SessionTable::new(options.max_sessions, options.quota.clone()),
             options,
             base,
             headers,
@@ -119,34 +101,14 @@ impl BrowserChannel {
             .is_some_and(|rest| rest.starts_with('/'))
     }
 
-    /// The live session with this id.
-    pub fn session(&self, id: &str) -> Option<Session> {
-        self.link(id).map(|link| link.session)
+    /// The live sessions (look one up by id, list, count, close all — as
+    /// node-browserchannel's `close()` does).
+    pub fn table(&self) -> &SessionTable<impl Entry + use<>> {
+        &self.inner.table
     }
 
     fn link(&self, id: &str) -> Option<Link<Command>> {
-        self.inner.registry().get(id).cloned()
-    }
-
-    /// Every live session.
-    pub fn sessions(&self) -> Vec<Session> {
-        self.inner
-            .registry()
-            .iter()
-            .map(|(_, link)| link.session.clone())
-            .collect()
-    }
-
-    /// How many sessions are live.
-    pub fn session_count(&self) -> usize {
-        self.inner.registry().len()
-    }
-
-    /// Closes every session (reason `closed`), as node-browserchannel's `close()` does.
-    pub fn close_all(&self) {
-        for s in self.sessions() {
-            s.close();
-        }
+        self.inner.table.get(id)
     }
 
     /// Wraps `fallback`: requests under `base` are BrowserChannel's, all others go to
@@ -508,9 +470,9 @@ impl BrowserChannel {
             parts_out = Some(driver);
             link
         };
-        let created = self.inner.registry().create(make);
-        let id = match created {
-            Ok(id) => id,
+        let created = self.inner.table.create(make);
+        let (id, link) = match created {
+            Ok(created) => created,
             Err(browserver_core::RegistryError::Full { .. }) => {
                 let mut r = error_response(503, "Too many sessions", headers);
                 r.headers_mut()
@@ -522,7 +484,7 @@ impl BrowserChannel {
                 return Err(error_response(500, "Cannot create session", headers));
             }
         };
-        let (Some(link), Some(driver)) = (self.link(&id), parts_out) else {
+        let Some(driver) = parts_out else {
             return Err(error_response(500, "Cannot create session", headers));
         };
         // Registered: the session gives its place back when it closes.
@@ -548,7 +510,7 @@ impl BrowserChannel {
             link.downgrade(),
             Box::new(move || {
                 if let Some(inner) = inner.upgrade() {
-                    inner.forget(&id);
+                    inner.table.forget(&id);
                 }
             }),
         );

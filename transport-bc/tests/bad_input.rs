@@ -43,7 +43,7 @@ async fn bad_rid_on_a_post_is_400() {
             "RID={rid:?}"
         );
     }
-    assert_eq!(s.bc.session_count(), 0);
+    assert_eq!(s.bc.table().len(), 0);
 }
 
 #[tokio::test]
@@ -174,7 +174,7 @@ async fn oversized_bodies_are_413() {
     let big = format!("count=1&ofs=0&req0_a={}", "x".repeat(2000));
     let (status, _) = status_and_body(&s, Method::POST, "/channel/bind?VER=8&RID=1", &big).await;
     assert_eq!(status, 413);
-    assert_eq!(s.bc.session_count(), 0);
+    assert_eq!(s.bc.table().len(), 0);
 }
 
 #[tokio::test]

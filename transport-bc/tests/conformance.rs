@@ -363,7 +363,7 @@ async fn items_31_32_creation_requires_version_8() {
         let (status, _, _) = s.text(Method::POST, uri, "count=0").await;
         assert_eq!(status, 400);
     }
-    assert_eq!(s.bc.session_count(), 0);
+    assert_eq!(s.bc.table().len(), 0);
 }
 
 #[tokio::test]
@@ -472,7 +472,7 @@ async fn creating_post_with_a_bad_body_creates_no_session() {
         .await;
     assert_eq!(status, 400);
     assert!(body.contains("Bad data"));
-    assert_eq!(s.bc.session_count(), 0);
+    assert_eq!(s.bc.table().len(), 0);
 }
 
 #[tokio::test]
@@ -1184,7 +1184,7 @@ async fn item_96_whole_server_close_closes_every_session() {
     let mut s = start(Options::default()).await;
     let (a, _) = s.connect().await;
     let (b, _) = s.connect().await;
-    s.bc.close_all();
+    s.bc.table().close_all();
     assert_eq!(a.closed().await, CloseReason::Closed(None));
     assert_eq!(b.closed().await, CloseReason::Closed(None));
 }

@@ -4,14 +4,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use browserver_core::Registry;
 use browserver_runtime::http::{QuotaSlot, admits_origin, owned_headers, quota_refusal};
-use browserver_runtime::{Announce, Info, Link, Session, Sessions, Transport};
+use browserver_runtime::{Announce, Info, Link, Session, SessionTable, Sessions, Transport};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{
@@ -131,27 +130,17 @@ struct Entry {
     mode: Mode,
 }
 
-struct Inner {
-    options: Options,
-    registry: Mutex<Registry<Entry>>,
-    accept: Announce,
-    next_conn: AtomicU64,
+impl browserver_runtime::Entry for Entry {
+    fn session(&self) -> &Session {
+        &self.link.session
+    }
 }
 
-impl Inner {
-    fn registry(&self) -> MutexGuard<'_, Registry<Entry>> {
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The session closed: it leaves the registry and its address's quota.
-    fn forget(&self, id: &str) {
-        let removed = self.registry().remove(id);
-        if let Some(address) = removed.and_then(|e| e.link.session.address()) {
-            self.options
-                .quota
-                .release(address.ip(), tokio::time::Instant::now().into_std());
-        }
-    }
+struct Inner {
+    options: Options,
+    table: SessionTable<Entry>,
+    accept: Announce,
+    next_conn: AtomicU64,
 }
 
 /// A WebSocket endpoint. Every request it is given is treated as an upgrade request: mount it
@@ -164,7 +153,7 @@ pub struct WsEndpoint {
 impl std::fmt::Debug for WsEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WsEndpoint")
-            .field("sessions", &self.session_count())
+            .field("sessions", &self.inner.table.len())
             .finish()
     }
 }
@@ -228,7 +217,7 @@ impl WsEndpoint {
     pub fn new(options: Options) -> (WsEndpoint, Sessions) {
         let (accept, sessions) = Sessions::new();
         let inner = Inner {
-            registry: Mutex::new(Registry::new(options.max_sessions)),
+            table: SessionTable::new(options.max_sessions, options.quota.clone()),
             options,
             accept,
             next_conn: AtomicU64::new(0),
@@ -241,33 +230,9 @@ impl WsEndpoint {
         )
     }
 
-    /// The live session with this id.
-    pub fn session(&self, id: &str) -> Option<Session> {
-        self.inner
-            .registry()
-            .get(id)
-            .map(|e| e.link.session.clone())
-    }
-
-    /// Every live session.
-    pub fn sessions(&self) -> Vec<Session> {
-        self.inner
-            .registry()
-            .iter()
-            .map(|(_, e)| e.link.session.clone())
-            .collect()
-    }
-
-    /// How many sessions are live.
-    pub fn session_count(&self) -> usize {
-        self.inner.registry().len()
-    }
-
-    /// Closes every session.
-    pub fn close_all(&self) {
-        for s in self.sessions() {
-            s.close();
-        }
+    /// The live sessions (look one up by id, list, count, close all).
+    pub fn table(&self) -> &SessionTable<impl browserver_runtime::Entry + use<>> {
+        &self.inner.table
     }
 
     #[cfg(feature = "warp")]
@@ -407,7 +372,7 @@ impl WsEndpoint {
     /// secret compared in constant time.
     fn resumable(&self, token: &str) -> Option<Link<Command>> {
         let (id, _) = token.split_once('.')?;
-        let entry = self.inner.registry().get(id)?.clone();
+        let entry = self.inner.table.get(id)?;
         (entry.mode == Mode::Session && browserver_core::secret::equal(token, &entry.resume_token))
             .then_some(entry.link)
     }
@@ -457,9 +422,9 @@ impl WsEndpoint {
                 mode,
             }
         };
-        let created = self.inner.registry().create(make);
-        let id = match created {
-            Ok(id) => id,
+        let created = self.inner.table.create(make);
+        let (id, entry) = match created {
+            Ok(created) => created,
             Err(browserver_core::RegistryError::Full { .. }) => {
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -471,8 +436,7 @@ impl WsEndpoint {
                 return Err(cannot());
             }
         };
-        let entry = self.inner.registry().get(&id).cloned();
-        let (Some(entry), Some(driver)) = (entry, driver) else {
+        let Some(driver) = driver else {
             return Err(cannot());
         };
         // Registered: the session gives its place back when it closes.
@@ -494,7 +458,7 @@ impl WsEndpoint {
         let inner = Arc::downgrade(&self.inner);
         let io = ConnIo::new(Box::new(move || {
             if let Some(inner) = inner.upgrade() {
-                inner.forget(&id);
+                inner.table.forget(&id);
             }
         }));
         driver.spawn(machine, io);

@@ -5,14 +5,14 @@
 //! [`Session`](Core). Plain mode is the degenerate case: no hello, no numbers, no resumption.
 //! Time is an argument; the simulator drives it exactly as the runtime's driver does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use browserver_core::{
     CloseReason, Event as CoreEvent, PathId, PathMode, Payload, Session as Core, State,
     Transmit as CoreTransmit,
 };
-use browserver_runtime::{Event, Machine, Message, Output, SendError};
+use browserver_runtime::{Event, Machine, Message, Output, Outputs, SendError, send_bytes};
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -132,9 +132,7 @@ pub struct SessionMachine {
     /// Whether message frames were written during this drain (an acknowledgement rides
     /// along at once).
     wrote: bool,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
-    now: Instant,
+    out: Outputs<Transmit>,
 }
 
 /// A close frame; the reason cut to 120 bytes (a control frame holds 125).
@@ -180,24 +178,17 @@ impl SessionMachine {
             conns: HashMap::new(),
             inbound_next: 0,
             wrote: false,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
-            now,
+            out: Outputs::default(),
         }
     }
 
-    /// The core session (for inspection in tests and the simulator).
-    pub fn core(&self) -> &Core {
-        &self.core
-    }
-
     fn frame_out(&mut self, conn: ConnId, message: WsMessage) {
-        self.transmits.push_back(Transmit::Frame { conn, message });
+        self.out.transmit(Transmit::Frame { conn, message });
     }
 
     fn release(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
-        self.transmits.push_back(Transmit::Release { conn });
+        self.out.transmit(Transmit::Release { conn });
     }
 
     fn attach(&mut self, now: Instant, conn: ConnId, ack: Option<u64>) {
@@ -208,7 +199,7 @@ impl SessionMachine {
         let resumed = self.core.state() != State::Init;
         let Ok(path) = self.core.attach(now, PathMode::default()) else {
             self.frame_out(conn, close_frame(CLOSE_CLOSED, "closed"));
-            self.transmits.push_back(Transmit::Release { conn });
+            self.out.transmit(Transmit::Release { conn });
             return;
         };
         if self.config.mode == Mode::Session {
@@ -348,7 +339,7 @@ impl SessionMachine {
                 }
                 if stopped {
                     self.frame_out(conn, close_frame(CLOSE_STOPPED, "stop"));
-                    self.events.push_back(Event::StopWritten);
+                    self.out.event(Event::StopWritten);
                 }
                 if mode == Mode::Plain
                     && let Some(upto) = last
@@ -356,7 +347,7 @@ impl SessionMachine {
                     // A plain client cannot acknowledge: what its writer flushed counts as
                     // delivered (`Input::Written`), so a client that does not read holds at
                     // most the session's buffer limit.
-                    self.transmits.push_back(Transmit::Written { conn, upto });
+                    self.out.transmit(Transmit::Written { conn, upto });
                 }
                 if end {
                     self.release(conn);
@@ -366,15 +357,17 @@ impl SessionMachine {
                 let Some(conn) = self.conn_for(path) else {
                     return;
                 };
-                let idle = self.conns.get(&conn).is_some_and(|c| {
-                    self.now.duration_since(c.last_heard) > self.config.idle_timeout
-                });
+                let now = self.core.now();
+                let idle = self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| now.duration_since(c.last_heard) > self.config.idle_timeout);
                 if idle {
                     self.frame_out(conn, close_frame(1001, "idle"));
                     self.release(conn);
-                    self.core.detach(self.now, path);
+                    self.core.detach(now, path);
                     if self.config.mode == Mode::Plain {
-                        let _ = self.core.handle_peer_close(self.now);
+                        let _ = self.core.handle_peer_close(now);
                     }
                 } else {
                     self.frame_out(conn, WsMessage::Ping(Bytes::new()));
@@ -395,25 +388,18 @@ impl SessionMachine {
     }
 
     fn event(&mut self, event: CoreEvent) {
-        let event = match event {
-            CoreEvent::StateChanged { new, .. } => Event::State(new),
-            CoreEvent::Closed(reason) => Event::Closed(reason),
-            CoreEvent::Message { data, .. } => {
-                let message = match data.split_first() {
-                    Some((b'T', text)) => match String::from_utf8(text.to_vec()) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => return,
-                    },
-                    Some((b'B', _)) => Message::Binary(data.slice(1..)),
-                    _ => return,
-                };
-                Event::Message(message)
-            }
-            CoreEvent::Acked { seq } => Event::Acked(seq),
-            CoreEvent::SendFailed { seq, reason } => Event::SendFailed(seq, reason),
+        let Some(data) = self.out.core_event(event) else {
+            return;
+        };
+        let message = match data.split_first() {
+            Some((b'T', text)) => match String::from_utf8(text.to_vec()) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return,
+            },
+            Some((b'B', _)) => Message::Binary(data.slice(1..)),
             _ => return,
         };
-        self.events.push_back(event);
+        self.out.event(Event::Message(message));
     }
 }
 
@@ -421,8 +407,15 @@ impl Machine for SessionMachine {
     type Input = Input;
     type Transmit = Transmit;
 
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
     fn handle_input(&mut self, now: Instant, input: Input) {
-        self.now = now;
         match input {
             Input::Attach { conn, ack } => self.attach(now, conn, ack),
             Input::Frame { conn, message } => self.frame_in(now, conn, message),
@@ -433,7 +426,7 @@ impl Machine for SessionMachine {
             }
             Input::Gone { conn } => {
                 if let Some(c) = self.conns.remove(&conn) {
-                    self.transmits.push_back(Transmit::Release { conn });
+                    self.out.transmit(Transmit::Release { conn });
                     if self.core.detach(now, c.path) && self.config.mode == Mode::Plain {
                         let _ = self.core.handle_peer_close(now);
                     }
@@ -443,7 +436,6 @@ impl Machine for SessionMachine {
     }
 
     fn send(&mut self, now: Instant, message: Message) -> Result<u64, SendError> {
-        self.now = now;
         let data = match &message {
             Message::Text(text) => tagged(b'T', text.as_bytes()),
             Message::Binary(data) => tagged(b'B', data),
@@ -453,47 +445,17 @@ impl Machine for SessionMachine {
                 ));
             }
         };
-        self.core.send(now, data).map_err(|e| match e {
-            browserver_core::SendError::BufferFull {
-                buffered, limit, ..
-            } => SendError::BufferFull { buffered, limit },
-            _ => SendError::Closed(self.close_reason().unwrap_or(CloseReason::Closed(None))),
-        })
-    }
-
-    fn close(&mut self, now: Instant, reason: CloseReason) {
-        self.now = now;
-        let _ = self.core.close(now, reason);
-    }
-
-    fn stop(&mut self, now: Instant) -> bool {
-        self.now = now;
-        self.core.stop(now).is_ok()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
-        self.core.handle_timeout(now);
+        send_bytes(&mut self.core, now, data)
     }
 
     fn poll_output(&mut self) -> Output<Transmit> {
         loop {
-            if let Some(t) = self.transmits.pop_front() {
-                return Output::Transmit(t);
-            }
-            if let Some(e) = self.events.pop_front() {
-                return Output::Event(e);
+            if let Some(output) = self.out.pop() {
+                return output;
             }
             let transmit = self.core.poll_transmit();
             let event = self.core.poll_event();
-            let drained = transmit.is_none() && event.is_none();
-            if let Some(t) = transmit {
-                self.write(t);
-            }
-            if let Some(e) = event {
-                self.event(e);
-            }
-            if drained {
+            if transmit.is_none() && event.is_none() {
                 // Session mode: acknowledge what the application has been given, when the
                 // core says it is due (at once if frames were just written: they leave in
                 // the same write).
@@ -508,14 +470,12 @@ impl Machine for SessionMachine {
                 }
                 return Output::Timeout(self.core.poll_timeout());
             }
+            if let Some(t) = transmit {
+                self.write(t);
+            }
+            if let Some(e) = event {
+                self.event(e);
+            }
         }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.core.is_closed()
-    }
-
-    fn close_reason(&self) -> Option<CloseReason> {
-        self.core.close_reason().cloned()
     }
 }

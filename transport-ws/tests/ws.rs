@@ -297,7 +297,7 @@ async fn a_session_mode_client_that_does_not_resume_times_out() {
         CloseReason::TimedOut
     );
     assert_eq!(pending.await, Err(SendError::Closed(CloseReason::TimedOut)));
-    assert_eq!(ws.session_count(), 0);
+    assert_eq!(ws.table().len(), 0);
     // Resuming a forgotten session gets a new one, and says so.
     let mut c = session_client(&format!("{url}?resume={}&ack=0", s.id())).await;
     match next_frame(&mut c).await {
