@@ -108,6 +108,23 @@ test('closure: unicode, odd strings, JSON values and a 200 KiB message round-tri
   });
 });
 
+test('closure: numbers round-trip exactly as the Closure client writes them', async () => {
+  await withServer({}, async (base) => {
+    const c = closure(base);
+    await c.until(() => c.opened, 10000, 'open');
+    // Doubles at the edges of their shortest round-trip forms, and integers past 2^53.
+    const sent = [
+      [0.1, 0.30000000000000004, 1e21, 1e-7, 5e-324, 1.7976931348623157e308, -0, 2 ** 53 + 2],
+      { big: 123456789012345680000, small: -1.5e-300, third: 1 / 3 },
+    ];
+    for (const v of sent) c.send(v);
+    await c.until(() => c.received.length >= sent.length, 10000, 'echoes');
+    // The same text as Closure's own JSON gives for them: the same values.
+    assert.deepEqual(c.received.map((v) => JSON.stringify(v)), sent.map((v) => JSON.stringify(v)));
+    c.ch.disconnect();
+  });
+});
+
 test('closure: server close ends the channel with UNKNOWN_SESSION_ID, and a reconnect gets a new session', async () => {
   await withServer({}, async (base) => {
     const c = closure(base);

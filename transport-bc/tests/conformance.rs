@@ -1289,3 +1289,25 @@ async fn item_37_close_in_the_connect_hook_is_403_however_the_tasks_interleave()
         assert_eq!(status, 403);
     }
 }
+
+#[tokio::test]
+async fn json_values_round_trip_exactly_as_the_client_wrote_them_numbers_included() {
+    let mut s = start(Options::default()).await;
+    let (session, _) = s.connect().await;
+    // What JSON.stringify writes for these doubles: shortest round-trip forms, and an
+    // integer beyond 2^53 (which a parse into f64 or i64 would change).
+    let written = r#"[0.1,1e+21,5e-324,1.7976931348623157e+308,-0,123456789012345678901234567890,"é"]"#;
+    let body = browserver_transport_bc::codec::encode_forward(
+        0,
+        &[[("JSON".to_string(), written.to_string())].into()],
+    );
+    s.forward(session.id(), 1001, 0, &body).await;
+    let m = session.recv().await.expect("message");
+    assert_eq!(m.as_text(), Some(written), "delivered as written");
+    drop(session.send(m));
+    let mut bc = s.back_channel(session.id(), 0, 0, "xmlhttp").await;
+    let data = next_data(bc.body_mut(), WAIT).await.expect("the echo");
+    // Sent back as written, but for the non-ASCII character (escaped for the length framing).
+    let expected = written.replace('é', "\\u00e9");
+    assert!(data.contains(&format!("[1,{expected}]")), "{data}");
+}
