@@ -142,11 +142,6 @@ impl<T> Requests<T> {
         }
     }
 
-    /// Whether `id` is waiting for an answer.
-    pub fn is_pending(&self, id: RequestId) -> bool {
-        self.pending.contains_key(&id.0)
-    }
-
     /// How many requests wait.
     pub fn len(&self) -> usize {
         self.pending.len()
@@ -299,5 +294,43 @@ mod tests {
             assert_eq!(id.to_string().parse::<RequestId>(), Ok(id));
         }
         assert_eq!(RequestId(35).to_string(), "z");
+    }
+
+    #[test]
+    fn len_and_is_empty_count_the_requests_waiting() {
+        let t = Instant::now();
+        let mut r = Requests::new(8);
+        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
+        let a = r.insert(t, SEC, 'a').expect("room");
+        r.insert(t, SEC, 'b').expect("room");
+        assert!(!r.is_empty());
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.resolve(a), Resolved::Matched('a'));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn the_newest_id_answered_twice_is_repeated_and_the_next_unissued_one_unknown() {
+        let t = Instant::now();
+        let mut r = Requests::new(8);
+        let a = r.insert(t, SEC, ()).expect("room");
+        assert_eq!(r.resolve(a), Resolved::Matched(()));
+        assert_eq!(r.resolve(a), Resolved::Repeated);
+        assert_eq!(r.resolve(RequestId(a.0 + 1)), Resolved::Unknown);
+        let stats = r.stats();
+        assert_eq!((stats.matched, stats.repeated, stats.unknown), (1, 1, 1));
+    }
+
+    #[test]
+    fn every_request_timed_out_is_counted() {
+        let t = Instant::now();
+        let mut r = Requests::new(8);
+        for v in 0..3 {
+            r.insert(t, SEC, v).expect("room");
+        }
+        r.handle_timeout(t + SEC);
+        assert_eq!(r.stats().timed_out, 3);
+        assert_eq!(std::iter::from_fn(|| r.poll_event()).count(), 3);
     }
 }

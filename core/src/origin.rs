@@ -143,4 +143,14 @@ mod tests {
         );
         assert!(OriginPolicy::default().admits_raw(Some(b"http://a:1"), Some(b"a:1")));
     }
+
+    #[test]
+    fn only_http_and_https_origins_without_a_path_have_an_authority() {
+        assert_eq!(same_origin_authority("http://a:1"), Some("a:1".into()));
+        assert_eq!(same_origin_authority("https://a:443"), Some("a".into()));
+        assert_eq!(same_origin_authority("ftp://a"), None);
+        assert_eq!(same_origin_authority("http://"), None);
+        assert_eq!(same_origin_authority("http://a/b"), None);
+        assert_eq!(same_origin_authority("https://a/b"), None);
+    }
 }

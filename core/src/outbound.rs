@@ -222,4 +222,34 @@ mod tests {
         o.ack(0);
         assert!(o.push(msg("de")).is_ok(), "acknowledgement frees room");
     }
+
+    #[test]
+    fn a_message_that_fills_the_buffer_exactly_is_accepted() {
+        let mut o = Outbound::new(4);
+        assert!(o.push(msg("abcd")).is_ok());
+        assert!(o.push(msg("e")).is_err());
+    }
+
+    #[test]
+    fn in_flight_is_what_was_transmitted_and_not_acknowledged() {
+        let mut o = Outbound::new(1 << 20);
+        assert_eq!(o.last_sent(), None);
+        for m in ["a", "b", "c"] {
+            o.push(msg(m)).expect("room");
+        }
+        assert_eq!(o.in_flight().count(), 0, "nothing transmitted yet");
+        let sent = o.take_unsent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(o.last_sent(), Some(2));
+        o.push(msg("d")).expect("room");
+        let in_flight: Vec<u64> = o.in_flight().map(|i| i.seq).collect();
+        assert_eq!(
+            in_flight,
+            [0, 1, 2],
+            "queued but unsent items are not in flight"
+        );
+        o.ack(0);
+        let in_flight: Vec<u64> = o.in_flight().map(|i| i.seq).collect();
+        assert_eq!(in_flight, [1, 2]);
+    }
 }

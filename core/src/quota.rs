@@ -453,4 +453,22 @@ mod tests {
         }
         assert_eq!(q.live(ip("10.0.0.1")), 10_000);
     }
+
+    #[test]
+    fn an_idle_address_whose_bucket_just_refilled_is_forgotten() {
+        let config = QuotaConfig {
+            creations_per_minute: 60,
+            burst: 1,
+            ..QuotaConfig::default()
+        };
+        let mut q = AddressQuota::new(config);
+        let now = Instant::now();
+        q.try_admit(ip("10.0.0.1"), now).expect("admitted");
+        q.release(ip("10.0.0.1"), now);
+        assert_eq!(q.len(), 1, "its bucket is not full yet");
+        // One token a second: a second later the bucket is full again and the entry goes.
+        q.release(ip("10.0.0.9"), now + Duration::from_secs(1));
+        q.forget_idle(now + Duration::from_secs(1));
+        assert_eq!(q.len(), 0);
+    }
 }

@@ -238,4 +238,28 @@ mod tests {
         assert!(r.create(|_| ()).is_ok());
         assert_eq!(r.create(|_| ()), Err(RegistryError::Full { limit: 1 }));
     }
+
+    #[test]
+    fn entries_are_listed_counted_and_removed() {
+        let mut r: Registry<u32> = Registry::new(8);
+        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
+        let a = r.create(|_| 1).expect("a");
+        let b = r.create(|_| 2).expect("b");
+        assert!(!r.is_empty());
+        assert_eq!(r.len(), 2);
+        let mut ids: Vec<&str> = r.iter().map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        let mut expected = vec![a.as_str(), b.as_str()];
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+        for (_, v) in r.iter_mut() {
+            *v += 10;
+        }
+        assert_eq!(r.get(&a), Some(&11));
+        assert_eq!(r.remove(&a), Some(11));
+        assert_eq!(r.remove(&a), None);
+        assert_eq!(r.len(), 1);
+        assert!(format!("{r:?}").contains("len: 1"));
+    }
 }

@@ -76,11 +76,6 @@ impl<T> Reorder<T> {
         self.held.len()
     }
 
-    /// Iterates over the held items (for accounting).
-    pub fn held_items(&self) -> impl Iterator<Item = &T> {
-        self.held.values()
-    }
-
     /// Drops everything held.
     pub fn clear(&mut self) {
         self.held.clear();
@@ -140,5 +135,19 @@ mod tests {
         assert_eq!(r.insert(13, 'd'), Inserted::Held);
         assert_eq!(r.insert(14, 'e'), Inserted::BeyondWindow('e'));
         assert_eq!(r.held(), 1);
+    }
+
+    #[test]
+    fn held_counts_what_waits_behind_a_gap_and_clear_drops_it() {
+        let mut r = Reorder::new(0, 8);
+        assert_eq!(r.held(), 0);
+        assert!(matches!(r.insert(2, 'c'), Inserted::Held));
+        assert!(matches!(r.insert(3, 'd'), Inserted::Held));
+        assert_eq!(r.held(), 2);
+        r.clear();
+        assert_eq!(r.held(), 0);
+        assert!(matches!(r.insert(0, 'a'), Inserted::Ready));
+        assert_eq!(r.pop_ready(), Some((0, 'a')));
+        assert_eq!(r.pop_ready(), None, "nothing held survives clear");
     }
 }

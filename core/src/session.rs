@@ -1350,4 +1350,94 @@ mod tests {
         transmits(&mut s);
         assert_eq!(s.poll_timeout(), Some(now + 2 * SEC));
     }
+
+    #[test]
+    fn states_are_named_as_node_browserchannel_names_them() {
+        let names: Vec<String> = [State::Init, State::Ok, State::Closed]
+            .iter()
+            .map(|s| format!("{s}"))
+            .collect();
+        assert_eq!(names, ["init", "ok", "closed"]);
+        assert_eq!(State::Ok.as_str(), "ok");
+    }
+
+    #[test]
+    fn the_config_given_is_the_config_kept() {
+        let config = Config {
+            reorder_window: 7,
+            ..Config::default()
+        };
+        let s = Session::new(Role::Server, config.clone(), t0());
+        assert_eq!(s.config(), &config);
+    }
+
+    #[test]
+    fn every_attach_gets_a_new_path_id() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        let ids: Vec<PathId> = (0..3)
+            .map(|_| s.attach(now, PathMode::default()).expect("attach"))
+            .collect();
+        assert_eq!(ids, [PathId(0), PathId(1), PathId(2)]);
+    }
+
+    #[test]
+    fn unsent_in_flight_and_last_sent_follow_the_queue() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        assert!(s.has_unsent(), "the announcement waits for a path");
+        assert!(!s.has_path());
+        assert_eq!(s.last_sent(), None);
+        s.send(now, b("a")).expect("send");
+        let path = s.attach(now, PathMode::default()).expect("attach");
+        assert!(s.has_path());
+        transmits(&mut s);
+        assert!(!s.has_unsent());
+        assert_eq!(s.last_sent(), Some(1));
+        let in_flight: Vec<u64> = s.in_flight().map(|i| i.seq).collect();
+        assert_eq!(in_flight, [0, 1]);
+        s.send(now, b("b")).expect("send");
+        s.detach(now, path);
+        assert!(s.has_unsent(), "without a path the new message waits");
+        s.close(now, CloseReason::Closed(None)).expect("close");
+        assert!(!s.has_unsent(), "nothing waits on a closed session");
+    }
+
+    #[test]
+    fn held_counts_items_and_message_bytes_behind_a_gap_and_releases_them() {
+        let now = t0();
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.handle_message(now, 2, b("ccc")).expect("held");
+        c.handle_message(now, 5, b("dddd")).expect("held");
+        assert_eq!(c.held(), (2, 7));
+        c.handle_incoming(now, 0, Payload::Open).expect("open");
+        c.handle_message(now, 1, b("bb"))
+            .expect("fills the first gap");
+        assert_eq!(c.held(), (1, 4), "what was released is no longer counted");
+        c.handle_message(now, 1, b("bb"))
+            .expect("a duplicate is dropped");
+        assert_eq!(c.duplicates_dropped(), 1);
+    }
+
+    #[test]
+    fn only_a_client_waiting_to_open_is_opened_by_an_announcement() {
+        let now = t0();
+        let mut s = Session::new(Role::Server, Config::default(), now);
+        s.handle_incoming(now, 0, Payload::Open).expect("accepted");
+        assert_eq!(
+            s.state(),
+            State::Init,
+            "a server is opened by its first path"
+        );
+        let mut c = Session::new(Role::Client, Config::default(), now);
+        c.handle_incoming(now, 0, Payload::Open).expect("open");
+        assert_eq!(c.state(), State::Ok);
+        assert_eq!(
+            events(&mut c)
+                .iter()
+                .filter(|e| matches!(e, Event::StateChanged { .. }))
+                .count(),
+            1
+        );
+    }
 }

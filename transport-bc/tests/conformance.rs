@@ -1296,7 +1296,8 @@ async fn json_values_round_trip_exactly_as_the_client_wrote_them_numbers_include
     let (session, _) = s.connect().await;
     // What JSON.stringify writes for these doubles: shortest round-trip forms, and an
     // integer beyond 2^53 (which a parse into f64 or i64 would change).
-    let written = r#"[0.1,1e+21,5e-324,1.7976931348623157e+308,-0,123456789012345678901234567890,"é"]"#;
+    let written =
+        r#"[0.1,1e+21,5e-324,1.7976931348623157e+308,-0,123456789012345678901234567890,"é"]"#;
     let body = browserver_transport_bc::codec::encode_forward(
         0,
         &[[("JSON".to_string(), written.to_string())].into()],
