@@ -244,8 +244,9 @@ impl AddressQuota {
                 return true;
             }
             let elapsed = now.saturating_duration_since(e.at).as_millis();
+            // (Without a rate an idle entry never stays: `release` drops it at once.)
             let tokens = u128::from(e.tokens) + elapsed.saturating_mul(per_minute) / 60;
-            per_minute > 0 && tokens < u128::from(capacity)
+            tokens < u128::from(capacity)
         });
     }
 }
