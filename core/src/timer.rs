@@ -73,4 +73,16 @@ mod tests {
         assert_eq!(fired, vec![Timer::Keepalive]);
         assert_eq!(timers.next(), Some(t0 + Duration::from_secs(30)));
     }
+
+    #[test]
+    fn stop_all_leaves_no_deadline() {
+        let t0 = Instant::now();
+        let mut timers = Timers::default();
+        timers.set_after(Timer::Keepalive, t0, Duration::from_secs(20));
+        timers.set_after(Timer::SessionTimeout, t0, Duration::from_secs(30));
+        timers.stop_all();
+        assert_eq!(timers.next(), None);
+        assert!(!timers.is_set(Timer::Keepalive));
+        assert_eq!(timers.take_expired(t0 + Duration::from_secs(60)).count(), 0);
+    }
 }
