@@ -964,4 +964,85 @@ mod tests {
         assert!(second >= Duration::from_secs(5) && second < Duration::from_secs(15));
         assert!(m.retry_delay(100) <= Duration::from_secs(30));
     }
+
+    fn events(m: &mut ClientMachine) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_failure_is_reported_with_what_failed() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        answer(&mut m, t0, &back, 500, "oops");
+        let events = events(&mut m);
+        assert!(events.contains(&ClientEvent::Error("Request failed (HTTP 500)".into())));
+        assert!(events.contains(&ClientEvent::Closed(CloseReason::Protocol(
+            "Request failed (HTTP 500)".into()
+        ))));
+    }
+
+    #[test]
+    fn unknown_sid_counts_only_inside_an_error_page() {
+        let t0 = Instant::now();
+        // A 400 that is not the server's "Unknown SID" page is a plain failure.
+        for body in ["Bad data", "Unknown SID"] {
+            let (mut m, back) = opened(t0);
+            answer(&mut m, t0, &back, 400, body);
+            let events = events(&mut m);
+            assert!(
+                events.contains(&ClientEvent::Closed(CloseReason::Protocol(
+                    "Request failed (HTTP 400)".into()
+                ))),
+                "{body}: {events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_of_the_creating_request_is_an_open_failure() {
+        let t0 = Instant::now();
+        let mut m = ClientMachine::new(ClientConfig::default(), t0);
+        m.open(t0);
+        let create = requests(&mut m).remove(0);
+        m.handle_input(
+            t0,
+            ClientInput::Failed {
+                request: create.id,
+                error: "refused".into(),
+            },
+        );
+        let events = events(&mut m);
+        assert!(events.contains(&ClientEvent::OpenFailed("Request failed: refused".into())));
+        assert!(m.is_closed());
+    }
+
+    #[test]
+    fn the_ack_position_is_the_last_array_received() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        assert!(!m.is_closed());
+        assert_eq!(m.ack_position(), Some(0));
+        assert_eq!(m.sid(), Some("s1"));
+        let arrays = codec::chunk(&codec::array_batch([(1, &b"[1]"[..]), (2, &b"[2]"[..])]));
+        m.handle_input(
+            t0,
+            ClientInput::Head {
+                request: back.id,
+                status: 200,
+            },
+        );
+        m.handle_input(
+            t0,
+            ClientInput::Data {
+                request: back.id,
+                data: Bytes::from(arrays),
+            },
+        );
+        assert_eq!(m.ack_position(), Some(2));
+        let messages: Vec<_> = events(&mut m)
+            .into_iter()
+            .filter(|e| matches!(e, ClientEvent::Message(_)))
+            .collect();
+        assert_eq!(messages.len(), 2);
+    }
 }
