@@ -13,6 +13,8 @@ use browserver_core::{
     Transmit as CoreTransmit,
 };
 use bytes::Bytes;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 
 use crate::codec::{self, ArrayKind, ChunkReader, ForwardStatus, Map};
 use crate::protocol::RequestId;
@@ -216,10 +218,10 @@ pub struct ClientMachine {
     back_retries: u32,
     post_retry: Option<(Instant, u64)>,
     back_retry: Option<Instant>,
-    opened: bool,
     transmits: VecDeque<ClientTransmit>,
     events: VecDeque<ClientEvent>,
-    rng: u64,
+    /// The retry jitter, seeded from the configuration so runs replay.
+    rng: Xoshiro256PlusPlus,
     now: Instant,
 }
 
@@ -235,7 +237,7 @@ impl ClientMachine {
         ClientMachine {
             core: Core::new(Role::Client, core_config, now),
             rid: config.first_rid,
-            rng: config.seed | 1,
+            rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
             config,
             sid: None,
             next_request: 0,
@@ -246,7 +248,6 @@ impl ClientMachine {
             back_retries: 0,
             post_retry: None,
             back_retry: None,
-            opened: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             now,
@@ -325,6 +326,8 @@ impl ClientMachine {
             self.request(Kind::Terminate, false, false, query, None, deadline);
         }
         let _ = self.core.close(now, CloseReason::Closed(None));
+        // The back channel and any forward request are cancelled at once.
+        self.after_input(now);
     }
 
     /// Feeds one response event.
@@ -677,10 +680,8 @@ impl ClientMachine {
                         .close(now, CloseReason::Protocol(failure.describe()));
                 }
             },
+            // `posting` is left set: a retry replaces it, and ending the session clears it.
             Kind::Forward { rid, .. } => {
-                if self.posting == Some(request) {
-                    self.posting = None;
-                }
                 if may_retry && self.forward_retries < self.config.max_forward_retries {
                     self.forward_retries += 1;
                     let delay = self.retry_delay(self.forward_retries);
@@ -727,12 +728,8 @@ impl ClientMachine {
         if retry <= 1 {
             return Duration::ZERO;
         }
-        // xorshift64: a deterministic jitter from the configured seed.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let base = self.config.retry_delay.as_millis() as u64;
-        let jitter = if base == 0 { 0 } else { self.rng % (2 * base) };
+        let base = u64::try_from(self.config.retry_delay.as_millis()).unwrap_or(u64::MAX);
+        let jitter = self.rng.random_range(0..=base.saturating_mul(2));
         let ms = base
             .saturating_add(jitter)
             .saturating_mul(u64::from(retry - 1));
@@ -768,13 +765,10 @@ impl ClientMachine {
         while self.core.poll_transmit().is_some() {}
         while let Some(e) = self.core.poll_event() {
             let event = match e {
-                CoreEvent::StateChanged { new: State::Ok, .. } if !self.opened => {
-                    self.opened = true;
-                    ClientEvent::Open {
-                        sid: self.sid.clone().unwrap_or_default(),
-                    }
-                }
-                CoreEvent::StateChanged { .. } => continue,
+                // The core's state only moves forward: `Ok` comes once.
+                CoreEvent::StateChanged { new: State::Ok, .. } => ClientEvent::Open {
+                    sid: self.sid.clone().unwrap_or_default(),
+                },
                 CoreEvent::Message { data, .. } => ClientEvent::Message(data),
                 CoreEvent::Acked { seq } => ClientEvent::Acked(seq),
                 CoreEvent::SendFailed { seq, reason } => ClientEvent::SendFailed(seq, reason),
@@ -1044,5 +1038,197 @@ mod tests {
             .filter(|e| matches!(e, ClientEvent::Message(_)))
             .collect();
         assert_eq!(messages.len(), 2);
+    }
+
+    fn feed(m: &mut ClientMachine, now: Instant, r: &Request, status: u16, data: &str) {
+        m.handle_input(
+            now,
+            ClientInput::Head {
+                request: r.id,
+                status,
+            },
+        );
+        m.handle_input(
+            now,
+            ClientInput::Data {
+                request: r.id,
+                data: Bytes::copy_from_slice(data.as_bytes()),
+            },
+        );
+    }
+
+    fn fail(m: &mut ClientMachine, now: Instant, r: &Request) {
+        m.handle_input(
+            now,
+            ClientInput::Failed {
+                request: r.id,
+                error: "reset".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn closing_cancels_the_back_channel_and_waits_two_seconds_for_terminate() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        m.close(t0);
+        let out: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        assert!(out.contains(&ClientTransmit::Cancel(back.id)));
+        assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(2)));
+        m.handle_timeout(t0 + Duration::from_secs(2));
+        assert!(m.is_finished());
+    }
+
+    #[test]
+    fn a_response_may_reach_the_size_limit_but_not_pass_it() {
+        let t0 = Instant::now();
+        let body = codec::chunk(&codec::array_batch([(
+            0,
+            codec::open_array("s1", None).as_bytes(),
+        )]));
+        for (limit, opens) in [(body.len(), true), (body.len() - 1, false)] {
+            let config = ClientConfig {
+                max_response_bytes: limit,
+                ..ClientConfig::default()
+            };
+            let mut m = ClientMachine::new(config, t0);
+            m.open(t0);
+            let create = requests(&mut m).remove(0);
+            answer(&mut m, t0, &create, 200, &body);
+            let events = events(&mut m);
+            assert_eq!(
+                events.contains(&ClientEvent::Open { sid: "s1".into() }),
+                opens,
+                "{limit}: {events:?}"
+            );
+            if !opens {
+                assert!(events.contains(&ClientEvent::OpenFailed(
+                    "Request failed: response too large".into()
+                )));
+            }
+        }
+    }
+
+    #[test]
+    fn back_channel_data_restarts_its_watchdog() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        let t1 = t0 + Duration::from_secs(30);
+        feed(&mut m, t1, &back, 200, &codec::chunk("[[1,[1]]]"));
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn a_back_channel_that_ends_after_data_is_reopened_at_once() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        answer(&mut m, t0, &back, 200, &codec::chunk("[[1,[1]]]"));
+        let out: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        let [ClientTransmit::Request(next)] = out.as_slice() else {
+            panic!("one new back channel: {out:?}");
+        };
+        assert!(next.back);
+        assert_eq!(param(next, "AID"), Some("1"));
+        assert_eq!(param(next, "t"), Some("1"));
+    }
+
+    #[test]
+    fn a_back_channel_cut_mid_chunk_is_retried() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        answer(&mut m, t0, &back, 200, "10\n[[1,");
+        assert!(requests(&mut m).is_empty());
+        assert_eq!(m.poll_timeout(), Some(t0));
+        m.handle_timeout(t0);
+        let retry = requests(&mut m).remove(0);
+        assert!(retry.back);
+        assert_eq!(param(&retry, "t"), Some("2"));
+    }
+
+    #[test]
+    fn a_back_channel_that_ends_without_data_is_retried() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        answer(&mut m, t0, &back, 200, "");
+        assert!(requests(&mut m).is_empty());
+        m.handle_timeout(t0);
+        assert_eq!(param(&requests(&mut m).remove(0), "t"), Some("2"));
+    }
+
+    #[test]
+    fn garbled_back_channel_data_cancels_the_request() {
+        let t0 = Instant::now();
+        let (mut m, back) = opened(t0);
+        feed(&mut m, t0, &back, 200, "x\n");
+        let out: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        assert!(out.contains(&ClientTransmit::Cancel(back.id)));
+        assert!(!m.is_closed(), "retried, not fatal");
+    }
+
+    #[test]
+    fn forward_failures_are_retried_up_to_the_limit_with_growing_delays() {
+        let t0 = Instant::now();
+        let (mut m, _back) = opened(t0);
+        m.send(t0, Bytes::from_static(b"1")).expect("send");
+        let first = requests(&mut m).remove(0);
+        fail(&mut m, t0, &first);
+        m.handle_timeout(t0);
+        let second = requests(&mut m).remove(0);
+        fail(&mut m, t0, &second);
+        let due = m.poll_timeout().expect("second retry");
+        assert!(due >= t0 + Duration::from_secs(5), "{:?}", due - t0);
+        assert!(due <= t0 + Duration::from_secs(15), "{:?}", due - t0);
+        m.handle_timeout(due);
+        let third = requests(&mut m).remove(0);
+        assert_eq!(param(&third, "t"), Some("3"));
+        assert_eq!(param(&third, "RID"), param(&first, "RID"));
+        fail(&mut m, due, &third);
+        let events = events(&mut m);
+        assert!(events.contains(&ClientEvent::Error("Request failed: reset".into())));
+        assert!(m.is_closed());
+    }
+
+    #[test]
+    fn a_forward_request_refused_by_the_server_is_not_retried() {
+        let t0 = Instant::now();
+        let (mut m, _back) = opened(t0);
+        m.send(t0, Bytes::from_static(b"1")).expect("send");
+        let first = requests(&mut m).remove(0);
+        answer(&mut m, t0, &first, 500, "no");
+        assert!(m.is_closed());
+    }
+
+    #[test]
+    fn back_channel_failures_are_retried_up_to_the_limit() {
+        let t0 = Instant::now();
+        let (mut m, mut back) = opened(t0);
+        let mut now = t0;
+        for t in ["2", "3", "4"] {
+            fail(&mut m, now, &back);
+            assert!(!m.is_closed());
+            now = m.poll_timeout().expect("a retry");
+            m.handle_timeout(now);
+            back = requests(&mut m).remove(0);
+            assert_eq!(param(&back, "t"), Some(t));
+        }
+        fail(&mut m, now, &back);
+        assert!(m.is_closed());
+    }
+
+    #[test]
+    fn retry_jitter_spreads_over_twice_the_delay() {
+        let t0 = Instant::now();
+        let mut m = ClientMachine::new(ClientConfig::default(), t0);
+        let delays: Vec<Duration> = (0..200).map(|_| m.retry_delay(2)).collect();
+        assert!(delays.iter().all(|d| *d >= Duration::from_secs(5)));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(15)));
+        assert!(delays.iter().any(|d| *d < Duration::from_secs(7)));
+        assert!(delays.iter().any(|d| *d > Duration::from_secs(13)));
+        let config = ClientConfig {
+            retry_delay: Duration::ZERO,
+            ..ClientConfig::default()
+        };
+        let mut m = ClientMachine::new(config, t0);
+        assert_eq!(m.retry_delay(3), Duration::ZERO);
     }
 }

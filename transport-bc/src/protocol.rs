@@ -609,4 +609,180 @@ mod tests {
         assert_eq!(decode_map(&[0, 0, 0, 1, 0xff, 0, 0, 0, 0]), None);
         assert_eq!(decode_map(&[0xff, 0xff, 0xff, 0xff]), None);
     }
+
+    fn config(max_held_bytes: usize) -> Config {
+        Config {
+            id: "s1".into(),
+            host_prefix: None,
+            first_rid: 10,
+            keep_alive_interval: Duration::from_secs(20),
+            session_timeout: Duration::from_secs(30),
+            attach_timeout: Duration::from_secs(10),
+            max_buffered_bytes: 1 << 20,
+            reorder_window: 100,
+            max_held_bytes,
+            back_channel_max_bytes: 10 * 1024,
+        }
+    }
+
+    fn outputs(m: &mut ServerMachine) -> (Vec<Transmit>, Vec<Event>) {
+        let (mut transmits, mut events) = (Vec::new(), Vec::new());
+        loop {
+            match m.poll_output() {
+                Output::Transmit(t) => transmits.push(t),
+                Output::Event(e) => events.push(e),
+                Output::Timeout(_) => return (transmits, events),
+            }
+        }
+    }
+
+    fn messages(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message(Message::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A forward body of `count` JSON messages from id `ofs`, each `len` bytes.
+    fn body(ofs: u64, count: usize, len: usize) -> ForwardBody {
+        let text = format!("\"{}\"", "x".repeat(len - 2));
+        let messages = (0..count)
+            .map(|_| serde_json::value::RawValue::from_string(text.clone()).expect("json"))
+            .collect();
+        ForwardBody::Json { ofs, messages }
+    }
+
+    fn forward(m: &mut ServerMachine, now: Instant, rid: u64, body: ForwardBody) -> u16 {
+        m.handle_input(
+            now,
+            Input::Forward {
+                request: RequestId(rid),
+                rid,
+                aid: None,
+                body,
+                creating: false,
+            },
+        );
+        let (transmits, _) = outputs(m);
+        transmits
+            .iter()
+            .find_map(|t| match t {
+                Transmit::Respond {
+                    request, status, ..
+                } if *request == RequestId(rid) => Some(*status),
+                _ => None,
+            })
+            .expect("an answer")
+    }
+
+    fn created(max_held_bytes: usize, now: Instant) -> ServerMachine {
+        let mut m = ServerMachine::new(config(max_held_bytes), now);
+        m.handle_input(
+            now,
+            Input::Forward {
+                request: RequestId(0),
+                rid: 10,
+                aid: None,
+                body: ForwardBody::Empty,
+                creating: true,
+            },
+        );
+        let _ = outputs(&mut m);
+        m
+    }
+
+    #[test]
+    fn forward_requests_are_delivered_in_rid_order() {
+        let t0 = Instant::now();
+        let mut m = created(1 << 20, t0);
+        assert_eq!(forward(&mut m, t0, 12, body(1, 1, 3)), 200);
+        let (_, events) = outputs(&mut m);
+        assert!(messages(&events).is_empty(), "held behind RID 11");
+        m.handle_input(
+            t0,
+            Input::Forward {
+                request: RequestId(11),
+                rid: 11,
+                aid: None,
+                body: body(0, 1, 4),
+                creating: false,
+            },
+        );
+        let (_, events) = outputs(&mut m);
+        assert_eq!(messages(&events), ["\"xx\"", "\"x\""]);
+    }
+
+    #[test]
+    fn requests_held_behind_a_missing_rid_are_bounded_by_bytes() {
+        let t0 = Instant::now();
+        let mut m = created(10, t0);
+        // Exactly the limit may wait; one byte more may not.
+        assert_eq!(forward(&mut m, t0, 12, body(1, 1, 10)), 200);
+        assert_eq!(forward(&mut m, t0, 13, body(2, 1, 3)), 400);
+        // The request whose turn it is is never held, whatever its size; it releases the
+        // held one, and the held bytes are free again.
+        assert_eq!(forward(&mut m, t0, 11, body(0, 1, 50)), 200);
+        assert_eq!(forward(&mut m, t0, 14, body(3, 1, 10)), 200);
+        assert_eq!(forward(&mut m, t0, 13, body(2, 1, 3)), 200);
+        let (_, events) = outputs(&mut m);
+        assert!(events.is_empty());
+        assert!(!m.is_closed());
+    }
+
+    #[test]
+    fn a_retried_request_is_answered_again_without_delivering_twice() {
+        let t0 = Instant::now();
+        let mut m = created(1 << 20, t0);
+        assert_eq!(forward(&mut m, t0, 11, body(0, 1, 3)), 200);
+        assert_eq!(forward(&mut m, t0, 11, body(0, 1, 3)), 200);
+        assert!(!m.is_closed());
+    }
+
+    #[test]
+    fn only_json_text_can_be_sent() {
+        let t0 = Instant::now();
+        let mut m = created(1 << 20, t0);
+        assert!(matches!(
+            m.send(t0, Message::Text("not json".into())),
+            Err(SendError::Invalid(_))
+        ));
+        assert!(matches!(
+            m.send(t0, Message::Binary(Bytes::from_static(b"1"))),
+            Err(SendError::Unsupported(_))
+        ));
+        assert!(matches!(
+            m.send(t0, Message::Map(Map::new())),
+            Err(SendError::Unsupported(_))
+        ));
+        assert!(m.send(t0, Message::Text("1.10".into())).is_ok());
+    }
+
+    #[test]
+    fn stop_written_is_reported_only_once_the_stop_array_is_written() {
+        let t0 = Instant::now();
+        let mut m = created(1 << 20, t0);
+        m.handle_input(
+            t0,
+            Input::BackChannel {
+                request: RequestId(1),
+                aid: Some(0),
+                streaming: true,
+                html: None,
+            },
+        );
+        m.send(t0, Message::Text("[1]".into())).expect("send");
+        let (transmits, events) = outputs(&mut m);
+        assert!(
+            transmits.iter().any(
+                |t| matches!(t, Transmit::Chunk { data, .. } if data.ends_with(b"[[1,[1]]]\n"))
+            )
+        );
+        assert!(!events.contains(&Event::StopWritten));
+        assert!(m.stop(t0));
+        let (_, events) = outputs(&mut m);
+        assert!(events.contains(&Event::StopWritten));
+    }
 }

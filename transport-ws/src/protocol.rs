@@ -479,3 +479,408 @@ impl Machine for SessionMachine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mode: Mode) -> Config {
+        Config {
+            id: "s1".into(),
+            resume_token: "secret".into(),
+            mode,
+            keep_alive_interval: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(20),
+            max_buffered_bytes: 1 << 20,
+            reorder_window: 100,
+            ack_delay: Duration::from_millis(100),
+        }
+    }
+
+    fn outputs(m: &mut SessionMachine) -> (Vec<Transmit>, Vec<Event>) {
+        let (mut transmits, mut events) = (Vec::new(), Vec::new());
+        loop {
+            match m.poll_output() {
+                Output::Transmit(t) => transmits.push(t),
+                Output::Event(e) => events.push(e),
+                Output::Timeout(_) => return (transmits, events),
+            }
+        }
+    }
+
+    /// The session-mode frames written, decoded (close frames and pings as `None`).
+    /// When the machine next wants `handle_timeout` (draining what it had to say).
+    fn next_timeout(m: &mut SessionMachine) -> Option<Instant> {
+        loop {
+            if let Output::Timeout(t) = m.poll_output() {
+                return t;
+            }
+        }
+    }
+
+    fn frames(transmits: &[Transmit]) -> Vec<Frame> {
+        transmits
+            .iter()
+            .filter_map(|t| match t {
+                Transmit::Frame {
+                    message: WsMessage::Binary(b),
+                    ..
+                } => Some(codec::decode(b).expect("a session frame")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(transmits: &[Transmit]) -> Vec<u16> {
+        transmits
+            .iter()
+            .filter_map(|t| match t {
+                Transmit::Frame {
+                    message: WsMessage::Close(Some(f)),
+                    ..
+                } => Some(u16::from(f.code)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn frame(m: &mut SessionMachine, now: Instant, conn: u64, message: WsMessage) {
+        m.handle_input(
+            now,
+            Input::Frame {
+                conn: ConnId(conn),
+                message,
+            },
+        );
+    }
+
+    fn session(now: Instant) -> (SessionMachine, Vec<Frame>) {
+        let mut m = SessionMachine::new(config(Mode::Session), now);
+        m.handle_input(
+            now,
+            Input::Attach {
+                conn: ConnId(1),
+                ack: None,
+            },
+        );
+        let (transmits, _) = outputs(&mut m);
+        (m, frames(&transmits))
+    }
+
+    fn plain(now: Instant) -> SessionMachine {
+        let mut m = SessionMachine::new(config(Mode::Plain), now);
+        m.handle_input(
+            now,
+            Input::Attach {
+                conn: ConnId(1),
+                ack: None,
+            },
+        );
+        let _ = outputs(&mut m);
+        m
+    }
+
+    #[test]
+    fn a_session_starts_with_a_hello_carrying_the_id_and_resume_token() {
+        let (_, frames) = session(Instant::now());
+        assert_eq!(
+            frames[0],
+            Frame::Hello {
+                sid: "s1".into(),
+                ack: None,
+                resumed: false,
+                token: Some("secret".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn session_frames_are_delivered_and_acknowledged() {
+        let t0 = Instant::now();
+        let (mut m, _) = session(t0);
+        let text = codec::encode(&Frame::Text {
+            seq: 0,
+            text: Bytes::from_static(b"hi"),
+        });
+        let binary = codec::encode(&Frame::Binary {
+            seq: 1,
+            data: Bytes::from_static(&[0, 255]),
+        });
+        frame(&mut m, t0, 1, WsMessage::Binary(text));
+        frame(&mut m, t0, 1, WsMessage::Binary(binary));
+        let (transmits, events) = outputs(&mut m);
+        assert!(events.contains(&Event::Message(Message::Text("hi".into()))));
+        assert!(
+            events.contains(&Event::Message(Message::Binary(Bytes::from_static(&[
+                0, 255
+            ]))))
+        );
+        // The acknowledgement waits for company, then goes.
+        assert!(!frames(&transmits).contains(&Frame::Ack { upto: 1 }));
+        let due = next_timeout(&mut m).expect("the ack timer");
+        m.handle_timeout(due);
+        let (transmits, _) = outputs(&mut m);
+        assert!(frames(&transmits).contains(&Frame::Ack { upto: 1 }));
+    }
+
+    #[test]
+    fn sends_are_numbered_and_resolved_by_the_clients_ack() {
+        let t0 = Instant::now();
+        let (mut m, _) = session(t0);
+        let first = m.send(t0, Message::Text("a".into())).expect("send");
+        let second = m
+            .send(t0, Message::Binary(Bytes::from_static(b"b")))
+            .expect("send");
+        assert_eq!(second, first + 1);
+        let (transmits, _) = outputs(&mut m);
+        let frames = frames(&transmits);
+        assert!(frames.contains(&Frame::Text {
+            seq: first,
+            text: Bytes::from_static(b"a")
+        }));
+        assert!(frames.contains(&Frame::Binary {
+            seq: second,
+            data: Bytes::from_static(b"b")
+        }));
+        let ack = codec::encode(&Frame::Ack { upto: second });
+        frame(&mut m, t0, 1, WsMessage::Binary(ack));
+        let (_, events) = outputs(&mut m);
+        assert!(events.contains(&Event::Acked(first)));
+        assert!(events.contains(&Event::Acked(second)));
+        assert!(matches!(
+            m.send(t0, Message::Map(Default::default())),
+            Err(SendError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn a_text_frame_or_garbage_in_session_mode_is_a_protocol_error() {
+        let t0 = Instant::now();
+        for message in [
+            WsMessage::Text("hi".into()),
+            WsMessage::Binary(Bytes::from_static(b"\xff\xff")),
+            WsMessage::Binary(codec::encode(&Frame::Stop { seq: 0 })),
+        ] {
+            let (mut m, _) = session(t0);
+            frame(&mut m, t0, 1, message.clone());
+            let (transmits, events) = outputs(&mut m);
+            assert!(
+                matches!(m.close_reason(), Some(CloseReason::Protocol(_))),
+                "{message:?}"
+            );
+            assert_eq!(closes(&transmits), [CLOSE_CLOSED]);
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, Event::Closed(CloseReason::Protocol(_))))
+            );
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_can_be_resumed_with_the_clients_ack() {
+        let t0 = Instant::now();
+        let (mut m, _) = session(t0);
+        let seq = m.send(t0, Message::Text("a".into())).expect("send");
+        let _ = outputs(&mut m);
+        m.handle_input(t0, Input::Gone { conn: ConnId(1) });
+        let (transmits, _) = outputs(&mut m);
+        assert!(transmits.contains(&Transmit::Release { conn: ConnId(1) }));
+        assert!(!m.is_closed());
+        m.handle_input(
+            t0,
+            Input::Attach {
+                conn: ConnId(2),
+                ack: Some(seq),
+            },
+        );
+        let (transmits, events) = outputs(&mut m);
+        assert!(matches!(
+            frames(&transmits)[0],
+            Frame::Hello { resumed: true, .. }
+        ));
+        assert!(events.contains(&Event::Acked(seq)));
+        // What the client had is not sent again.
+        assert!(
+            !frames(&transmits)
+                .iter()
+                .any(|f| matches!(f, Frame::Text { .. }))
+        );
+    }
+
+    #[test]
+    fn a_close_frame_from_the_client_ends_the_session() {
+        let t0 = Instant::now();
+        let (mut m, _) = session(t0);
+        frame(&mut m, t0, 1, close_frame(1000, "bye"));
+        let (_, events) = outputs(&mut m);
+        assert!(events.contains(&Event::Closed(CloseReason::PeerClosed)));
+        // Frames on a connection the session does not know are ignored.
+        let mut m = plain(t0);
+        frame(&mut m, t0, 9, WsMessage::Text("x".into()));
+        let (_, events) = outputs(&mut m);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn attaching_to_a_closed_session_is_refused_with_a_close_frame() {
+        let t0 = Instant::now();
+        let (mut m, _) = session(t0);
+        m.close(t0, CloseReason::Closed(None));
+        let _ = outputs(&mut m);
+        m.handle_input(
+            t0,
+            Input::Attach {
+                conn: ConnId(2),
+                ack: None,
+            },
+        );
+        let (transmits, _) = outputs(&mut m);
+        assert_eq!(closes(&transmits), [CLOSE_CLOSED]);
+        assert!(transmits.contains(&Transmit::Release { conn: ConnId(2) }));
+    }
+
+    #[test]
+    fn stop_writes_the_stop_frame_then_closes_with_the_stop_code() {
+        let t0 = Instant::now();
+        let (mut m, _) = session(t0);
+        assert!(m.stop(t0));
+        let (transmits, events) = outputs(&mut m);
+        assert!(
+            frames(&transmits)
+                .iter()
+                .any(|f| matches!(f, Frame::Stop { .. }))
+        );
+        assert_eq!(closes(&transmits)[0], CLOSE_STOPPED);
+        assert!(events.contains(&Event::StopWritten));
+    }
+
+    #[test]
+    fn a_plain_client_gets_bare_messages_and_written_counts_as_acknowledged() {
+        let t0 = Instant::now();
+        let mut m = plain(t0);
+        frame(&mut m, t0, 1, WsMessage::Text("a".into()));
+        frame(&mut m, t0, 1, WsMessage::Binary(Bytes::from_static(b"b")));
+        let (transmits, events) = outputs(&mut m);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Message(_)))
+                .count(),
+            2
+        );
+        assert!(transmits.is_empty(), "no acknowledgement to a plain client");
+        let seq = m.send(t0, Message::Text("hi".into())).expect("send");
+        let (transmits, _) = outputs(&mut m);
+        assert_eq!(
+            transmits,
+            [
+                Transmit::Frame {
+                    conn: ConnId(1),
+                    message: WsMessage::Text("hi".into())
+                },
+                Transmit::Written {
+                    conn: ConnId(1),
+                    upto: seq
+                }
+            ]
+        );
+        // Only the connection's own writer can say it was written.
+        m.handle_input(
+            t0,
+            Input::Written {
+                conn: ConnId(7),
+                upto: seq,
+            },
+        );
+        assert!(!outputs(&mut m).1.contains(&Event::Acked(seq)));
+        m.handle_input(
+            t0,
+            Input::Written {
+                conn: ConnId(1),
+                upto: seq,
+            },
+        );
+        assert!(outputs(&mut m).1.contains(&Event::Acked(seq)));
+    }
+
+    #[test]
+    fn a_plain_connection_lost_ends_the_session() {
+        let t0 = Instant::now();
+        let mut m = plain(t0);
+        m.handle_input(t0, Input::Gone { conn: ConnId(1) });
+        let (transmits, events) = outputs(&mut m);
+        assert!(transmits.contains(&Transmit::Release { conn: ConnId(1) }));
+        assert!(events.contains(&Event::Closed(CloseReason::PeerClosed)));
+    }
+
+    /// Runs the timers until `until`, returning when each ping or close was written.
+    fn run(m: &mut SessionMachine, t0: Instant, until: Duration) -> Vec<(Duration, &'static str)> {
+        let mut seen = Vec::new();
+        while let Some(due) = next_timeout(m) {
+            if due > t0 + until {
+                break;
+            }
+            m.handle_timeout(due);
+            let (transmits, _) = outputs(m);
+            for t in transmits {
+                match t {
+                    Transmit::Frame {
+                        message: WsMessage::Ping(_),
+                        ..
+                    } => seen.push((due - t0, "ping")),
+                    Transmit::Frame {
+                        message: WsMessage::Close(_),
+                        ..
+                    } => seen.push((due - t0, "close")),
+                    _ => {}
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn an_idle_connection_is_pinged_then_dropped_after_the_idle_timeout() {
+        let t0 = Instant::now();
+        let mut m = plain(t0);
+        let seen = run(&mut m, t0, Duration::from_secs(60));
+        let s = Duration::from_secs;
+        // Silent for exactly the idle timeout is still allowed; past it is not.
+        assert_eq!(
+            seen,
+            [(s(10), "ping"), (s(20), "ping"), (s(30), "close")],
+            "{seen:?}"
+        );
+        assert!(m.is_closed(), "a plain session ends with its connection");
+    }
+
+    #[test]
+    fn a_pong_keeps_a_connection_alive() {
+        let t0 = Instant::now();
+        let mut m = plain(t0);
+        let _ = run(&mut m, t0, Duration::from_secs(20));
+        frame(
+            &mut m,
+            t0 + Duration::from_secs(25),
+            1,
+            WsMessage::Pong(Bytes::new()),
+        );
+        let seen = run(&mut m, t0, Duration::from_secs(40));
+        assert!(!seen.iter().any(|(_, what)| *what == "close"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_close_reason_is_cut_to_fit_a_control_frame_on_a_character_boundary() {
+        let reason = format!("{}é and more", "x".repeat(119));
+        let WsMessage::Close(Some(f)) = close_frame(4000, &reason) else {
+            panic!("a close frame");
+        };
+        assert_eq!(f.reason.as_str(), "x".repeat(119));
+        let WsMessage::Close(Some(f)) = close_frame(4000, "short") else {
+            panic!("a close frame");
+        };
+        assert_eq!(f.reason.as_str(), "short");
+    }
+}
