@@ -6,9 +6,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use browserver_core::CloseReason;
 use browserver_transport_bc::client::{
-    ClientConfig, ClientEvent, ClientInput, ClientMachine, ClientTransmit, Request,
+    ClientConfig, ClientInput, ClientMachine, ClientTransmit, Request,
 };
 use browserver_transport_bc::codec;
 use browserver_transport_bc::protocol::RequestId;
@@ -18,11 +17,10 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rand::RngExt;
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::{Command, Ended, Event, Link, SendError, Transport};
+use crate::{Command, Ended, Link, SendError, Tracker, Transport};
 
 type Http = HttpClient<HttpConnector, Full<Bytes>>;
 
@@ -114,9 +112,8 @@ pub(crate) async fn run(link: &mut Link, base: &str) -> Ended {
         base,
         back_base,
         params,
-        acks: HashMap::new(),
+        tracker: Tracker::new(Transport::BrowserChannel),
         tasks: HashMap::new(),
-        ended: None,
     };
     let ended = session.run(link).await;
     if let Some(sid) = session.machine.sid() {
@@ -176,9 +173,8 @@ struct Session {
     base: String,
     back_base: String,
     params: Vec<(String, String)>,
-    acks: HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
+    tracker: Tracker,
     tasks: HashMap<RequestId, AbortHandle>,
-    ended: Option<Ended>,
 }
 
 impl Session {
@@ -224,23 +220,12 @@ impl Session {
         for (_, task) in self.tasks.drain() {
             task.abort();
         }
-        if by_application {
-            return Ended::ByApplication;
-        }
-        self.ended
-            .take()
-            .unwrap_or(Ended::Closed(CloseReason::Closed(None)))
+        self.tracker.ended(by_application)
     }
 
     fn send(&mut self, now: Instant, json: Bytes, ack: oneshot::Sender<Result<(), SendError>>) {
-        match self.machine.send(now, json) {
-            Ok(seq) => {
-                self.acks.insert(seq, ack);
-            }
-            Err(e) => {
-                let _ = ack.send(Err(SendError::Closed(CloseReason::Protocol(e.to_string()))));
-            }
-        }
+        let result = self.machine.send(now, json);
+        self.tracker.sent(result, ack);
     }
 
     /// Makes the machine's requests and tells the application its events.
@@ -266,40 +251,7 @@ impl Session {
             }
         }
         while let Some(e) = self.machine.poll_event() {
-            match e {
-                ClientEvent::Open { sid } => link.emit(Event::Open {
-                    session_id: sid,
-                    transport: Transport::BrowserChannel,
-                }),
-                ClientEvent::Message(data) => {
-                    let value = serde_json::from_slice(&data).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&data).into_owned())
-                    });
-                    link.emit(Event::Message(value));
-                }
-                ClientEvent::Acked(seq) => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
-                ClientEvent::SendFailed(seq, reason) => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Err(SendError::Closed(reason)));
-                    }
-                }
-                ClientEvent::Error(e) => link.emit(Event::Error(e)),
-                ClientEvent::OpenFailed(e) => {
-                    self.ended.get_or_insert(Ended::Failed(e));
-                }
-                ClientEvent::Closed(CloseReason::Stopped) => {
-                    link.emit(Event::Error("Stopped by server".into()));
-                    self.ended.get_or_insert(Ended::Stopped);
-                }
-                ClientEvent::Closed(reason) => {
-                    self.ended.get_or_insert(Ended::Closed(reason));
-                }
-                _ => {}
-            }
+            self.tracker.event(link, e);
         }
     }
 

@@ -49,6 +49,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 pub use browserver_core::CloseReason;
+use browserver_runtime::ClientEvent;
 
 /// Which transport to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -250,32 +251,31 @@ pub(crate) enum Ended {
     Failed(String),
 }
 
-/// What both transport drivers keep around their core session: the pending acknowledgements,
-/// whether `Open` was reported, and the translation of core events into client events.
+/// What both transport drivers keep around their client machine: the pending
+/// acknowledgements, how the session ended, and the translation of the machine's events
+/// into the application's.
 pub(crate) struct Tracker {
     acks: std::collections::HashMap<u64, oneshot::Sender<Result<(), SendError>>>,
-    opened: bool,
     transport: Transport,
+    ended: Option<Ended>,
 }
 
 impl Tracker {
     pub(crate) fn new(transport: Transport) -> Tracker {
         Tracker {
             acks: std::collections::HashMap::new(),
-            opened: false,
             transport,
+            ended: None,
         }
     }
 
-    /// Queues a message on the core session; its outcome resolves `ack`.
-    pub(crate) fn send(
+    /// Files a send's outcome: its sequence number resolves `ack` later, an error at once.
+    pub(crate) fn sent(
         &mut self,
-        core: &mut browserver_core::Session,
-        now: std::time::Instant,
-        json: Bytes,
+        result: Result<u64, browserver_core::SendError>,
         ack: oneshot::Sender<Result<(), SendError>>,
     ) {
-        match core.send(now, json) {
+        match result {
             Ok(seq) => {
                 self.acks.insert(seq, ack);
             }
@@ -285,55 +285,51 @@ impl Tracker {
         }
     }
 
-    /// Applies the core's events; returns how the session ended, if it did.
-    pub(crate) fn drain(
-        &mut self,
-        core: &mut browserver_core::Session,
-        link: &Link,
-        sid: &str,
-    ) -> Option<Ended> {
-        use browserver_core::Event as CoreEvent;
-        let mut ended = None;
-        while let Some(e) = core.poll_event() {
-            match e {
-                CoreEvent::StateChanged {
-                    new: browserver_core::State::Ok,
-                    ..
-                } if !self.opened => {
-                    self.opened = true;
-                    link.emit(Event::Open {
-                        session_id: sid.to_string(),
-                        transport: self.transport,
-                    });
-                }
-                CoreEvent::StateChanged { .. } => {}
-                CoreEvent::Message { data, .. } => {
-                    let value = serde_json::from_slice(&data).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&data).into_owned())
-                    });
-                    link.emit(Event::Message(value));
-                }
-                CoreEvent::Acked { seq } => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
-                CoreEvent::SendFailed { seq, reason } => {
-                    if let Some(ack) = self.acks.remove(&seq) {
-                        let _ = ack.send(Err(SendError::Closed(reason)));
-                    }
-                }
-                CoreEvent::Closed(CloseReason::Stopped) => {
-                    link.emit(Event::Error("Stopped by server".into()));
-                    ended = Some(Ended::Stopped);
-                }
-                CoreEvent::Closed(reason) => {
-                    ended.get_or_insert(Ended::Closed(reason));
-                }
-                _ => {}
+    /// Applies one of the machine's events.
+    pub(crate) fn event(&mut self, link: &Link, event: ClientEvent) {
+        match event {
+            ClientEvent::Open { sid } => link.emit(Event::Open {
+                session_id: sid,
+                transport: self.transport,
+            }),
+            ClientEvent::Message(data) => {
+                let value = serde_json::from_slice(&data)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&data).into_owned()));
+                link.emit(Event::Message(value));
             }
+            ClientEvent::Acked(seq) => {
+                if let Some(ack) = self.acks.remove(&seq) {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            ClientEvent::SendFailed(seq, reason) => {
+                if let Some(ack) = self.acks.remove(&seq) {
+                    let _ = ack.send(Err(SendError::Closed(reason)));
+                }
+            }
+            ClientEvent::Error(e) => link.emit(Event::Error(e)),
+            ClientEvent::OpenFailed(e) => {
+                self.ended.get_or_insert(Ended::Failed(e));
+            }
+            ClientEvent::Closed(CloseReason::Stopped) => {
+                link.emit(Event::Error("Stopped by server".into()));
+                self.ended.get_or_insert(Ended::Stopped);
+            }
+            ClientEvent::Closed(reason) => {
+                self.ended.get_or_insert(Ended::Closed(reason));
+            }
+            _ => {}
         }
-        ended
+    }
+
+    /// How the session ended (`by_application` wins).
+    pub(crate) fn ended(&mut self, by_application: bool) -> Ended {
+        if by_application {
+            return Ended::ByApplication;
+        }
+        self.ended
+            .take()
+            .unwrap_or(Ended::Closed(CloseReason::Closed(None)))
     }
 }
 

@@ -44,7 +44,7 @@ pub mod table;
 pub use driver::{Io, Limits, Link, Parts};
 pub use error::SendError;
 pub use http::ClientAddr;
-pub use machine::{Event, Machine, Output, Outputs, send_bytes};
+pub use machine::{ClientEvent, Event, Machine, Output, Outputs, send_bytes};
 pub use message::{Map, Message};
 #[cfg(feature = "serve")]
 pub use serve::{DRAIN_TIMEOUT, HEADER_READ_TIMEOUT, serve, serve_with_shutdown};

@@ -31,6 +31,49 @@ pub enum Event {
     Closed(CloseReason),
 }
 
+/// What a client-side machine (BrowserChannel's or WebSocket's) tells its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The session is open.
+    Open {
+        /// The server's session id.
+        sid: String,
+    },
+    /// A message, as the server wrote it (JSON text for the Rust client).
+    Message(bytes::Bytes),
+    /// The message `send` numbered `seq` was acknowledged by the server.
+    Acked(u64),
+    /// The message `send` numbered `seq` never will be.
+    SendFailed(u64, CloseReason),
+    /// A request failed for good (a `Closed` follows).
+    Error(String),
+    /// The session could not be opened for a reason that may pass (network, bad answer, no
+    /// such transport); a `Closed` follows.
+    OpenFailed(String),
+    /// The session closed.
+    Closed(CloseReason),
+}
+
+impl ClientEvent {
+    /// The client application's view of a client-role core event (`sid`: the session's id,
+    /// for `Open`); `None` for what it does not see.
+    pub fn from_core(event: browserver_core::Event, sid: Option<&str>) -> Option<ClientEvent> {
+        use browserver_core::Event as CoreEvent;
+        Some(match event {
+            // The core's state only moves forward: `Ok` comes once.
+            CoreEvent::StateChanged { new: State::Ok, .. } => ClientEvent::Open {
+                sid: sid.unwrap_or_default().to_string(),
+            },
+            CoreEvent::Message { data, .. } => ClientEvent::Message(data),
+            CoreEvent::Acked { seq } => ClientEvent::Acked(seq),
+            CoreEvent::SendFailed { seq, reason } => ClientEvent::SendFailed(seq, reason),
+            CoreEvent::Closed(reason) => ClientEvent::Closed(reason),
+            _ => return None,
+        })
+    }
+}
+
 /// One step of a machine's output.
 #[derive(Debug)]
 #[must_use = "drain poll_output until it returns Output::Timeout"]

@@ -9,12 +9,13 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use browserver_core::{
-    CloseReason, Event as CoreEvent, PathMode, Payload, Role, Session as Core, State,
-    Transmit as CoreTransmit,
+    CloseReason, PathMode, Payload, Role, Session as Core, Transmit as CoreTransmit,
 };
 use bytes::Bytes;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
+
+pub use browserver_runtime::ClientEvent;
 
 use crate::codec::{self, ArrayKind, ChunkReader, ForwardStatus, Map};
 use crate::protocol::RequestId;
@@ -130,30 +131,6 @@ pub enum ClientTransmit {
     Request(Request),
     /// Abandon this request (its deadline passed, or the session ended).
     Cancel(RequestId),
-}
-
-/// What the client application learns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientEvent {
-    /// The session is open.
-    Open {
-        /// The server's session id.
-        sid: String,
-    },
-    /// A message, as the server wrote its JSON.
-    Message(Bytes),
-    /// The message `send` numbered `seq` was acknowledged by the server.
-    Acked(u64),
-    /// The message `send` numbered `seq` never will be.
-    SendFailed(u64, CloseReason),
-    /// A request failed for good (a `Closed` follows).
-    Error(String),
-    /// The session could not be opened for a reason that may pass (network, bad answer); a
-    /// `Closed` follows.
-    OpenFailed(String),
-    /// The session closed.
-    Closed(CloseReason),
 }
 
 #[derive(Debug)]
@@ -764,18 +741,9 @@ impl ClientMachine {
     fn pump(&mut self) {
         while self.core.poll_transmit().is_some() {}
         while let Some(e) = self.core.poll_event() {
-            let event = match e {
-                // The core's state only moves forward: `Ok` comes once.
-                CoreEvent::StateChanged { new: State::Ok, .. } => ClientEvent::Open {
-                    sid: self.sid.clone().unwrap_or_default(),
-                },
-                CoreEvent::Message { data, .. } => ClientEvent::Message(data),
-                CoreEvent::Acked { seq } => ClientEvent::Acked(seq),
-                CoreEvent::SendFailed { seq, reason } => ClientEvent::SendFailed(seq, reason),
-                CoreEvent::Closed(reason) => ClientEvent::Closed(reason),
-                _ => continue,
-            };
-            self.events.push_back(event);
+            if let Some(event) = ClientEvent::from_core(e, self.sid.as_deref()) {
+                self.events.push_back(event);
+            }
         }
     }
 }

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client;
 pub mod codec;
 #[cfg(feature = "server")]
 mod endpoint;
