@@ -1174,7 +1174,17 @@ mod tests {
         for t in ["2", "3", "4"] {
             fail(&mut m, now, &back);
             assert!(!m.is_closed());
-            now = m.poll_timeout().expect("a retry");
+            let due = m.poll_timeout().expect("a retry");
+            // The first retry at once, the next ones after the retry delay at least.
+            assert!(
+                due >= now
+                    + if t == "2" {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(5)
+                    }
+            );
+            now = due;
             m.handle_timeout(now);
             back = requests(&mut m).remove(0);
             assert_eq!(param(&back, "t"), Some(t));

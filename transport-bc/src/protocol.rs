@@ -722,11 +722,11 @@ mod tests {
         // Exactly the limit may wait; one byte more may not.
         assert_eq!(forward(&mut m, t0, 12, body(1, 1, 10)), 200);
         assert_eq!(forward(&mut m, t0, 13, body(2, 1, 3)), 400);
-        // The request whose turn it is is never held, whatever its size; it releases the
-        // held one, and the held bytes are free again.
-        assert_eq!(forward(&mut m, t0, 11, body(0, 1, 50)), 200);
+        // The request whose turn it is releases the held one, and the held bytes are free
+        // again; a request whose turn it is is never held, whatever its size.
+        assert_eq!(forward(&mut m, t0, 11, body(0, 1, 3)), 200);
         assert_eq!(forward(&mut m, t0, 14, body(3, 1, 10)), 200);
-        assert_eq!(forward(&mut m, t0, 13, body(2, 1, 3)), 200);
+        assert_eq!(forward(&mut m, t0, 13, body(2, 1, 50)), 200);
         let (_, events) = outputs(&mut m);
         assert!(events.is_empty());
         assert!(!m.is_closed());

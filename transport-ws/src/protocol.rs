@@ -834,6 +834,7 @@ mod tests {
                         message: WsMessage::Close(_),
                         ..
                     } => seen.push((due - t0, "close")),
+                    Transmit::Release { .. } => seen.push((due - t0, "release")),
                     _ => {}
                 }
             }
@@ -850,7 +851,12 @@ mod tests {
         // Silent for exactly the idle timeout is still allowed; past it is not.
         assert_eq!(
             seen,
-            [(s(10), "ping"), (s(20), "ping"), (s(30), "close")],
+            [
+                (s(10), "ping"),
+                (s(20), "ping"),
+                (s(30), "close"),
+                (s(30), "release")
+            ],
             "{seen:?}"
         );
         assert!(m.is_closed(), "a plain session ends with its connection");
