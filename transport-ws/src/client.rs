@@ -132,16 +132,6 @@ impl ClientMachine {
         }
     }
 
-    /// The server's session id, once the hello arrived.
-    pub fn sid(&self) -> Option<&str> {
-        self.sid.as_deref()
-    }
-
-    /// The last message received (what a resumption acknowledges).
-    pub fn ack_position(&self) -> Option<u64> {
-        self.core.ack_position()
-    }
-
     /// Whether the session is over (nothing more will be transmitted).
     pub fn is_closed(&self) -> bool {
         self.conn == Conn::Done
@@ -564,7 +554,8 @@ mod tests {
         let t0 = Instant::now();
         let mut m = ClientMachine::new(ClientConfig::default(), t0);
         m.open(t0);
-        let _ = transmits(&mut m);
+        m.open(t0);
+        assert_eq!(transmits(&mut m).len(), 1, "opening twice connects once");
         m.handle_input(t0, ClientInput::Lost("refused".into()));
         let events = events(&mut m);
         assert_eq!(events[0], ClientEvent::OpenFailed("refused".into()));
@@ -642,5 +633,32 @@ mod tests {
                 .any(|e| matches!(e, ClientEvent::SendFailed(s, _) if *s == seq))
         );
         assert!(m.send(t0, Bytes::from_static(b"2")).is_err());
+    }
+
+    #[test]
+    fn timers_act_only_when_due() {
+        let t0 = Instant::now();
+        // Before `open`, nothing is due and nothing happens.
+        let mut m = ClientMachine::new(ClientConfig::default(), t0);
+        assert_eq!(m.poll_timeout(), None);
+        m.handle_timeout(t0 + Duration::from_secs(1));
+        assert!(transmits(&mut m).is_empty());
+        // A connection attempt is not abandoned early.
+        m.open(t0);
+        let _ = transmits(&mut m);
+        m.handle_timeout(t0 + Duration::from_secs(9));
+        assert!(transmits(&mut m).is_empty());
+        assert!(!m.is_closed());
+        // A resume attempt waits for its backoff.
+        let mut m = open(t0);
+        m.handle_input(t0, ClientInput::Lost("reset".into()));
+        m.handle_timeout(t0);
+        let _ = transmits(&mut m);
+        m.handle_input(t0, ClientInput::Lost("refused".into()));
+        assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_millis(100)));
+        m.handle_timeout(t0 + Duration::from_millis(50));
+        assert!(transmits(&mut m).is_empty());
+        m.handle_timeout(t0 + Duration::from_millis(100));
+        assert_eq!(transmits(&mut m).len(), 1);
     }
 }
