@@ -93,7 +93,7 @@ impl<C> Link<C> {
 
 /// A session whose driver is not running yet (see [`session`]).
 pub struct Parts<C> {
-    app: mpsc::UnboundedReceiver<Command>,
+    pub(crate) app: mpsc::UnboundedReceiver<Command>,
     io: mpsc::UnboundedReceiver<C>,
     messages: mpsc::UnboundedSender<Message>,
     status: watch::Sender<Status>,

@@ -9,6 +9,7 @@
 //! | [`session`] | the application's one [`Session`] type, whatever the transport; [`Sessions`] |
 //! | [`message`] | [`Message`]: text, binary, or a BrowserChannel map |
 //! | [`error`] | [`SendError`] |
+//! | [`hub`] | [`Hub`]: broadcast and rooms over any mix of transports, bounded |
 //! | [`http`] | client address, owned headers, origin check, quota slot, admission hooks |
 //! | [`table`] | [`SessionTable`]: an endpoint's live sessions by secret id, bounded |
 //! | `serve` | the accept loop (HTTP/1 and HTTP/2, upgrades, graceful drain; feature `serve`, on by default) |
@@ -34,6 +35,7 @@
 pub mod driver;
 pub mod error;
 pub mod http;
+pub mod hub;
 pub mod machine;
 pub mod message;
 #[cfg(feature = "serve")]
@@ -44,6 +46,7 @@ pub mod table;
 pub use driver::{Io, Limits, Link, Parts};
 pub use error::SendError;
 pub use http::ClientAddr;
+pub use hub::{Delivery, Hub, HubError, HubOptions, Recipients, Relay, Report};
 pub use machine::{ClientEvent, Event, Machine, Output, Outputs, send_bytes};
 pub use message::{Map, Message};
 #[cfg(feature = "serve")]

@@ -68,8 +68,8 @@ pub use serve::serve;
 pub use service::{BrowserChannel, WithFallback};
 
 pub use browserver_runtime::{
-    Ack, ClientAddr, CloseReason, Map, Message, SendError, Session, Sessions, State, Status,
-    Transport,
+    Ack, ClientAddr, CloseReason, Delivery, Hub, HubError, HubOptions, Map, Message, Recipients,
+    Relay, Report, SendError, Session, Sessions, State, Status, Transport,
 };
 
 /// The browser client served at `<base>/bcsocket.js`.

@@ -51,5 +51,6 @@ pub use protocol::{Mode, SessionMachine};
 pub use serve::serve;
 
 pub use browserver_runtime::{
-    Ack, ClientAddr, CloseReason, Message, SendError, Session, Sessions, State, Status, Transport,
+    Ack, ClientAddr, CloseReason, Delivery, Hub, HubError, HubOptions, Message, Recipients, Relay,
+    Report, SendError, Session, Sessions, State, Status, Transport,
 };
