@@ -11,10 +11,26 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::session::Session;
 
-/// The client's address, for [`Session::address`] and the per-address quota. A server inserts
-/// it into each request's extensions (the accept loop in this crate does).
+/// The client's address, for [`Session::address`], the per-address quota and the proxy's
+/// `x-forwarded-for`: the one address type of every browserver crate. A server inserts it into
+/// each request's extensions (the accept loop in this crate, and the `browserver` server,
+/// do); see [`client_addr`] for what else is understood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The client's address a request carries: a [`ClientAddr`], or — with the `axum` feature —
+/// axum's `ConnectInfo<SocketAddr>` (what `into_make_service_with_connect_info::<SocketAddr>()`
+/// inserts), so that an axum application needs no middleware of its own.
+pub fn client_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
+    if let Some(ClientAddr(address)) = extensions.get::<ClientAddr>() {
+        return Some(*address);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0);
+    }
+    None
+}
 
 /// Decides, before a session is created, whether the connecting client is admitted and,
 /// optionally, which public name it gets ([`Session::name`]; for example from a bearer token
@@ -71,13 +87,13 @@ pub struct QuotaSlot {
 }
 
 impl QuotaSlot {
-    /// Takes a place for the request's client ([`ClientAddr`]); a request without one is not
-    /// counted.
+    /// Takes a place for the request's client ([`client_addr`]); a request without an
+    /// address is not counted.
     pub fn take(
         quota: &SharedQuota,
         parts: &http::request::Parts,
     ) -> Result<QuotaSlot, QuotaError> {
-        let address = parts.extensions.get::<ClientAddr>().map(|a| a.0);
+        let address = client_addr(&parts.extensions);
         if let Some(address) = address {
             quota.try_admit(address.ip(), now())?;
         }

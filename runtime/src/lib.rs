@@ -45,7 +45,7 @@ pub mod table;
 
 pub use driver::{Io, Limits, Link, Parts};
 pub use error::SendError;
-pub use http::ClientAddr;
+pub use http::{ClientAddr, client_addr};
 pub use hub::{Delivery, Hub, HubError, HubOptions, Recipients, Relay, Report};
 pub use machine::{ClientEvent, Event, Machine, Output, Outputs, send_bytes};
 pub use message::{Map, Message};

@@ -16,7 +16,7 @@ const FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 /// `Ok` if the request may read the admin surface, else the status and reason.
 pub(crate) fn authorize(
     headers: &HeaderMap,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     trusted_peer: bool,
     local: Option<SocketAddr>,
     token: Option<&str>,
@@ -33,7 +33,7 @@ pub(crate) fn authorize(
             None => Err((401, "Unauthorized: this endpoint needs the admin token")),
         };
     }
-    if !peer.ip().is_loopback() {
+    if !peer.is_some_and(|p| p.ip().is_loopback()) {
         return Err((403, "Forbidden: the status endpoint answers loopback only"));
     }
     if FORWARDING.iter().any(|h| headers.contains_key(*h)) {
@@ -102,13 +102,13 @@ mod tests {
             .collect()
     }
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().expect("addr")
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().expect("addr"))
     }
 
     #[test]
     fn without_a_token_only_local_requests_to_local_hosts_are_answered() {
-        let local = Some(addr("127.0.0.1:3572"));
+        let local = addr("127.0.0.1:3572");
         let lo = addr("127.0.0.1:5000");
         assert!(
             authorize(
@@ -173,15 +173,18 @@ mod tests {
             .is_err()
         );
         assert!(authorize(&HeaderMap::new(), lo, false, local, None).is_err());
+        // Mounted where no client address is known: not a local request.
+        let host = headers(&[("host", "127.0.0.1:3572")]);
+        assert!(authorize(&host, None, false, local, None).is_err());
         // Listening on another address: that address is the server's own host too.
-        let own = Some(addr("10.0.0.5:3572"));
+        let own = addr("10.0.0.5:3572");
         assert!(authorize(&headers(&[("host", "10.0.0.5:3572")]), lo, false, own, None).is_ok());
         assert!(authorize(&headers(&[("host", "10.0.0.6:3572")]), lo, false, own, None).is_err());
     }
 
     #[test]
     fn a_trusted_proxy_forwarding_a_local_client_is_believed_and_no_one_else() {
-        let local = Some(addr("127.0.0.1:3572"));
+        let local = addr("127.0.0.1:3572");
         let proxy = addr("127.0.0.1:40000");
         let via = |xff: &'static str| headers(&[("host", "localhost"), ("x-forwarded-for", xff)]);
         assert!(authorize(&via("127.0.0.1"), proxy, true, local, None).is_ok());

@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use browserver_runtime::{Message, SendError, Session, Transport};
+use browserver_runtime::{ClientAddr, Message, SendError, Session, Transport, client_addr};
 use browserver_transport_bc::BrowserChannel;
 use browserver_transport_http::{
-    Channel, Connected, Delivery, HostPattern, Proxy, ProxyOptions, RemoteAddr, Undelivered, Wire,
+    Channel, Connected, Delivery, HostPattern, Proxy, ProxyOptions, Undelivered, Wire,
 };
 use browserver_transport_ws::WsEndpoint;
 use bytes::Bytes;
@@ -247,7 +247,7 @@ fn admit(
         transport,
         headers: parts.headers.clone(),
         query: form_pairs(parts.uri.query().unwrap_or("")),
-        address: parts.extensions.get::<RemoteAddr>().map(|a| a.0),
+        address: client_addr(&parts.extensions),
     };
     Box::pin(async move {
         authenticator
@@ -263,7 +263,8 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-type Body = Either<browserver_transport_bc::ResponseBody, Full<Bytes>>;
+/// The body of browserver's responses.
+pub type Body = Either<browserver_transport_bc::ResponseBody, Full<Bytes>>;
 
 fn page(status: u16, content_type: &'static str, body: String) -> http::Response<Body> {
     let mut r = http::Response::new(Either::Right(Full::new(Bytes::from(body))));
@@ -282,6 +283,334 @@ const BROWSERVER_JS: &str = include_str!("../web/browserver.js");
 
 const INDEX: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>browserver</title></head><body><h1>browserver</h1><p>BrowserChannel at <code>/channel</code> (client script <a href=\"/channel/bcsocket.js\">/channel/bcsocket.js</a>), WebSocket at <code>/ws</code>, connected clients at <a href=\"/_browserver/clients\">/_browserver/clients</a>.</p></body></html>";
 
+/// browserver's own routes — the proxy for `<name>.<domain>`, the BrowserChannel and
+/// WebSocket endpoints, the client list `/_browserver/clients` and the browser client
+/// `/browserver.js` — as one service, to put in front of an application's own routes on one
+/// port. Cheap to clone; clones are the same server.
+///
+/// It is a `tower::Layer`: `Router::layer(browserver)` in axum, or
+/// `ServiceBuilder::new().layer(browserver)`, or [`with_fallback`](Self::with_fallback). A
+/// request that is none of browserver's reaches the application unchanged. The client
+/// address comes from the request's `ClientAddr` extension, or from axum's `ConnectInfo`
+/// with the `axum` feature.
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+/// use browserver_server::{Browserver, Config, Mode};
+///
+/// let browserver = Browserver::new(Config::default(), Mode::Proxy)?;
+/// let app = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("my own page")))
+/// });
+/// let service = browserver.with_fallback(app);
+/// # let _ = service;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Browserver {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Browserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Browserver")
+            .field("mode", &self.shared.mode)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every request is routed with.
+struct Shared {
+    bc: BrowserChannel,
+    ws: WsEndpoint,
+    proxy: Proxy,
+    config: Config,
+    mode: Mode,
+    /// This server's own listening address (a `Host` naming it is local, for the admin
+    /// check).
+    local: Option<SocketAddr>,
+}
+
+impl Browserver {
+    /// The endpoints and the proxy for `config`; its session tasks run on the current tokio
+    /// runtime (call it from within one).
+    pub fn new(config: Config, mode: Mode) -> Result<Browserver, StartError> {
+        Browserver::build(config, mode, None)
+    }
+
+    fn build(
+        config: Config,
+        mode: Mode,
+        local: Option<SocketAddr>,
+    ) -> Result<Browserver, StartError> {
+        let pattern = HostPattern::parse(&config.host_pattern)?;
+        let proxy_options = ProxyOptions {
+            request_timeout: config.request_timeout,
+            egress: browserver_transport_http::EgressPolicy {
+                mode: config.egress,
+                allow: config.egress_allow.clone(),
+                ..Default::default()
+            },
+            authorizer: config.authorizer.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            max_in_flight_body_bytes: config.max_in_flight_body_bytes,
+            ..ProxyOptions::default()
+        };
+        // One channel message carries one HTTP message: a body of up to the proxy's limit, in
+        // base64 (4/3), plus its head.
+        let message_limit = proxy_options.max_body_bytes / 3 * 4 + (1 << 20);
+        let max_buffered_bytes = config
+            .max_buffered_bytes
+            .unwrap_or(message_limit + (1 << 20));
+        let origins = browserver_core::OriginPolicy::allow(&config.allowed_origins);
+        // One table for both transports: an address's sessions count wherever they are.
+        let quota = browserver_core::SharedQuota::new(config.quota.clone());
+        let proxy = Proxy::new(pattern, proxy_options);
+        let (bc, bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
+            base: config.channel_base.clone(),
+            keep_alive_interval: config.keepalive_interval,
+            session_timeout_interval: config.session_timeout,
+            attach_timeout: config.attach_timeout,
+            max_body_bytes: message_limit,
+            max_held_bytes: message_limit,
+            max_unread_bytes: 2 * message_limit,
+            max_buffered_bytes,
+            max_sessions: config.max_sessions,
+            quota: quota.clone(),
+            origins: origins.clone(),
+            cors: config
+                .cors
+                .clone()
+                .map(browserver_transport_bc::Cors::Origin),
+            admission: config.authenticator.clone().map(|a| {
+                let admission: browserver_transport_bc::Admission =
+                    Arc::new(move |parts| admit(a.clone(), "browserchannel", parts));
+                admission
+            }),
+            ..Default::default()
+        });
+        let (ws, ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
+            keep_alive_interval: config.keepalive_interval,
+            session_timeout: config.session_timeout,
+            max_frame_size: message_limit,
+            max_message_size: message_limit,
+            max_unread_bytes: 2 * message_limit,
+            max_buffered_bytes,
+            max_sessions: config.max_sessions,
+            quota,
+            origins,
+            admission: config.authenticator.clone().map(|a| {
+                let admission: browserver_transport_ws::Admission =
+                    Arc::new(move |parts| admit(a.clone(), "websocket", parts));
+                admission
+            }),
+            ..Default::default()
+        });
+        for mut sessions in [bc_sessions, ws_sessions] {
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                while let Some(session) = sessions.accept().await {
+                    tokio::spawn(serve_session(proxy.clone(), mode, session));
+                }
+            });
+        }
+        Ok(Browserver {
+            shared: Arc::new(Shared {
+                bc,
+                ws,
+                proxy,
+                config,
+                mode,
+                local,
+            }),
+        })
+    }
+
+    /// Wraps `fallback`: requests that are none of browserver's go to it.
+    pub fn with_fallback<S>(&self, fallback: S) -> WithFallback<S> {
+        WithFallback {
+            browserver: self.clone(),
+            fallback,
+        }
+    }
+
+    /// The proxy (its connected clients: [`Proxy::list`]).
+    pub fn proxy(&self) -> &Proxy {
+        &self.shared.proxy
+    }
+
+    /// The BrowserChannel endpoint.
+    pub fn browserchannel(&self) -> &BrowserChannel {
+        &self.shared.bc
+    }
+
+    /// The WebSocket endpoint.
+    pub fn websocket(&self) -> &WsEndpoint {
+        &self.shared.ws
+    }
+
+    /// Tells every client not to reconnect here, gives the stops up to a second to be
+    /// written, then closes every session (pending proxied requests end with 504).
+    pub async fn shutdown(&self) {
+        let (bc, ws) = (&self.shared.bc, &self.shared.ws);
+        let sessions = bc.table().sessions().into_iter();
+        let stops: Vec<_> = sessions
+            .chain(ws.table().sessions())
+            .map(|s| tokio::spawn(s.stop()))
+            .collect();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for s in stops {
+                let _ = s.await;
+            }
+        })
+        .await;
+        bc.table().close_all();
+        ws.table().close_all();
+    }
+
+    /// Answers `req` if it is one of browserver's, else gives it back.
+    pub async fn route<B>(
+        &self,
+        req: http::Request<B>,
+    ) -> Result<http::Response<Body>, http::Request<B>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let shared = &*self.shared;
+        let (bc, ws, proxy, config, mode) = (
+            &shared.bc,
+            &shared.ws,
+            &shared.proxy,
+            &shared.config,
+            shared.mode,
+        );
+        let started = std::time::Instant::now();
+        // The handlers' futures are boxed: hyper keeps room for this function's future on
+        // every connection, in use or not, so it is kept small (a hanging back channel's
+        // connection would otherwise carry several KiB of it).
+        let req = if mode == Mode::Proxy {
+            let line = format!("{} {}", req.method(), req.uri().path());
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            match Box::pin(proxy.handle(req)).await {
+                Ok(response) => {
+                    tracing::info!(host = %host, request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
+                    return Ok(response.map(Either::Right));
+                }
+                Err(req) => req,
+            }
+        } else {
+            req
+        };
+        let path = req.uri().path();
+        if path == config.ws_path {
+            return Ok(Box::pin(ws.handle(req)).await.map(Either::Right));
+        }
+        if bc.owns(path) {
+            return Ok(Box::pin(bc.handle(req)).await.map(Either::Left));
+        }
+        match path {
+            "/_browserver/clients" => Ok(self.clients(&req)),
+            "/browserver.js" => {
+                let mut r = page(200, "application/javascript", BROWSERVER_JS.into());
+                if let Some(origin) = config
+                    .cors
+                    .as_deref()
+                    .and_then(|o| http::HeaderValue::from_str(o).ok())
+                {
+                    r.headers_mut()
+                        .insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                }
+                Ok(r)
+            }
+            _ => Err(req),
+        }
+    }
+
+    /// The connected clients, for those the admin check admits.
+    fn clients<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
+        let shared = &*self.shared;
+        let peer = client_addr(req.extensions());
+        let trusted = peer.is_some_and(|p| shared.proxy.is_trusted_proxy(p.ip()));
+        if let Err((status, why)) = admin::authorize(
+            req.headers(),
+            peer,
+            trusted,
+            shared.local,
+            shared.config.admin_token.as_deref(),
+        ) {
+            let mut r = page(status, "text/plain", why.into());
+            if status == 401 {
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return r;
+        }
+        let body = serde_json::to_string_pretty(&shared.proxy.list()).unwrap_or_default();
+        page(200, "application/json", body)
+    }
+}
+
+impl<S> tower::Layer<S> for Browserver {
+    type Service = WithFallback<S>;
+
+    fn layer(&self, inner: S) -> WithFallback<S> {
+        self.with_fallback(inner)
+    }
+}
+
+/// [`Browserver`] in front of an application's service.
+#[derive(Clone, Debug)]
+pub struct WithFallback<S> {
+    browserver: Browserver,
+    fallback: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for WithFallback<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Either<Body, RB>>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.fallback.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let browserver = self.browserver.clone();
+        // The ready fallback goes with this call; a clone takes its place (tower's rule for
+        // services that are driven after `call` returns).
+        let clone = self.fallback.clone();
+        let mut fallback = std::mem::replace(&mut self.fallback, clone);
+        Box::pin(async move {
+            match browserver.route(req).await {
+                Ok(response) => Ok(response.map(Either::Left)),
+                Err(req) => Ok(fallback.call(req).await?.map(Either::Right)),
+            }
+        })
+    }
+}
+
 /// Runs the server on `listener` until `shutdown` resolves; then every session is closed.
 pub async fn run(
     listener: tokio::net::TcpListener,
@@ -289,78 +618,10 @@ pub async fn run(
     mode: Mode,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let pattern = HostPattern::parse(&config.host_pattern)?;
-    let proxy_options = ProxyOptions {
-        request_timeout: config.request_timeout,
-        egress: browserver_transport_http::EgressPolicy {
-            mode: config.egress,
-            allow: config.egress_allow.clone(),
-            ..Default::default()
-        },
-        authorizer: config.authorizer.clone(),
-        trusted_proxies: config.trusted_proxies.clone(),
-        max_in_flight_body_bytes: config.max_in_flight_body_bytes,
-        ..ProxyOptions::default()
-    };
-    // One channel message carries one HTTP message: a body of up to the proxy's limit, in
-    // base64 (4/3), plus its head.
-    let message_limit = proxy_options.max_body_bytes / 3 * 4 + (1 << 20);
-    let max_buffered_bytes = config
-        .max_buffered_bytes
-        .unwrap_or(message_limit + (1 << 20));
-    let origins = browserver_core::OriginPolicy::allow(&config.allowed_origins);
-    // One table for both transports: an address's sessions count wherever they are.
-    let quota = browserver_core::SharedQuota::new(config.quota.clone());
-    let proxy = Proxy::new(pattern, proxy_options);
-    let (bc, bc_sessions) = BrowserChannel::new(browserver_transport_bc::Options {
-        base: config.channel_base.clone(),
-        keep_alive_interval: config.keepalive_interval,
-        session_timeout_interval: config.session_timeout,
-        attach_timeout: config.attach_timeout,
-        max_body_bytes: message_limit,
-        max_held_bytes: message_limit,
-        max_unread_bytes: 2 * message_limit,
-        max_buffered_bytes,
-        max_sessions: config.max_sessions,
-        quota: quota.clone(),
-        origins: origins.clone(),
-        cors: config
-            .cors
-            .clone()
-            .map(browserver_transport_bc::Cors::Origin),
-        admission: config.authenticator.clone().map(|a| {
-            let admission: browserver_transport_bc::Admission =
-                Arc::new(move |parts| admit(a.clone(), "browserchannel", parts));
-            admission
-        }),
-        ..Default::default()
-    });
-    let (ws, ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
-        keep_alive_interval: config.keepalive_interval,
-        session_timeout: config.session_timeout,
-        max_frame_size: message_limit,
-        max_message_size: message_limit,
-        max_unread_bytes: 2 * message_limit,
-        max_buffered_bytes,
-        max_sessions: config.max_sessions,
-        quota,
-        origins,
-        admission: config.authenticator.clone().map(|a| {
-            let admission: browserver_transport_ws::Admission =
-                Arc::new(move |parts| admit(a.clone(), "websocket", parts));
-            admission
-        }),
-        ..Default::default()
-    });
-    for mut sessions in [bc_sessions, ws_sessions] {
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            while let Some(session) = sessions.accept().await {
-                tokio::spawn(serve_session(proxy.clone(), mode, session));
-            }
-        });
-    }
+    let local = listener.local_addr().ok();
     let limits = config.limits.clone();
+    let read_budget = browserver_transport_http::Budget::new(config.max_in_flight_body_bytes);
+    let browserver = Browserver::build(config, mode, local)?;
     let max_connections = match conn::file_limit() {
         Some(files) => {
             let ceiling = usize::try_from(files.saturating_sub(256)).unwrap_or(usize::MAX);
@@ -376,15 +637,10 @@ pub async fn run(
         None => limits.max_connections,
     };
     let connections = conn::Connections::new(max_connections, limits.max_connections_per_address);
-    let local = listener.local_addr().ok();
-    let shared = Arc::new(Shared {
-        bc: bc.clone(),
-        ws: ws.clone(),
-        proxy: proxy.clone(),
-        read_budget: browserver_transport_http::Budget::new(config.max_in_flight_body_bytes),
-        config,
-        mode,
-        local,
+    let server = Arc::new(Server {
+        browserver: browserver.clone(),
+        limits,
+        read_budget,
     });
     let serve = async {
         loop {
@@ -406,7 +662,7 @@ pub async fn run(
                 }
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(stream, peer, slot, shared.clone()));
+            tokio::spawn(serve_connection(stream, peer, slot, server.clone()));
         }
     };
     tokio::select! {
@@ -414,33 +670,16 @@ pub async fn run(
         _ = shutdown => {}
     }
     // Stop accepting (the accept loop is gone), tell every client not to reconnect here, and
-    // give the stops up to a second to be written; pending proxied requests end with 504 as
-    // their clients' sessions close.
+    // give the stops up to a second to be written.
     tracing::info!("shutting down: stopping every session");
-    let sessions = bc.table().sessions().into_iter();
-    let stops: Vec<_> = sessions
-        .chain(ws.table().sessions())
-        .map(|s| tokio::spawn(s.stop()))
-        .collect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        for s in stops {
-            let _ = s.await;
-        }
-    })
-    .await;
-    bc.table().close_all();
-    ws.table().close_all();
+    browserver.shutdown().await;
     Ok(())
 }
 
-/// What every connection's requests are routed with.
-struct Shared {
-    bc: BrowserChannel,
-    ws: WsEndpoint,
-    proxy: Proxy,
-    config: Config,
-    mode: Mode,
-    local: Option<SocketAddr>,
+/// The binary's server: browserver's routes, then its own pages.
+struct Server {
+    browserver: Browserver,
+    limits: Limits,
     /// Request-body bytes being read at once, over all connections.
     read_budget: browserver_transport_http::Budget,
 }
@@ -487,26 +726,30 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     slot: conn::Slot,
-    shared: Arc<Shared>,
+    server: Arc<Server>,
 ) {
-    let limits = shared.config.limits.clone();
+    let limits = server.limits.clone();
     let activity = conn::Activity::new();
     let io = TokioIo::new(conn::Tracked::new(stream, activity.clone(), slot));
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
+        let server = server.clone();
         let in_flight = requests.request();
-        let limits = shared.config.limits.clone();
         async move {
-            let req = req.map(|body| {
+            let limits = &server.limits;
+            let mut req = req.map(|body| {
                 conn::RequestBody::new(
                     body,
                     limits.body_min_rate,
                     limits.body_grace,
-                    &shared.read_budget,
+                    &server.read_budget,
                 )
             });
-            let response = route(req, peer, &shared).await;
+            req.extensions_mut().insert(ClientAddr(peer));
+            let response = match server.browserver.route(req).await {
+                Ok(response) => response,
+                Err(req) => own_page(server.browserver.shared.mode, req.uri().path()),
+            };
             Ok::<_, Infallible>(response.map(|body| conn::Guarded::new(body, in_flight)))
         }
     });
@@ -530,76 +773,11 @@ async fn serve_connection(
     }
 }
 
-async fn route(
-    mut req: http::Request<conn::RequestBody<hyper::body::Incoming>>,
-    peer: SocketAddr,
-    shared: &Shared,
-) -> http::Response<Body> {
-    let (bc, ws, proxy, config, mode) = (
-        &shared.bc,
-        &shared.ws,
-        &shared.proxy,
-        &shared.config,
-        shared.mode,
-    );
-    req.extensions_mut()
-        .insert(browserver_transport_bc::ClientAddr(peer));
-    req.extensions_mut()
-        .insert(browserver_transport_ws::ClientAddr(peer));
-    req.extensions_mut().insert(RemoteAddr(peer));
-    let started = std::time::Instant::now();
-    // The handlers' futures are boxed: hyper keeps room for this function's future on every
-    // connection, in use or not, so it is kept small (a hanging back channel's connection
-    // would otherwise carry several KiB of it).
-    let req = if mode == Mode::Proxy {
-        let line = format!("{} {}", req.method(), req.uri().path());
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        match Box::pin(proxy.handle(req)).await {
-            Ok(response) => {
-                tracing::info!(host = %host, request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
-                return response.map(Either::Right);
-            }
-            Err(req) => req,
-        }
-    } else {
-        req
-    };
-    let path = req.uri().path().to_string();
-    if path == config.ws_path {
-        return Box::pin(ws.handle(req)).await.map(Either::Right);
-    }
-    if bc.owns(&path) {
-        return Box::pin(bc.handle(req)).await.map(Either::Left);
-    }
-    match path.as_str() {
-        "/_browserver/clients" => {
-            if let Err((status, why)) = admin::authorize(
-                req.headers(),
-                peer,
-                proxy.is_trusted_proxy(peer.ip()),
-                shared.local,
-                config.admin_token.as_deref(),
-            ) {
-                let mut r = page(status, "text/plain", why.into());
-                if status == 401 {
-                    r.headers_mut().insert(
-                        http::header::WWW_AUTHENTICATE,
-                        http::HeaderValue::from_static("Bearer"),
-                    );
-                }
-                return r;
-            }
-            let body = serde_json::to_string_pretty(&proxy.list()).unwrap_or_default();
-            page(200, "application/json", body)
-        }
+/// The binary's own pages: the demo page (proxy) or an index (echo) at `/`; 404 elsewhere.
+fn own_page(mode: Mode, path: &str) -> http::Response<Body> {
+    match path {
         "/" if mode == Mode::Proxy => page(200, "text/html; charset=utf-8", DEMO_PAGE.into()),
         "/" => page(200, "text/html; charset=utf-8", INDEX.into()),
-        "/browserver.js" => page(200, "application/javascript", BROWSERVER_JS.into()),
         _ => page(404, "text/plain", "Not found".into()),
     }
 }

@@ -69,7 +69,7 @@ pub use service::{BrowserChannel, WithFallback};
 
 pub use browserver_runtime::{
     Ack, ClientAddr, CloseReason, Delivery, Hub, HubError, HubOptions, Map, Message, Recipients,
-    Relay, Report, SendError, Session, Sessions, State, Status, Transport,
+    Relay, Report, SendError, Session, Sessions, State, Status, Transport, client_addr,
 };
 
 /// The browser client served at `<base>/bcsocket.js`.

@@ -28,9 +28,17 @@ use crate::response::{error_response, ok_response, plain_response, standard_head
 
 /// A BrowserChannel endpoint. Cheap to clone; clones share sessions.
 ///
-/// Use it as a `tower::Service` (answers 404 outside `base`), wrap another service with
-/// [`with_fallback`](Self::with_fallback) so that requests outside `base` reach it, call
-/// [`handle`](Self::handle) from your own server, or mount [`filter`](Self::filter) in warp.
+/// Mount it any of these ways:
+///
+/// - as a `tower::Layer` in front of an application (`Router::layer` in axum,
+///   `ServiceBuilder::layer`): requests under `base` are BrowserChannel's, all others reach
+///   the application — or, the same, [`with_fallback`](Self::with_fallback);
+/// - as a `tower::Service` on its own, at `base` or nested under any prefix (axum's
+///   `nest_service("/channel", bc)`, which strips the prefix: the service answers
+///   `…/test`, `…/bind` and `…/bcsocket.js` relative to where it is mounted); anything else
+///   gets a plain 404;
+/// - by calling [`handle`](Self::handle) from your own server, or with
+///   [`filter`](Self::filter) in warp (feature `warp`).
 #[derive(Clone)]
 pub struct BrowserChannel {
     inner: Arc<Inner>,
@@ -137,13 +145,24 @@ impl BrowserChannel {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.answer(req, false).await
+    }
+
+    /// Answers one request; `nested`: a path outside `base` is taken as relative to where
+    /// the service is mounted (a router stripped the prefix).
+    async fn answer<B>(&self, req: Request<B>, nested: bool) -> Response<ResponseBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = req.into_parts();
         let headers = self.response_headers(&parts);
         let path = parts.uri.path();
-        let Some(rest) = path
+        let under_base = path
             .strip_prefix(self.inner.base.as_str())
-            .and_then(|r| r.strip_prefix('/'))
-        else {
+            .and_then(|r| r.strip_prefix('/'));
+        let Some(rest) = under_base.or_else(|| path.strip_prefix('/').filter(|_| nested)) else {
             return plain_response(StatusCode::NOT_FOUND, "Not found", &headers);
         };
         if parts.method == Method::OPTIONS {
@@ -151,7 +170,7 @@ impl BrowserChannel {
         }
         let query = parse_query(parts.uri.query());
         match rest {
-            "bcsocket.js" => self.client_script(&parts.method),
+            "bcsocket.js" => self.client_script(&parts.method, &headers),
             "test" => self.test(&parts.method, &query, headers),
             "bind" => self.bind(parts, query, body, headers).await,
             _ => plain_response(StatusCode::NOT_FOUND, "Not found", &headers),
@@ -175,7 +194,9 @@ impl BrowserChannel {
         r
     }
 
-    fn client_script(&self, method: &Method) -> Response<ResponseBody> {
+    /// The browser client, with the endpoint's CORS headers (so that a page on another
+    /// origin allowed by `cors` can load it as a module).
+    fn client_script(&self, method: &Method, headers: &HeaderMap) -> Response<ResponseBody> {
         let script = self.inner.options.client_script;
         let body = if method == Method::HEAD {
             ResponseBody::empty()
@@ -192,6 +213,14 @@ impl BrowserChannel {
             http::header::CONTENT_LENGTH,
             HeaderValue::from(script.len()),
         );
+        for name in [
+            ACCESS_CONTROL_ALLOW_ORIGIN,
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        ] {
+            if let Some(v) = headers.get(&name) {
+                h.insert(name, v.clone());
+            }
+        }
         let etag = format!("\"{}-{:x}\"", script.len(), fnv1a(script.as_bytes()));
         if let Ok(v) = HeaderValue::from_str(&etag) {
             h.insert(ETAG, v);
@@ -541,7 +570,18 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let bc = self.clone();
-        Box::pin(async move { Ok(bc.handle(req).await) })
+        // On its own, the service may be nested under a prefix a router stripped.
+        Box::pin(async move { Ok(bc.answer(req, true).await) })
+    }
+}
+
+/// As a layer, the endpoint answers requests under `base` and passes all others to the
+/// service it wraps ([`BrowserChannel::with_fallback`]).
+impl<S> tower::Layer<S> for BrowserChannel {
+    type Service = WithFallback<S>;
+
+    fn layer(&self, inner: S) -> WithFallback<S> {
+        self.with_fallback(inner)
     }
 }
 

@@ -23,8 +23,12 @@ impl BrowserChannel {
     /// ```
     pub fn filter(
         &self,
-    ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
-    {
+    ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+    + use<> {
         let owner = self.clone();
         let bc = self.clone();
         warp::path::full()

@@ -29,12 +29,12 @@ pub mod host;
 pub mod message;
 mod proxy;
 
+pub use browserver_runtime::{ClientAddr, client_addr};
 pub use budget::{BodyError, Budget, Reservation};
 pub use egress::{EgressMode, EgressPolicy, is_refused_address};
 pub use hooks::{AllowAll, Authenticator, Authorizer, Connecting, Refusal};
 pub use host::{HostPattern, PatternError};
 pub use ipnet::IpNet;
 pub use proxy::{
-    Channel, ClientInfo, ConnectError, Connected, Delivery, Proxy, ProxyOptions, RemoteAddr,
-    Undelivered, Wire,
+    Channel, ClientInfo, ConnectError, Connected, Delivery, Proxy, ProxyOptions, Undelivered, Wire,
 };

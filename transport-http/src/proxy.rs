@@ -3,7 +3,6 @@
 //! response. Transport-agnostic: a connected client is anything implementing [`Channel`].
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -77,10 +76,6 @@ pub enum ConnectError {
     #[error("cannot make a name: {0}")]
     NoName(String),
 }
-
-/// The client's address, for `x-forwarded-for` (insert it into request extensions).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteAddr(pub SocketAddr);
 
 /// Proxy options.
 #[derive(Clone)]
@@ -630,7 +625,7 @@ impl Proxy {
             .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
             .collect();
         let mut headers = forwardable(&raw);
-        let peer = parts.extensions.get::<RemoteAddr>().map(|a| a.0.ip());
+        let peer = browserver_runtime::client_addr(&parts.extensions).map(|a| a.ip());
         let trusted = peer.is_some_and(|p| self.is_trusted_proxy(p));
         let prior = |name: &str| {
             trusted

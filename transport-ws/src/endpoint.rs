@@ -143,8 +143,13 @@ struct Inner {
     next_conn: AtomicU64,
 }
 
-/// A WebSocket endpoint. Every request it is given is treated as an upgrade request: mount it
-/// at the path you want (`/ws` in the `browserver` server). Cheap to clone.
+/// A WebSocket endpoint. Cheap to clone.
+///
+/// As a `tower::Service` every request it is given is treated as an upgrade request: mount it
+/// at the path you want (`route_service("/ws", ws)` or `nest_service("/ws", ws)` in axum;
+/// `/ws` in the `browserver` server). As a layer in front of an application,
+/// [`at`](Self::at) names its path: `Router::layer(ws.at("/ws"))`, or
+/// [`with_fallback`](Self::with_fallback).
 #[derive(Clone)]
 pub struct WsEndpoint {
     inner: Arc<Inner>,
@@ -228,6 +233,25 @@ impl WsEndpoint {
             },
             sessions,
         )
+    }
+
+    /// A `tower::Layer` that answers upgrades at `path` and passes every other request to the
+    /// service it wraps.
+    pub fn at(&self, path: impl Into<String>) -> WsLayer {
+        WsLayer {
+            endpoint: self.clone(),
+            path: path.into(),
+        }
+    }
+
+    /// Wraps `fallback`: requests for `path` are this endpoint's upgrades, all others go to
+    /// `fallback`.
+    pub fn with_fallback<S>(&self, path: impl Into<String>, fallback: S) -> WithFallback<S> {
+        WithFallback {
+            endpoint: self.clone(),
+            path: path.into(),
+            fallback,
+        }
     }
 
     /// The live sessions (look one up by id, list, count, close all).
@@ -603,5 +627,56 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let endpoint = self.clone();
         Box::pin(async move { Ok(endpoint.handle(req).await) })
+    }
+}
+
+/// The endpoint at a path, as a `tower::Layer` ([`WsEndpoint::at`]).
+#[derive(Clone, Debug)]
+pub struct WsLayer {
+    endpoint: WsEndpoint,
+    path: String,
+}
+
+impl<S> tower::Layer<S> for WsLayer {
+    type Service = WithFallback<S>;
+
+    fn layer(&self, inner: S) -> WithFallback<S> {
+        self.endpoint.with_fallback(self.path.clone(), inner)
+    }
+}
+
+/// A [`WsEndpoint`] in front of another service: upgrades at its path are the endpoint's,
+/// everything else the fallback's.
+#[derive(Clone, Debug)]
+pub struct WithFallback<S> {
+    endpoint: WsEndpoint,
+    path: String,
+    fallback: S,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for WithFallback<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<http_body_util::Either<Full<Bytes>, RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.fallback.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if req.uri().path() == self.path {
+            let endpoint = self.endpoint.clone();
+            Box::pin(
+                async move { Ok(endpoint.handle(req).await.map(http_body_util::Either::Left)) },
+            )
+        } else {
+            let future = self.fallback.call(req);
+            Box::pin(async move { Ok(future.await?.map(http_body_util::Either::Right)) })
+        }
     }
 }

@@ -45,12 +45,14 @@ mod serve;
 mod warp_filter;
 
 #[cfg(feature = "server")]
-pub use endpoint::{Admission, AdmissionFuture, ConnectHook, Options, WsEndpoint};
+pub use endpoint::{
+    Admission, AdmissionFuture, ConnectHook, Options, WithFallback, WsEndpoint, WsLayer,
+};
 pub use protocol::{Mode, SessionMachine};
 #[cfg(feature = "server")]
 pub use serve::serve;
 
 pub use browserver_runtime::{
     Ack, ClientAddr, CloseReason, Delivery, Hub, HubError, HubOptions, Message, Recipients, Relay,
-    Report, SendError, Session, Sessions, State, Status, Transport,
+    Report, SendError, Session, Sessions, State, Status, Transport, client_addr,
 };

@@ -51,7 +51,8 @@ impl WsEndpoint {
     + Clone
     + Send
     + Sync
-    + 'static {
+    + 'static
+    + use<> {
         let endpoint = self.clone();
         warp::ws()
             .and(warp::header::headers_cloned())
