@@ -134,7 +134,7 @@ impl Drop for Host {
 }
 
 /// Connects to the proxy at `url` (BrowserChannel base or WebSocket URL, as for
-/// [`connect`](crate::connect)) and answers every HTTP request for this client's hostname with
+/// [`connect`]) and answers every HTTP request for this client's hostname with
 /// `service`. The richer wire mode is requested, so binary bodies and repeated headers
 /// survive.
 pub fn serve<S, B>(url: &str, mut options: Options, service: S) -> Host

@@ -33,6 +33,9 @@
 //! [`host::serve`] turns the client into an HTTP server behind a browserver proxy: any
 //! `tower::Service` (an axum `Router`, say) answers the requests for `<id>.<domain>`.
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod bc;
 pub mod host;
 mod ws;
@@ -463,3 +466,8 @@ async fn run(
         }
     }
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

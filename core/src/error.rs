@@ -26,8 +26,8 @@ pub enum SendError {
     },
 }
 
-/// Why an item from the peer was refused ([`Session::handle_incoming`]
-/// (crate::Session::handle_incoming)). Except for `Closed`, the session closed because of it.
+/// Why an item from the peer was refused
+/// ([`Session::handle_incoming`](crate::Session::handle_incoming)). Except for `Closed`, the session closed because of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {

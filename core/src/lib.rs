@@ -80,6 +80,9 @@
 //!     Some(Transmit::Batch { items, .. }) if items[0].payload == Payload::Keepalive));
 //! ```
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod correlate;
 mod error;
 pub mod id;

@@ -32,6 +32,9 @@
 //! # let _ = echo;
 //! ```
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod driver;
 pub mod error;
 pub mod http;
@@ -55,3 +58,8 @@ pub use session::{Ack, Announce, Info, Session, Sessions, Status, Transport};
 pub use table::{Entry, SessionTable};
 
 pub use browserver_core::{CloseReason, State};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -274,9 +274,9 @@ impl<S> Tracked<S> {
 }
 
 /// A request body as the server reads it: it fails with
-/// [`BodyError::TooSlow`](browserver_transport_http::BodyError::TooSlow) when it arrives slower
+/// [`BodyError::TooSlow`] when it arrives slower
 /// than a minimum rate after a grace period, and with
-/// [`BodyError::Busy`](browserver_transport_http::BodyError::Busy) when the bytes being read
+/// [`BodyError::Busy`] when the bytes being read
 /// over all requests at once would exceed the server's read budget (each body's share is given
 /// back when its stream is dropped).
 pub struct RequestBody<B> {

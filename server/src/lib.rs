@@ -7,6 +7,9 @@
 //!   requests to that host are answered by the client.
 //! - [`run`] with [`Mode::Echo`]: every channel message goes back to its sender.
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

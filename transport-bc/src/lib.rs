@@ -39,6 +39,9 @@
 //!
 //! See `docs/browserchannel.md` for the options and protocol notes.
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "server")]
 mod body;
 pub mod client;
@@ -75,3 +78,8 @@ pub use browserver_runtime::{
 /// The browser client served at `<base>/bcsocket.js`.
 #[cfg(feature = "server")]
 pub const CLIENT_SCRIPT: &str = include_str!("../js/bcsocket.js");
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

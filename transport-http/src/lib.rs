@@ -21,6 +21,9 @@
 //! assert_eq!(encode_text(&m).unwrap(), wire);
 //! ```
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod budget;
 mod egress;
 pub mod headers;

@@ -72,7 +72,7 @@ pub struct Options {
     pub write_timeout: Duration,
     /// Live sessions and session creations per client address (IPv6 by `/64`); beyond them
     /// an upgrade → 429 with `Retry-After`. 256 live, 120 per minute (bursts of 60). Needs the
-    /// client address ([`ClientAddr`]). Give the BrowserChannel endpoint a clone to count both
+    /// client address ([`ClientAddr`](crate::ClientAddr)). Give the BrowserChannel endpoint a clone to count both
     /// transports together.
     pub quota: browserver_core::SharedQuota,
     /// Web origins admitted besides the server's own and requests without `Origin` (checked

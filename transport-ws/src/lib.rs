@@ -32,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+// On docs.rs, every feature-gated item is marked with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod client;
 pub mod codec;
 #[cfg(feature = "server")]
@@ -56,3 +59,8 @@ pub use browserver_runtime::{
     Ack, ClientAddr, CloseReason, Delivery, Hub, HubError, HubOptions, Message, Recipients, Relay,
     Report, SendError, Session, Sessions, State, Status, Transport, client_addr,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
