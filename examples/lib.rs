@@ -103,23 +103,26 @@ pub fn spawn_chat(hub: Hub, mut sessions: Sessions) {
     });
 }
 
-/// The page every example serves at `/`: a chat over BrowserChannel (`?t=bc`) or WebSocket.
+/// The page every example serves at `/`: a chat over WebSocket (session mode), or
+/// BrowserChannel with `?t=bc`, through the browser client the BrowserChannel endpoint
+/// serves at `/channel/bcsocket.js`.
 pub const PAGE: &str = r#"<!doctype html>
 <meta charset="utf-8"><title>browserver chat</title>
-<script src="/channel/bcsocket.js"></script>
 <ul id="log"></ul><input id="text" autofocus placeholder="say something">
-<script>
+<script type="module">
+  import { BCSocket } from '/channel/bcsocket.js';
   const log = (t) => { const li = document.createElement('li'); li.textContent = t; document.getElementById('log').append(li); };
-  const useBc = new URLSearchParams(location.search).get('t') === 'bc';
-  const socket = useBc ? new BCSocket('/channel') : new WebSocket(`ws://${location.host}/ws`);
-  socket.onopen = () => log(`connected over ${useBc ? 'BrowserChannel' : 'WebSocket'}`);
-  socket.onmessage = (e) => { const m = useBc ? e.data : JSON.parse(e.data); log(m.error ? `error: ${m.error}` : `${m.from}: ${m.text}`); };
-  socket.onclose = () => log('disconnected');
+  const transport = new URLSearchParams(location.search).get('t') === 'bc' ? 'browserchannel' : 'websocket';
+  const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+  const socket = new BCSocket('/channel', { transport, wsUrl, reconnect: true });
+  socket.onopen = () => log(`connected over ${transport}`);
+  socket.onmessage = (e) => log(e.data.error ? `error: ${e.data.error}` : `${e.data.from}: ${e.data.text}`);
+  socket.onclose = (reason) => log(`disconnected: ${reason}`);
   document.getElementById('text').onkeydown = (e) => {
-    if (e.key !== 'Enter') return;
-    const m = { say: e.target.value };
-    socket.send(useBc ? m : JSON.stringify(m));
-    log(`me: ${e.target.value}`); e.target.value = '';
+    if (e.key !== 'Enter' || socket.readyState !== BCSocket.OPEN) return;
+    socket.send({ say: e.target.value });
+    log(`me: ${e.target.value}`);
+    e.target.value = '';
   };
 </script>
 "#;

@@ -453,18 +453,24 @@ impl Browserver {
         &self.shared.ws
     }
 
-    /// Tells every client not to reconnect here, gives the stops up to a second to be
-    /// written, then closes every session (pending proxied requests end with 504).
+    /// Closes every session (reason `server shutting down`) and gives the closes up to a
+    /// second to be written. Clients are not told to stop: they reconnect with backoff, to
+    /// this server once it is back or to another behind the same name. Pending proxied
+    /// requests end with 502/504 as their clients' sessions close.
     pub async fn shutdown(&self) {
         let (bc, ws) = (&self.shared.bc, &self.shared.ws);
-        let sessions = bc.table().sessions().into_iter();
-        let stops: Vec<_> = sessions
+        let sessions: Vec<Session> = bc
+            .table()
+            .sessions()
+            .into_iter()
             .chain(ws.table().sessions())
-            .map(|s| tokio::spawn(s.stop()))
             .collect();
+        for session in &sessions {
+            session.close_with("server shutting down");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            for s in stops {
-                let _ = s.await;
+            for session in &sessions {
+                session.closed().await;
             }
         })
         .await;
@@ -672,9 +678,9 @@ pub async fn run(
         _ = serve => {}
         _ = shutdown => {}
     }
-    // Stop accepting (the accept loop is gone), tell every client not to reconnect here, and
-    // give the stops up to a second to be written.
-    tracing::info!("shutting down: stopping every session");
+    // Stop accepting (the accept loop is gone), then close every session; clients reconnect
+    // with backoff (to this server once it is back).
+    tracing::info!("shutting down: closing every session");
     browserver.shutdown().await;
     Ok(())
 }

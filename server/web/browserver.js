@@ -6,11 +6,20 @@
 //     res.writeHead(200, { 'content-type': 'text/plain' });
 //     res.end(`hello from ${server.hostname}: ${req.method} ${req.url}`);
 //   });
+//   server.onconnect = (hostname) => console.log(`serving at ${hostname}`);
+//   server.ondisconnect = (reason) => console.log(`disconnected (${reason}), reconnecting`);
 //   await server.listen();                       // resolves to the hostname
 //   const r = await request({ host: 'other-id.localhost:3572', path: '/x' });  // client → client
 //
 // It speaks the proxy's extended message form over BCSocket (WebSocket session mode when the
-// server offers it, else BrowserChannel).
+// server offers it, else BrowserChannel), and reconnects with backoff when the connection is
+// lost (a new connection may get a new hostname: `onconnect` tells). A handler may answer
+// at once, later, or return a promise; a handler that throws or whose promise rejects answers
+// 500 at once.
+//
+// listen(options): channel ('/channel'), ws (this page's /ws), reconnect (true),
+// reconnectTime (1000 ms), maxReconnectTime (30000 ms), BCSocket (the class to use; loaded
+// from `${channel}/bcsocket.js` by default).
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -38,18 +47,22 @@ function bytesOf(chunk) {
 let active = null; // the connection `request` uses
 
 class Connection {
-  constructor(options) {
-    this.options = { channel: '/channel', ws: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`, ...options };
+  constructor(options, events) {
+    const here = globalThis.location;
+    const ws = here ? `${here.protocol === 'https:' ? 'wss' : 'ws'}://${here.host}/ws` : null;
+    this.options = { channel: '/channel', ws, reconnect: true, reconnectTime: 1000, maxReconnectTime: 30000, ...options };
+    this.events = events; // { connected(hostname, id), disconnected(reason, reconnecting) }
     this.pending = new Map();
     this.nextId = 1;
     this.handler = null;
   }
 
   async open() {
-    const { BCSocket } = await import(`${this.options.channel}/bcsocket.js`);
+    const BCSocket = this.options.BCSocket || (await import(`${this.options.channel}/bcsocket.js`)).BCSocket;
     return new Promise((resolve, reject) => {
+      const { reconnect, reconnectTime, maxReconnectTime } = this.options;
       const socket = new BCSocket(this.options.channel, {
-        wsUrl: this.options.ws, extraParams: { brow: 2 }, reconnect: false,
+        wsUrl: this.options.ws, extraParams: { brow: 2 }, reconnect, reconnectTime, maxReconnectTime,
       });
       this.socket = socket;
       socket.onmessage = (e) => {
@@ -60,6 +73,7 @@ class Connection {
         if (m && m.hello) {
           this.id = m.hello.id;
           this.hostname = m.hello.hostname;
+          this.events.connected(this.hostname, this.id);
           resolve(this.hostname);
         } else if (m && m.request) {
           this.serve(m);
@@ -68,12 +82,24 @@ class Connection {
           this.pending.delete(m.id);
         }
       };
-      socket.onclose = (reason) => {
+      socket.onclose = (reason, _pending, _undelivered, info = {}) => {
+        // Requests this page sent are lost with the session; so are the answers it owed.
         for (const done of this.pending.values()) done(null);
         this.pending.clear();
-        if (!this.hostname) reject(new Error(`connection closed: ${reason}`));
+        this.events.disconnected(reason, Boolean(info.reconnecting));
+        if (!this.hostname && !info.reconnecting) reject(new Error(`connection closed: ${reason}`));
       };
     });
+  }
+
+  /** Sends a message if the session is still there (an answer to a request of a session
+   * that ended has no one to go to). */
+  send(message) {
+    try {
+      this.socket.send(JSON.stringify(message));
+    } catch {
+      // Closed: the proxy already answered the visitor 502/504.
+    }
   }
 
   serve(m) {
@@ -85,6 +111,7 @@ class Connection {
     const res = {
       statusCode: 200,
       headers: [],
+      finished: false,
       setHeader(name, value) {
         this.headers = this.headers.filter(([k]) => k !== name.toLowerCase());
         for (const v of [].concat(value)) this.headers.push([name.toLowerCase(), String(v)]);
@@ -94,27 +121,39 @@ class Connection {
         for (const [k, v] of Object.entries(headers)) this.setHeader(k, v);
         return this;
       },
-      write(chunk) { chunks.push(bytesOf(chunk)); },
+      write(chunk) {
+        if (!res.finished) chunks.push(bytesOf(chunk));
+      },
       end: (chunk) => {
+        if (res.finished) return;
+        res.finished = true;
         if (chunk !== undefined) chunks.push(bytesOf(chunk));
         const size = chunks.reduce((n, c) => n + c.length, 0);
         const body = new Uint8Array(size);
         let at = 0;
         for (const c of chunks) { body.set(c, at); at += c.length; }
-        this.socket.send(JSON.stringify({
+        this.send({
           brow: 2, id: m.id, response: { status: res.statusCode, reason: '' }, headers: res.headers, body: toBase64(body),
-        }));
+        });
       },
     };
-    try {
-      this.handler(req, res);
-    } catch (e) {
-      res.writeHead(500, { 'content-type': 'text/plain' });
+    const failed = (e) => {
+      if (res.finished) return;
+      chunks.length = 0;
+      res.headers = [];
+      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
       res.end(`handler error: ${e}`);
+    };
+    try {
+      const result = this.handler(req, res);
+      if (result && typeof result.then === 'function') result.then(undefined, failed);
+    } catch (e) {
+      failed(e);
     }
   }
 
   request({ method = 'GET', host, path = '/', headers = {}, body }) {
+    if (!this.socket || this.socket.readyState !== 1) return Promise.reject(new Error('not connected'));
     const id = `b${this.nextId++}`;
     const list = Object.entries({ host, ...headers }).map(([k, v]) => [k.toLowerCase(), String(v)]);
     return new Promise((resolve, reject) => {
@@ -125,9 +164,9 @@ class Connection {
         for (const [k, v] of m.headers || []) out[k] = out[k] === undefined ? v : `${out[k]}, ${v}`;
         resolve({ statusCode: m.response.status, headers: out, body: decoder.decode(bytes), bodyBytes: bytes });
       });
-      this.socket.send(JSON.stringify({
+      this.send({
         brow: 2, id, request: { method, target: path }, headers: list, body: toBase64(bytesOf(body)),
-      }));
+      });
     });
   }
 
@@ -136,19 +175,33 @@ class Connection {
   }
 }
 
-/** A server: `listen(options)` connects to the proxy and resolves to this page's hostname. */
+/** A server: `listen(options)` connects to the proxy and resolves to this page's hostname.
+ * `onconnect(hostname)` and `ondisconnect(reason, reconnecting)` follow the connection;
+ * `connected` says whether it is up now. */
 export function createServer(handler) {
   const server = {
     hostname: null,
     id: null,
+    connected: false,
+    onconnect: null,
+    ondisconnect: null,
     async listen(options = {}) {
-      const conn = new Connection(options);
+      const conn = new Connection(options, {
+        connected(hostname, id) {
+          server.hostname = hostname;
+          server.id = id;
+          server.connected = true;
+          if (typeof server.onconnect === 'function') server.onconnect(hostname);
+        },
+        disconnected(reason, reconnecting) {
+          server.connected = false;
+          if (typeof server.ondisconnect === 'function') server.ondisconnect(reason, reconnecting);
+        },
+      });
       conn.handler = (req, res) => server.handler(req, res);
-      server.hostname = await conn.open();
-      server.id = conn.id;
       server.connection = conn;
       active = conn;
-      return server.hostname;
+      return conn.open();
     },
     handler,
     close() {

@@ -7,12 +7,25 @@
 //   const s = new BCSocket('/channel', { reconnect: true });
 //   s.onopen = () => s.send({ hello: 'world' });
 //   s.onmessage = (e) => console.log(e.data);
+//   s.onclose = (reason, pending, undelivered) => { /* resend what matters */ };
 //
-// Options: reconnect (false), reconnectTime (3000 ms), appVersion, failFast, crossDomainXhr
-// (send credentials; use the server's host prefix), affinity (true) / affinityParam ('a'),
-// extraParams ({}), prev (an earlier BCSocket whose session this one replaces),
-// transport ('auto' | 'browserchannel' | 'websocket'; default 'auto' when wsUrl is set,
-// else 'browserchannel'), wsUrl (the WebSocket endpoint, e.g. 'ws://host:3572/ws').
+// Options: reconnect (false), reconnectTime (3000 ms: the first reconnect delay, doubling per
+// failed attempt up to maxReconnectTime, 30000 ms, each delay drawn from its upper half at
+// random), maxReconnectAttempts (Infinity: consecutive failed attempts before giving up),
+// appVersion, failFast, crossDomainXhr (send credentials; use the server's host prefix),
+// affinity (true) / affinityParam ('a'), extraParams ({}), extraHeaders ({}: on every
+// BrowserChannel request; a browser cannot put headers on a WebSocket), prev (an earlier
+// BCSocket whose session this one replaces), transport ('auto' | 'browserchannel' |
+// 'websocket'; default 'auto' when wsUrl is set, else 'browserchannel'), wsUrl (the WebSocket
+// endpoint, e.g. 'ws://host:3572/ws'), resumeTimeout (25000 ms: how long a dropped WebSocket
+// session is resumed before the session counts as lost; keep it under the server's session
+// timeout, 30 s by default).
+//
+// Delivery: within one session every message arrives once, in order (a dropped WebSocket is
+// resumed without loss or duplicates). When a session ends, `onclose(reason, pending,
+// undelivered, info)` hands back what it did not deliver: `pending` were sent and not
+// acknowledged (the server may or may not have them), `undelivered` were never sent. They are
+// not resent in a new session; resend what matters. `info` is { code, reconnecting, delay }.
 
 const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 const ERRORS = {
@@ -21,6 +34,14 @@ const ERRORS = {
 };
 const SUBPROTOCOL = 'browserver.session.v1';
 const PADDING_WINDOW = 1000; // maps per POST
+const RESUME_FIRST_DELAY = 100; // ms
+const RESUME_MAX_DELAY = 2000; // ms
+const RESUME_WITHIN = 25000; // ms: the server keeps a connectionless session 30 s by default
+
+/** A queued item as WebSocket session-mode text: JSON (a map as a JSON object). */
+function itemText(item) {
+  return JSON.stringify('map' in item ? item.map : item.value);
+}
 
 function zx() {
   return Math.floor(Math.random() * 2147483648).toString(36) + Math.floor(Math.random() * 2147483648).toString(36);
@@ -58,36 +79,69 @@ export class BCSocket {
   constructor(url, options = {}) {
     this.url = url.replace(/\/$/, '');
     this.options = {
-      reconnect: false, reconnectTime: 3000, appVersion: null, failFast: false,
-      crossDomainXhr: false, affinity: true, affinityParam: 'a', extraParams: {},
-      wsUrl: null, ...options,
+      reconnect: false, reconnectTime: 3000, maxReconnectTime: 30000, maxReconnectAttempts: Infinity,
+      appVersion: null, failFast: false, crossDomainXhr: false, affinity: true, affinityParam: 'a',
+      extraParams: {}, extraHeaders: {}, wsUrl: null, resumeTimeout: RESUME_WITHIN, ...options,
     };
     this.options.transport = this.options.transport || (this.options.wsUrl ? 'auto' : 'browserchannel');
     this.readyState = CONNECTING;
     this.onopen = this.onmessage = this.onclose = this.onerror = this.onconnecting = null;
-    this._queue = []; // values sent before the session opened, or not yet acknowledged
+    this._queue = []; // items ({ value } or { map }) not yet acknowledged, in order
     this._affinity = this.options.affinity ? zx() : null;
     this._prev = options.prev ? options.prev._previous() : null;
     this._closedByUser = false;
     this._wsFailed = false;
-    setTimeout(() => this._connect(), 0);
+    this._attempts = 0; // failed attempts since the last open
+    this._startTimer = setTimeout(() => this._connect(), 0);
   }
 
-  /** Sends a value (strings as `_S`, anything else as JSON). Allowed before open. */
+  /** Sends a value (strings as `_S`, anything else as JSON). Allowed before open and while
+   * a reconnect is pending; throws once the socket is closed. */
   send(value) {
-    if (this.readyState === CLOSING || this.readyState === CLOSED) return;
-    this._queue.push(value);
+    this._enqueue({ value });
+  }
+
+  /** Sends a map of string values as one BrowserChannel map (the server receives a map, as
+   * with node-browserchannel's sendMap); over WebSocket it travels as a JSON object. */
+  sendMap(map) {
+    if (map === null || typeof map !== 'object') throw new TypeError('sendMap takes an object');
+    const copy = {};
+    for (const [k, v] of Object.entries(map)) copy[k] = String(v);
+    this._enqueue({ map: copy });
+  }
+
+  _enqueue(item) {
+    if (this.readyState === CLOSING || this.readyState === CLOSED) {
+      throw new Error('BCSocket is closed (call open() to connect again)');
+    }
+    this._queue.push(item);
     if (this._channel) this._channel.flush();
+  }
+
+  /** Connects a closed socket again (a new session). */
+  open() {
+    if (this.readyState !== CLOSED) throw new Error('Already open');
+    this._closedByUser = false;
+    this._attempts = 0;
+    this._connect();
   }
 
   /** Closes the session; no reconnect follows. */
   close() {
-    if (this.readyState === CLOSED) return;
+    if (this.readyState === CLOSED || this._closedByUser) return;
     this._closedByUser = true;
-    this.readyState = CLOSING;
     clearTimeout(this._reconnectTimer);
-    if (this._channel) this._channel.close();
-    else this._finish('Closed', false);
+    clearTimeout(this._startTimer);
+    if (this._channel) {
+      this.readyState = CLOSING;
+      this._channel.close();
+    } else if (this._waiting) {
+      // Between sessions: onclose was already called for the last one.
+      this._waiting = false;
+      this.readyState = CLOSED;
+    } else {
+      this._finish('Closed', { code: 0, reconnecting: false }, this._drain([]));
+    }
   }
 
   _previous() {
@@ -114,6 +168,7 @@ export class BCSocket {
 
   _connect() {
     if (this._closedByUser) return;
+    this._waiting = false;
     this.readyState = CONNECTING;
     this._emit('onconnecting');
     const useWs = this.options.transport === 'websocket' ||
@@ -125,11 +180,19 @@ export class BCSocket {
   // Called by a channel.
   _opened() {
     this.readyState = OPEN;
+    this._attempts = 0;
     this._emit('onopen');
   }
 
   _message(data) {
-    if (this.readyState === OPEN) this._emit('onmessage', { data });
+    if (this.readyState === OPEN) this._emit('onmessage', { type: 'message', data });
+  }
+
+  /** What the ended session did not deliver, as the application gave it: `pending` items
+   * were sent and not acknowledged; the rest of the queue was never sent. */
+  _drain(pending) {
+    const plain = (item) => ('map' in item ? item.map : item.value);
+    return { pending: pending.map(plain), undelivered: this._queue.splice(0).map(plain) };
   }
 
   _ended(failure) {
@@ -137,31 +200,52 @@ export class BCSocket {
     this._lastChannel = ch;
     this._channel = null;
     if (ch && ch.sid) this._prev = { sid: ch.sid, aid: ch.lastArrayId };
-    if (this._closedByUser) return this._finish('Closed', false);
-    if (failure && failure.websocketUnavailable && this.options.transport === 'auto') {
+    if (failure && failure.websocketUnavailable && this.options.transport === 'auto' && !this._closedByUser) {
+      // No session was opened: what was queued goes with the BrowserChannel session.
       this._wsFailed = true;
       return this._connect();
     }
+    const lost = this._drain(ch ? ch.takeUnacknowledged() : []);
+    if (this._closedByUser) return this._finish('Closed', { code: 0, reconnecting: false }, lost);
     const code = failure ? failure.code : 0;
-    if (failure) this._emit('onerror', ERRORS[code] || failure.message, code);
+    const reason = failure ? ERRORS[code] || failure.message : 'Closed';
+    if (failure) this._emit('onerror', reason, code);
     const stopped = code === 7;
-    const reconnect = this.options.reconnect && !stopped;
-    this._finish(failure ? ERRORS[code] || failure.message : 'Closed', reconnect);
-    if (reconnect) {
-      const delay = code === 6 ? 0 : this.options.reconnectTime;
+    const reconnecting = this.options.reconnect && !stopped && this._attempts < this.options.maxReconnectAttempts;
+    let delay = 0;
+    if (reconnecting) {
+      delay = this._reconnectDelay(code);
+      this._attempts++;
+      this._waiting = true;
+      // Set before onclose, so that onclose may cancel it with close().
       this._reconnectTimer = setTimeout(() => this._connect(), delay);
     }
+    this._finish(reason, { code, reconnecting, delay }, lost);
   }
 
-  _finish(reason, reconnecting) {
-    this.readyState = reconnecting ? CONNECTING : CLOSED;
-    this._emit('onclose', reason);
+  /** Exponential backoff with jitter: the first delay is `reconnectTime`, doubling up to
+   * `maxReconnectTime`; each drawn at random from the upper half. An unknown session (it
+   * timed out on the server) reconnects at once the first time. */
+  _reconnectDelay(code) {
+    if (code === 6 && this._attempts === 0) return 0;
+    const { reconnectTime, maxReconnectTime } = this.options;
+    const ceiling = Math.min(maxReconnectTime, reconnectTime * 2 ** Math.min(this._attempts, 30));
+    return ceiling / 2 + Math.random() * (ceiling / 2);
+  }
+
+  _finish(reason, info, lost) {
+    this.readyState = info.reconnecting ? CONNECTING : CLOSED;
+    this._emit('onclose', reason, lost.pending, lost.undelivered, info);
   }
 }
 BCSocket.CONNECTING = CONNECTING;
 BCSocket.OPEN = OPEN;
 BCSocket.CLOSING = CLOSING;
 BCSocket.CLOSED = CLOSED;
+BCSocket.prototype.CONNECTING = CONNECTING;
+BCSocket.prototype.OPEN = OPEN;
+BCSocket.prototype.CLOSING = CLOSING;
+BCSocket.prototype.CLOSED = CLOSED;
 
 /** BrowserChannel v8 over fetch. */
 class BrowserChannel {
@@ -172,7 +256,7 @@ class BrowserChannel {
     this.lastArrayId = -1;
     this.rid = Math.floor(Math.random() * 100000);
     this.nextMapId = 0;
-    this.inFlight = null; // { rid, values } of the POST in flight
+    this.inFlight = null; // { rid, values } of the POST in flight (values: the queue's first items)
     this.retries = 0;
     this.backRetries = 0;
     this.closed = false;
@@ -188,8 +272,9 @@ class BrowserChannel {
   async fetch(url, init = {}) {
     const abort = new AbortController();
     this.aborts.add(abort);
+    const headers = { ...this.socket.options.extraHeaders, ...init.headers };
     try {
-      return await fetch(url, { ...init, signal: abort.signal, credentials: this.credentials, cache: 'no-store' });
+      return await fetch(url, { ...init, headers, signal: abort.signal, credentials: this.credentials, cache: 'no-store' });
     } finally {
       this.aborts.delete(abort);
     }
@@ -234,14 +319,26 @@ class BrowserChannel {
     }
   }
 
-  mapsBody(values) {
-    const params = { count: values.length };
-    if (values.length) params.ofs = this.nextMapId;
-    values.forEach((v, i) => {
-      if (typeof v === 'string') params[`req${i}__S`] = v;
-      else params[`req${i}_JSON`] = JSON.stringify(v);
+  mapsBody(items) {
+    const params = { count: items.length };
+    if (items.length) params.ofs = this.nextMapId;
+    items.forEach((item, i) => {
+      if ('map' in item) {
+        for (const [k, v] of Object.entries(item.map)) params[`req${i}_${k}`] = v;
+      } else if (typeof item.value === 'string') {
+        params[`req${i}__S`] = item.value;
+      } else {
+        params[`req${i}_JSON`] = JSON.stringify(item.value);
+      }
     });
     return query(params);
+  }
+
+  /** The queue's items sent and not acknowledged (taken out of the queue). */
+  takeUnacknowledged() {
+    const n = this.inFlight ? this.inFlight.values.length : 0;
+    this.inFlight = null;
+    return this.socket._queue.splice(0, n);
   }
 
   async post(params, values) {
@@ -260,13 +357,16 @@ class BrowserChannel {
   async open() {
     const values = this.socket._queue.slice(0, PADDING_WINDOW);
     const rid = this.rid++;
+    this.inFlight = { rid, values };
     const text = await this.post({ RID: rid, CVER: this.socket.options.appVersion, t: 1 }, values);
+    if (this.closed) return;
     const state = { buf: text };
     const arrays = [];
     for (const chunk of splitChunks(state)) arrays.push(...JSON.parse(chunk));
     if (!arrays.length || arrays[0][1][0] !== 'c') throw new Failure(10);
     this.sid = arrays[0][1][1];
     this.socket._queue.splice(0, values.length);
+    this.inFlight = null;
     this.nextMapId += values.length;
     this.socket._opened();
     this.handleArrays(arrays);
@@ -334,6 +434,8 @@ class BrowserChannel {
     while (!this.closed) {
       try {
         const text = await this.post({ SID: this.sid, RID: this.inFlight.rid, AID: this.lastArrayId, t: this.retries + 1 }, values);
+        // Ended meanwhile: the queue is no longer this channel's.
+        if (this.closed) return;
         const state = { buf: text };
         const answer = JSON.parse(splitChunks(state)[0] || 'null');
         if (!Array.isArray(answer) || answer.length !== 3) throw new Failure(11);
@@ -344,8 +446,8 @@ class BrowserChannel {
         return this.flush();
       } catch (e) {
         const failure = e instanceof Failure ? e : new Failure(2, String(e));
+        if (this.closed) return;
         if (failure.code !== 2 && failure.code !== 5 || this.socket.options.failFast || this.retries >= 2 || e.name === 'AbortError') {
-          this.inFlight = null;
           return this.fail(failure);
         }
         this.retries++;
@@ -357,7 +459,8 @@ class BrowserChannel {
   close() {
     if (this.closed) return;
     if (this.sid) {
-      fetch(this.url('bind', { SID: this.sid, RID: this.rid++, TYPE: 'terminate' }), { keepalive: true, credentials: this.credentials }).catch(() => {});
+      const init = { keepalive: true, credentials: this.credentials, headers: { ...this.socket.options.extraHeaders } };
+      fetch(this.url('bind', { SID: this.sid, RID: this.rid++, TYPE: 'terminate' }), init).catch(() => {});
     }
     this.stop(null);
   }
@@ -382,9 +485,29 @@ class WsChannel {
     this.resumeToken = null;
     this.lastArrayId = -1; // highest server position received in order
     this.nextSeq = 0; // next outgoing sequence number
-    this.sent = []; // [{ seq, value }] not yet acknowledged
+    this.sent = []; // [{ seq, item }] not yet acknowledged
     this.closed = false;
     this.opened = false;
+    this.lostAt = null; // when the connection dropped, while resuming
+    this.resumeDelay = RESUME_FIRST_DELAY;
+  }
+
+  /** The items sent and not acknowledged. */
+  takeUnacknowledged() {
+    const pending = this.sent.map((m) => m.item);
+    this.sent = [];
+    return pending;
+  }
+
+  /** The connection dropped: resume the session, 100 ms then doubling to 2 s, for as long as
+   * the server keeps a session without a connection (option resumeTimeout). */
+  resume() {
+    const now = Date.now();
+    if (this.lostAt === null) this.lostAt = now;
+    if (now - this.lostAt > this.socket.options.resumeTimeout) return this.fail(new Failure(2, 'Connection lost'));
+    const delay = this.resumeDelay;
+    this.resumeDelay = Math.min(RESUME_MAX_DELAY, delay * 2);
+    setTimeout(() => !this.closed && this.start(true), delay);
   }
 
   start(resume) {
@@ -414,7 +537,7 @@ class WsChannel {
         return this.fail(Object.assign(new Failure(2, 'WebSocket unavailable'), { websocketUnavailable: true }));
       }
       // Dropped: resume the session.
-      setTimeout(() => !this.closed && this.start(true), 200);
+      this.resume();
     };
   }
 
@@ -427,8 +550,10 @@ class WsChannel {
       this.sid = hello.sid;
       // The secret that resumes this session; only this connection was given it.
       if (hello.token) this.resumeToken = hello.token;
+      this.lostAt = null;
+      this.resumeDelay = RESUME_FIRST_DELAY;
       if (hello.ack !== null) this.acknowledged(hello.ack);
-      for (const m of this.sent) this.write('T', m.seq, JSON.stringify(m.value)); // resend
+      for (const m of this.sent) this.write('T', m.seq, itemText(m.item)); // resend
       return this.flush();
     }
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -469,10 +594,10 @@ class WsChannel {
 
   flush() {
     if (!this.helloSeen) return;
-    for (const value of this.socket._queue.splice(0)) {
+    for (const item of this.socket._queue.splice(0)) {
       const seq = this.nextSeq++;
-      this.sent.push({ seq, value });
-      this.write('T', seq, JSON.stringify(value));
+      this.sent.push({ seq, item });
+      this.write('T', seq, itemText(item));
     }
   }
 
