@@ -676,3 +676,32 @@ async fn a_second_connection_admitted_with_a_name_replaces_the_first_which_does_
         drop(first);
     }
 }
+
+#[tokio::test]
+async fn the_client_scripts_carry_the_configured_cors_origin() {
+    let addr = server(Config {
+        cors: Some("https://app.example".into()),
+        ..Config::default()
+    })
+    .await;
+    for path in ["/browserver.js", "/channel/bcsocket.js"] {
+        let r = request(addr, "localhost", "GET", path, &[], Bytes::new()).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://app.example",
+            "{path}"
+        );
+    }
+    let plain = server(Config::default()).await;
+    let r = request(
+        plain,
+        "localhost",
+        "GET",
+        "/browserver.js",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
