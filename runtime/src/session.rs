@@ -245,7 +245,8 @@ impl Session {
         }
     }
 
-    /// Sends `value` as JSON text.
+    /// Sends `value` as JSON text — what every transport carries. A value serde cannot
+    /// serialise resolves the [`Ack`] at once with [`SendError::Invalid`].
     pub fn send_json<T: Serialize + ?Sized>(&self, value: &T) -> Ack {
         match Message::from_json(value) {
             Ok(message) => self.send(message),
@@ -258,7 +259,9 @@ impl Session {
         self.send(Message::Text(text.into()))
     }
 
-    /// Sends a binary message (WebSocket only).
+    /// Sends a binary message. WebSocket carries it as a binary frame; BrowserChannel carries
+    /// JSON only, so there the [`Ack`] resolves at once with [`SendError::Unsupported`] (no
+    /// silent conversion: encode the bytes in your JSON, base64 say, if you must).
     pub fn send_binary(&self, data: impl Into<bytes::Bytes>) -> Ack {
         self.send(Message::Binary(data.into()))
     }
