@@ -48,23 +48,8 @@ async fn main() -> std::io::Result<()> {
 mod tests {
     use super::*;
     use browserver_client::Transport;
-    use browserver_examples::support::{connect, fetch, message};
+    use browserver_examples::support::{connect, fetch, message, serve_axum as start};
     use serde_json::json;
-
-    async fn start(app: Router) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-        });
-        addr
-    }
 
     #[tokio::test]
     async fn a_browserchannel_and_a_websocket_client_chat_in_one_room() {

@@ -47,23 +47,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 mod tests {
     use super::*;
     use browserver_client::{Options, Transport, host};
-    use browserver_examples::support::{WAIT, fetch};
+    use browserver_examples::support::{WAIT, fetch, serve_axum};
 
     async fn start() -> SocketAddr {
         let browserver = Browserver::new(Config::default(), Mode::Proxy).expect("config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = app(&browserver);
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-        });
-        addr
+        serve_axum(app(&browserver)).await
     }
 
     /// A client host that answers every request with the path it was asked for.

@@ -200,6 +200,19 @@ pub mod support {
         client
     }
 
+    /// Serves `app` on a fresh loopback port, with `ConnectInfo` (as the examples' `main` do).
+    pub async fn serve_axum(app: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app).await
+        });
+        addr
+    }
+
     /// A GET over a fresh connection: status and body.
     pub async fn fetch(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
         use http_body_util::BodyExt;

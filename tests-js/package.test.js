@@ -7,14 +7,11 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { execFileSync, spawn } = require('node:child_process');
 const fs = require('node:fs');
-const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
-const { startServer } = require('./support');
+const { startServer, startBrowserver, get, launchChromium } = require('./support');
 
 const JS = path.join(__dirname, '..', 'js');
-const BIN = process.env.BROWSERVER_BIN || path.join(__dirname, '..', 'target', 'debug', 'browserver');
 let work;
 let installed; // the package as installed: <project>/node_modules/browserver-js
 let browser;
@@ -28,11 +25,7 @@ before(async () => {
   fs.writeFileSync(path.join(project, 'package.json'), JSON.stringify({ name: 'user', private: true, type: 'module' }));
   execFileSync('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error', tarball], { cwd: project });
   installed = path.join(project, 'node_modules', 'browserver-js');
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -89,29 +82,7 @@ test('node: the package imports and its BCSocket exchanges messages over Browser
   }
 });
 
-function startBrowserver() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/listening on (\S+)/);
-      if (m) resolve({ addr: m[1], port: Number(m[1].split(':')[1]), stop: () => child.kill() });
-    });
-    child.on('error', reject);
-  });
-}
 
-function get(port, host, urlPath) {
-  return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: urlPath, headers: { host } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    }).on('error', reject);
-  });
-}
 
 test('node: createServer makes a Node program an HTTP server behind browserver', async () => {
   const proxy = await startBrowserver();
@@ -132,7 +103,7 @@ test('node: createServer makes a Node program an HTTP server behind browserver',
       if (m) answered(await get(proxy.port, m[1], '/x?y=1'));
     });
     const response = await served;
-    assert.deepEqual(response, { status: 201, body: 'from node: GET /x?y=1' });
+    assert.deepEqual([response.status, response.body], [201, 'from node: GET /x?y=1']);
     await run;
   } finally {
     proxy.stop();

@@ -4,49 +4,16 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const path = require('node:path');
-const http = require('node:http');
-const { chromium } = require('playwright-core');
+const { startBrowserver, get, launchChromium } = require('./support');
 
-const BIN = process.env.BROWSERVER_BIN || path.join(__dirname, '..', 'target', 'debug', 'browserver');
 let browser;
 let server;
 
-function startBrowserver() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/listening on (\S+)/);
-      if (m) resolve({ addr: m[1], port: Number(m[1].split(':')[1]), stop: () => child.kill() });
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => reject(new Error(`browserver exited with ${code}`)));
-  });
-}
 
-function get(port, host, urlPath) {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ host: '127.0.0.1', port, path: urlPath, headers: { host } }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (d) => (body += d));
-        res.on('end', () => resolve({ status: res.statusCode, body }));
-      })
-      .on('error', reject);
-  });
-}
 
 before(async () => {
   server = await startBrowserver();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

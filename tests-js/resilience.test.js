@@ -6,20 +6,12 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const http = require('node:http');
-const path = require('node:path');
-const { chromium } = require('playwright-core');
-const { startServer } = require('./support');
+const { startServer, startBrowserver, get, launchChromium } = require('./support');
 
 let browser;
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
@@ -149,40 +141,7 @@ test('chromium: sendMap, extraHeaders and a reconnect limit', async () => {
 
 // ---------- the demo page (browserver.js) ----------
 
-const BIN = process.env.BROWSERVER_BIN || path.join(__dirname, '..', 'target', 'debug', 'browserver');
 
-function startBrowserver(addr = '127.0.0.1:0') {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['--listen', addr], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' } });
-    const exited = new Promise((done) => child.once('exit', done));
-    let out = '';
-    let up = false;
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/listening on (\S+)/);
-      if (m && !up) {
-        up = true;
-        resolve({ addr: m[1], port: Number(m[1].split(':')[1]), stop: () => { child.kill(); return exited; } });
-      }
-    });
-    child.on('error', reject);
-    child.on('exit', (code) => { if (!up) reject(new Error(`browserver exited with ${code}`)); });
-  });
-}
-
-function get(port, host, urlPath) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    http
-      .get({ host: '127.0.0.1', port, path: urlPath, headers: { host } }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (d) => (body += d));
-        res.on('end', () => resolve({ status: res.statusCode, body, ms: Date.now() - started }));
-      })
-      .on('error', reject);
-  });
-}
 
 test('chromium: the demo page reconnects after a restart, shows it, and answers 500 for a rejected handler', async () => {
   let server = await startBrowserver();
