@@ -95,6 +95,7 @@ pub mod secret;
 pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stream;
 mod timer;
 pub mod unread;
 

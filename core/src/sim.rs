@@ -107,6 +107,32 @@ pub struct Scenario {
     pub heal_at: Duration,
     /// When the run stops.
     pub end_at: Duration,
+    /// Instead of tagged messages, the applications run proxied requests as
+    /// [`stream`](crate::stream)s over the session (see [`StreamWork`]).
+    pub streams: Option<StreamWork>,
+}
+
+/// A streams workload: the server side opens requests with bodies, the client side answers
+/// each with a body; both read slowly, and either may reset a stream mid-way. Checked: the
+/// bytes of every stream arrive exactly, in order; a receiver never holds more than its
+/// windows (the machine refuses a peer that sends more, which fails the run); send queues
+/// stay bounded; no stream is left hanging once the network healed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamWork {
+    /// Flow-control settings of both sides.
+    pub config: crate::stream::StreamConfig,
+    /// Requests the server side opens.
+    pub requests: usize,
+    /// Largest body, each way.
+    pub max_body: usize,
+    /// Chance per application step that one stream is reset.
+    pub reset_chance: f64,
+    /// Bytes an application reads per step, at most (a slow reader).
+    pub read_per_step: usize,
+    /// Largest pause between application steps.
+    pub step_gap: Duration,
+    /// The server side's answer deadline, if any.
+    pub head_timeout: Option<Duration>,
 }
 
 impl Scenario {
@@ -180,7 +206,48 @@ impl Scenario {
             ending,
             heal_at: Duration::from_secs(240),
             end_at: Duration::from_secs(480),
+            streams: None,
         }
+    }
+
+    /// A [`from_seed`](Self::from_seed) scenario carrying a [`StreamWork`]: small windows
+    /// (so they run out often), slow readers, resets, sometimes an answer deadline.
+    pub fn streams_from_seed(seed: u64) -> Scenario {
+        let mut sc = Scenario::from_seed(seed);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x57ea_3057_ea30);
+        let frame = rng.random_range(64..2048);
+        let stream_window = rng.random_range(frame as u32..8 * frame as u32);
+        let config = crate::stream::StreamConfig {
+            stream_window,
+            connection_window: rng.random_range(stream_window..4 * stream_window),
+            max_frame_data: frame,
+            max_peer_streams: rng.random_range(2..16),
+            max_local_streams: 16,
+            max_head_bytes: 64,
+            send_buffer: rng.random_range(frame..4 * frame),
+        };
+        // The session must hold a connection window of frames plus control frames.
+        let floor = 4 * config.connection_window as usize + 64 * 1024;
+        sc.session.max_buffered_bytes = sc.session.max_buffered_bytes.max(floor);
+        sc.session.max_held_bytes = sc.session.max_held_bytes.max(floor);
+        sc.session.reorder_window = sc.session.reorder_window.max(4096);
+        sc.messages = 0;
+        sc.streams = Some(StreamWork {
+            config,
+            requests: rng.random_range(1..24),
+            max_body: rng.random_range(0..64 * 1024),
+            reset_chance: if rng.random_bool(0.5) {
+                rng.random_range(0.0..0.05)
+            } else {
+                0.0
+            },
+            read_per_step: rng.random_range(64..16 * 1024),
+            step_gap: Duration::from_millis(rng.random_range(2..300)),
+            head_timeout: rng
+                .random_bool(0.3)
+                .then(|| Duration::from_secs(rng.random_range(20..120))),
+        });
+        sc
     }
 }
 
@@ -197,6 +264,8 @@ pub struct Report {
     pub failed: [usize; 2],
     /// How each session ended (`None`: still open at the end of the run).
     pub closed: [Option<CloseReason>; 2],
+    /// Streams whose both directions ended normally (a streams scenario).
+    pub streams_completed: usize,
 }
 
 /// An invariant was violated.
@@ -212,6 +281,8 @@ pub struct Failure {
     pub what: String,
     /// The last actions before it, oldest first.
     pub trace: Vec<String>,
+    /// Whether the scenario ran streams ([`Scenario::streams_from_seed`]).
+    pub streams: bool,
 }
 
 impl fmt::Display for Failure {
@@ -221,9 +292,14 @@ impl fmt::Display for Failure {
             "simulation seed {} failed at step {} (t={:?}): {}",
             self.seed, self.step, self.at, self.what
         )?;
+        let test = if self.streams {
+            "replay_stream_seed"
+        } else {
+            "replay_seed"
+        };
         writeln!(
             f,
-            "replay: SIM_SEED={} cargo test -p browserver-core --test simulation replay_seed -- --nocapture",
+            "replay: SIM_SEED={} cargo test -p browserver-core --features sim --test simulation {test} -- --nocapture",
             self.seed
         )?;
         writeln!(f, "last actions:")?;
@@ -304,6 +380,52 @@ struct World<'a> {
     peers: [Peer; 2],
     trace: VecDeque<String>,
     watchdog: Duration,
+    /// The stream applications (server side, client side), in a streams scenario.
+    apps: Option<[StreamApp; 2]>,
+}
+
+/// One side's stream application in a streams scenario.
+struct StreamApp {
+    machine: crate::stream::Streams,
+    /// A frame the session refused (buffer full), sent before any other.
+    pending: Option<Bytes>,
+    /// Streams this side sends on: bytes to send in all, bytes written so far.
+    sending: HashMap<crate::stream::StreamId, (usize, usize)>,
+    /// Streams this side receives on: declared length, bytes received, bytes not yet read.
+    receiving: HashMap<crate::stream::StreamId, (usize, usize, usize)>,
+    /// Streams opened (server side) so far.
+    opened: usize,
+    /// Streams that ended (completed or reset), by this side's count.
+    over: std::collections::HashSet<crate::stream::StreamId>,
+    /// Streams that completed: both directions ended normally.
+    completed: usize,
+}
+
+impl StreamApp {
+    fn new(side: crate::stream::Side, work: &StreamWork) -> StreamApp {
+        let mut machine = crate::stream::Streams::new(side, work.config.clone());
+        if side == crate::stream::Side::Proxy {
+            machine.set_head_timeout(work.head_timeout);
+        }
+        StreamApp {
+            machine,
+            pending: None,
+            sending: HashMap::new(),
+            receiving: HashMap::new(),
+            opened: 0,
+            over: std::collections::HashSet::new(),
+            completed: 0,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.receiving.values().map(|r| r.2).sum()
+    }
+}
+
+/// Byte `i` of stream `id`'s body in direction `dir`.
+fn body_byte(id: u32, dir: usize, i: usize) -> u8 {
+    ((id as usize * 31 + i * 7 + dir * 13) % 251) as u8
 }
 
 /// Runs a scenario and checks, after every step:
@@ -336,6 +458,12 @@ pub fn run(sc: &Scenario) -> Result<Report, Failure> {
         peers: [Peer::default(), Peer::default()],
         trace: VecDeque::new(),
         watchdog: sc.session.keepalive_interval * 2 + sc.faults.latency.1 * 2,
+        apps: sc.streams.as_ref().map(|w| {
+            [
+                StreamApp::new(crate::stream::Side::Proxy, w),
+                StreamApp::new(crate::stream::Side::Client, w),
+            ]
+        }),
     };
     world.start()?;
     world.run_to_end()?;
@@ -354,6 +482,7 @@ impl World<'_> {
             at: self.at(),
             what: what.into(),
             trace: self.trace.iter().cloned().collect(),
+            streams: self.sc.streams.is_some(),
         }
     }
 
@@ -592,6 +721,9 @@ impl World<'_> {
     }
 
     fn app_send(&mut self, peer: usize) -> Result<(), Failure> {
+        if self.apps.is_some() {
+            return self.stream_step(peer);
+        }
         // Applications stop sending well before the end, so that the run can settle.
         let settle = Duration::from_secs(150);
         if self.peers[peer].crashed
@@ -607,12 +739,8 @@ impl World<'_> {
         let data = Bytes::from(text);
         match self.sessions[peer].send(self.now, data.clone()) {
             Ok(seq) => {
-                let p = &mut self.peers[peer];
-                if p.sent.insert(seq, data).is_some() {
-                    return Err(self.fail(format!("{}: send reused sequence {seq}", name(peer))));
-                }
-                p.send_order.push(seq);
-                p.to_send -= 1;
+                self.record_send(peer, seq, data)?;
+                self.peers[peer].to_send -= 1;
                 self.note(format!("{} sends #{index} as seq {seq}", name(peer)));
             }
             Err(crate::SendError::BufferFull { .. }) => {
@@ -635,6 +763,306 @@ impl World<'_> {
             self.schedule(early, Action::Spurious { peer });
         }
         Ok(())
+    }
+
+    fn record_send(&mut self, peer: usize, seq: u64, data: Bytes) -> Result<(), Failure> {
+        let p = &mut self.peers[peer];
+        if p.sent.insert(seq, data).is_some() {
+            return Err(self.fail(format!("{}: send reused sequence {seq}", name(peer))));
+        }
+        p.send_order.push(seq);
+        Ok(())
+    }
+
+    /// One step of a stream application: maybe open a request (server side), write what
+    /// the send buffers take, read a little, maybe reset a stream; then send frames.
+    fn stream_step(&mut self, peer: usize) -> Result<(), Failure> {
+        let Some(work) = self.sc.streams.clone() else {
+            return Ok(());
+        };
+        if self.peers[peer].crashed {
+            return Ok(());
+        }
+        let now = self.now;
+        let settle = Duration::from_secs(150);
+        let opening = self.at() + settle <= self.sc.end_at;
+        let Some(apps) = self.apps.as_mut() else {
+            return Ok(());
+        };
+        let app = &mut apps[peer];
+        app.machine.handle_timeout(now);
+        if peer == SERVER
+            && opening
+            && app.opened < work.requests
+            && !self.sessions[peer].is_closed()
+        {
+            let len = self.rng.random_range(0..=work.max_body);
+            let head = Bytes::from(len.to_string());
+            if let Ok(id) = app.machine.open(now, head, len == 0) {
+                app.opened += 1;
+                if len > 0 {
+                    app.sending.insert(id, (len, 0));
+                }
+                app.receiving.insert(id, (usize::MAX, 0, 0));
+            }
+        }
+        // Write: chunks of random size into every stream with room.
+        let ids: Vec<_> = app.sending.keys().copied().collect();
+        for id in ids {
+            let Some(&(total, written)) = app.sending.get(&id) else {
+                continue;
+            };
+            let room = app.machine.capacity(id);
+            if room == 0 {
+                continue;
+            }
+            let n = self
+                .rng
+                .random_range(1..=2 * work.config.max_frame_data)
+                .min(total - written);
+            let chunk: Vec<u8> = (written..written + n)
+                .map(|i| body_byte(id, peer, i))
+                .collect();
+            match app.machine.write(id, Bytes::from(chunk)) {
+                Ok(()) => {
+                    let written = written + n;
+                    if written == total {
+                        app.sending.remove(&id);
+                        let _ = app.machine.finish(id);
+                    } else {
+                        app.sending.insert(id, (total, written));
+                    }
+                }
+                Err(crate::stream::StreamError::Full) => {}
+                Err(e) => {
+                    return Err(self.fail(format!("{}: write to stream {id}: {e}", name(peer))));
+                }
+            }
+        }
+        // Read slowly.
+        let mut budget = work.read_per_step;
+        let ids: Vec<_> = app.receiving.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = app.receiving.get_mut(&id) {
+                let n = r.2.min(budget);
+                r.2 -= n;
+                budget -= n;
+                if n > 0 {
+                    app.machine.consumed(id, n);
+                }
+            }
+        }
+        // Sometimes give up on a stream.
+        if work.reset_chance > 0.0 && self.rng.random_bool(work.reset_chance) {
+            let mut open: Vec<_> = app.receiving.keys().copied().collect();
+            open.sort_unstable();
+            if !open.is_empty() {
+                let id = open[self.rng.random_range(0..open.len())];
+                self.note(format!("{} resets stream {id}", name(peer)));
+                let app = &mut self.apps.as_mut().expect("streams")[peer];
+                app.machine.reset(id, crate::stream::ResetCode::Cancel);
+                Self::stream_over(app, id);
+            }
+        }
+        self.stream_events(peer)?;
+        self.stream_flush(peer)?;
+        let gap = self.rng.random_range(Duration::ZERO..=work.step_gap);
+        self.schedule(gap, Action::AppSend { peer });
+        Ok(())
+    }
+
+    /// Forgets stream `id` in the application; unread bytes are dropped and their credit
+    /// returned.
+    fn stream_over(app: &mut StreamApp, id: crate::stream::StreamId) {
+        app.sending.remove(&id);
+        if let Some((_, _, unread)) = app.receiving.remove(&id)
+            && unread > 0
+        {
+            app.machine.consumed(id, unread);
+        }
+        app.over.insert(id);
+    }
+
+    /// Handles the stream machine's events: checks every byte, answers new streams.
+    fn stream_events(&mut self, peer: usize) -> Result<(), Failure> {
+        use crate::stream::StreamEvent;
+        let Some(work) = self.sc.streams.clone() else {
+            return Ok(());
+        };
+        loop {
+            let Some(apps) = self.apps.as_mut() else {
+                return Ok(());
+            };
+            let app = &mut apps[peer];
+            let Some(event) = app.machine.poll_event() else {
+                break;
+            };
+            match event {
+                StreamEvent::Opened { id, head, end } => {
+                    let len: usize = match std::str::from_utf8(&head)
+                        .ok()
+                        .and_then(|h| h.parse().ok())
+                    {
+                        Some(l) => l,
+                        None => return Err(self.fail(format!("{}: bad head {head:?}", name(peer)))),
+                    };
+                    if (len == 0) != end {
+                        return Err(self.fail(format!("{}: head {len} with end {end}", name(peer))));
+                    }
+                    let app = &mut self.apps.as_mut().expect("streams")[peer];
+                    if !end {
+                        app.receiving.insert(id, (len, 0, 0));
+                    }
+                    // Answer at once, before reading the request (as a server may).
+                    let answer = self.rng.random_range(0..=work.max_body);
+                    let app = &mut self.apps.as_mut().expect("streams")[peer];
+                    if app
+                        .machine
+                        .respond(id, Bytes::from(answer.to_string()), answer == 0)
+                        .is_ok()
+                        && answer > 0
+                    {
+                        app.sending.insert(id, (answer, 0));
+                    }
+                    if end && answer == 0 {
+                        app.completed += 1;
+                        app.over.insert(id);
+                    }
+                }
+                StreamEvent::Head { id, head, end } => {
+                    let len: usize = match std::str::from_utf8(&head)
+                        .ok()
+                        .and_then(|h| h.parse().ok())
+                    {
+                        Some(l) => l,
+                        None => return Err(self.fail(format!("{}: bad head {head:?}", name(peer)))),
+                    };
+                    if (len == 0) != end {
+                        return Err(
+                            self.fail(format!("{}: answer {len} with end {end}", name(peer)))
+                        );
+                    }
+                    match app.receiving.get_mut(&id) {
+                        Some(r) if r.0 == usize::MAX => r.0 = len,
+                        _ => {
+                            return Err(self.fail(format!(
+                                "{}: answer for stream {id} not waiting",
+                                name(peer)
+                            )));
+                        }
+                    }
+                    if end {
+                        app.receiving.remove(&id);
+                        if !app.sending.contains_key(&id) {
+                            app.completed += 1;
+                            app.over.insert(id);
+                        }
+                    }
+                }
+                StreamEvent::Data { id, data } => {
+                    let Some(r) = app.receiving.get_mut(&id) else {
+                        return Err(self.fail(format!(
+                            "{}: data for stream {id} not receiving",
+                            name(peer)
+                        )));
+                    };
+                    let offset = r.1;
+                    let dir = 1 - peer;
+                    if let Some(i) =
+                        (0..data.len()).find(|&i| data[i] != body_byte(id, dir, offset + i))
+                    {
+                        return Err(self.fail(format!(
+                            "{}: stream {id} byte {} is wrong",
+                            name(peer),
+                            offset + i
+                        )));
+                    }
+                    r.1 += data.len();
+                    r.2 += data.len();
+                    if r.1 > r.0 {
+                        return Err(
+                            self.fail(format!("{}: stream {id} longer than declared", name(peer)))
+                        );
+                    }
+                    if r.2 > work.config.stream_window as usize {
+                        return Err(self.fail(format!(
+                            "{}: stream {id} holds more than its window",
+                            name(peer)
+                        )));
+                    }
+                }
+                StreamEvent::End { id } => {
+                    let Some(r) = app.receiving.get(&id).copied() else {
+                        return Err(
+                            self.fail(format!("{}: end of stream {id} not receiving", name(peer)))
+                        );
+                    };
+                    if r.1 != r.0 {
+                        return Err(self.fail(format!(
+                            "{}: stream {id} ended after {} of {} bytes",
+                            name(peer),
+                            r.1,
+                            r.0
+                        )));
+                    }
+                    // Read the rest before forgetting it.
+                    if r.2 > 0 {
+                        app.machine.consumed(id, r.2);
+                    }
+                    app.receiving.remove(&id);
+                    if !app.sending.contains_key(&id) {
+                        app.completed += 1;
+                        app.over.insert(id);
+                    }
+                }
+                StreamEvent::Reset { id, code } => {
+                    self.note(format!("{} stream {id} reset: {code:?}", name(peer)));
+                    let app = &mut self.apps.as_mut().expect("streams")[peer];
+                    Self::stream_over(app, id);
+                }
+                StreamEvent::Writable { .. } => {}
+            }
+            let app = &self.apps.as_ref().expect("streams")[peer];
+            if app.buffered() > work.config.connection_window as usize {
+                return Err(self.fail(format!(
+                    "{}: holds more than the connection window",
+                    name(peer)
+                )));
+            }
+            let bound = work.config.send_buffer + 2 * work.config.max_frame_data;
+            if app.machine.queued_bytes() > bound * app.machine.len().max(1) {
+                return Err(self.fail(format!("{}: send queues over their bound", name(peer))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the stream machine's frames as session messages while the session takes them.
+    fn stream_flush(&mut self, peer: usize) -> Result<(), Failure> {
+        if self.peers[peer].crashed {
+            return Ok(());
+        }
+        loop {
+            let Some(apps) = self.apps.as_mut() else {
+                return Ok(());
+            };
+            let app = &mut apps[peer];
+            let Some(frame) = app
+                .pending
+                .take()
+                .or_else(|| app.machine.poll_frame().map(|f| f.encode()))
+            else {
+                return Ok(());
+            };
+            match self.sessions[peer].send(self.now, frame.clone()) {
+                Ok(seq) => self.record_send(peer, seq, frame)?,
+                Err(crate::SendError::BufferFull { .. }) => {
+                    self.apps.as_mut().expect("streams")[peer].pending = Some(frame);
+                    return Ok(());
+                }
+                Err(crate::SendError::Closed) => return Ok(()),
+            }
+        }
     }
 
     /// A wake-up before any deadline must change nothing.
@@ -734,6 +1162,9 @@ impl World<'_> {
     fn drain_all(&mut self) -> Result<(), Failure> {
         for peer in [SERVER, CLIENT] {
             if !self.peers[peer].crashed {
+                if self.apps.is_some() {
+                    self.stream_flush(peer)?;
+                }
                 self.drain(peer)?;
                 if let Some(ack) = self.sessions[peer].poll_ack(false)
                     && !self.sessions[peer].is_closed()
@@ -879,7 +1310,18 @@ impl World<'_> {
                         expected.map(|e| String::from_utf8_lossy(&e[..e.len().min(24)]))
                     )));
                 }
-                self.peers[me].delivered.push(data);
+                self.peers[me].delivered.push(data.clone());
+                if let Some(apps) = self.apps.as_mut() {
+                    let frame = match crate::stream::Frame::decode(&data) {
+                        Ok(f) => f,
+                        Err(e) => return Err(self.fail(format!("{}: bad frame: {e}", name(me)))),
+                    };
+                    if let Err(e) = apps[me].machine.handle_frame(self.now, frame) {
+                        return Err(self.fail(format!("{}: stream protocol error: {e}", name(me))));
+                    }
+                    self.stream_events(me)?;
+                    self.stream_flush(me)?;
+                }
             }
             Event::Acked { seq } => {
                 self.resolve(me, seq, true)?;
@@ -931,6 +1373,20 @@ impl World<'_> {
                     return Err(self.fail(format!("{}: closed twice", name(me))));
                 }
                 self.peers[me].closed = Some((self.now, reason));
+                if let Some(apps) = self.apps.as_mut() {
+                    apps[me].machine.close();
+                    self.stream_events(me)?;
+                    let app = &self.apps.as_ref().expect("streams")[me];
+                    if !app.sending.is_empty()
+                        || !app.receiving.is_empty()
+                        || !app.machine.is_empty()
+                    {
+                        return Err(self.fail(format!(
+                            "{}: streams left after the session closed",
+                            name(me)
+                        )));
+                    }
+                }
             }
         }
         Ok(())
@@ -967,6 +1423,27 @@ impl World<'_> {
         let both_live = [SERVER, CLIENT]
             .iter()
             .all(|&p| !self.sessions[p].is_closed() && !self.peers[p].crashed);
+        if both_live && let Some(apps) = &self.apps {
+            let work = self.sc.streams.as_ref().expect("streams");
+            if apps[SERVER].opened == 0
+                && work.requests > 0
+                && self.sc.end_at > Duration::from_secs(200)
+            {
+                return Err(self.fail("server: no stream was ever opened"));
+            }
+            for peer in [SERVER, CLIENT] {
+                let app = &apps[peer];
+                if !app.machine.is_empty() || !app.sending.is_empty() || !app.receiving.is_empty() {
+                    return Err(self.fail(format!(
+                        "{}: {} streams still open long after the network healed (sending {:?}, receiving {:?})",
+                        name(peer),
+                        app.machine.len(),
+                        app.sending,
+                        app.receiving
+                    )));
+                }
+            }
+        }
         if both_live {
             for peer in [SERVER, CLIENT] {
                 let unresolved = self.peers[peer].sent.len() - self.peers[peer].resolved.len();
@@ -1013,6 +1490,7 @@ impl World<'_> {
                 self.peers[SERVER].closed.as_ref().map(|(_, r)| r.clone()),
                 self.peers[CLIENT].closed.as_ref().map(|(_, r)| r.clone()),
             ],
+            streams_completed: self.apps.as_ref().map_or(0, |a| a[SERVER].completed),
         })
     }
 }
