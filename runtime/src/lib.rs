@@ -11,6 +11,7 @@
 //! | [`error`] | [`SendError`] |
 //! | [`hub`] | [`Hub`]: broadcast and rooms over any mix of transports, bounded |
 //! | [`http`] | client address, owned headers, origin check, quota slot, admission hooks |
+//! | [`streams`] | the stream task: [`browserver_core::stream`] flow-controlled streams over a session (proxied requests) |
 //! | [`table`] | [`SessionTable`]: an endpoint's live sessions by secret id, bounded |
 //! | `serve` | the accept loop (HTTP/1 and HTTP/2, upgrades, graceful drain; feature `serve`, on by default) |
 //!
@@ -44,6 +45,7 @@ pub mod message;
 #[cfg(feature = "serve")]
 mod serve;
 pub mod session;
+pub mod streams;
 pub mod table;
 
 pub use driver::{Io, Limits, Link, Parts};

@@ -1,0 +1,722 @@
+//! The tokio side of [`browserver_core::stream`]: one task per session owns the sans-IO
+//! [`Streams`] machine and only moves things — frames from the session in, frames to the
+//! session out (through a [`FrameSink`]), chunks to the stream handles, and the machine's one
+//! timer. Every decision (windows, credit, fairness, resets, deadlines) is the machine's.
+//!
+//! Used by both ends: the proxy (it opens a stream per visitor's request) and a client host
+//! (it answers them, and opens its own for requests out).
+//!
+//! Bounds: a stream's unread chunks are at most its window (the machine refuses a peer that
+//! sends more); a writer has one chunk outstanding and waits while the stream's send buffer
+//! is full; frames queued on the session and not yet acknowledged are at most
+//! [`MuxConfig::max_in_flight`] bytes; incoming streams waiting for the application are at
+//! most [`StreamConfig::max_peer_streams`](browserver_core::stream::StreamConfig).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use browserver_core::stream::{
+    Frame, ResetCode, Side, StreamConfig, StreamError, StreamEvent, StreamId, Streams,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+
+/// Resolves `true` once the session acknowledged the frame, `false` if it never will.
+pub type FrameAck = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Where a stream task's frames go: the session carrying them.
+pub trait FrameSink: Send + Sync + 'static {
+    /// Queues one encoded frame on the session.
+    fn send_frame(&self, frame: Bytes) -> FrameAck;
+    /// The peer broke the stream protocol (or a frame was refused): end the session.
+    fn abort(&self, why: &str);
+}
+
+/// Settings of a stream task.
+#[derive(Clone, Debug)]
+pub struct MuxConfig {
+    /// The machine's windows and limits.
+    pub streams: StreamConfig,
+    /// How long a stream this side opens waits for the answer's head; then it is reset
+    /// ([`ResetCode::TimedOut`]). `None`: no deadline.
+    pub head_timeout: Option<Duration>,
+    /// Frame bytes queued on the session and not yet acknowledged, at most; keep it well
+    /// under the session's send buffer. 2 MiB.
+    pub max_in_flight: usize,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            streams: StreamConfig::default(),
+            head_timeout: None,
+            max_in_flight: 2 << 20,
+        }
+    }
+}
+
+enum Cmd {
+    Open {
+        head: Bytes,
+        end: bool,
+        reply: oneshot::Sender<Result<Stream, StreamError>>,
+    },
+    Respond {
+        id: StreamId,
+        head: Bytes,
+        end: bool,
+    },
+    Write {
+        id: StreamId,
+        data: Bytes,
+        done: oneshot::Sender<Result<(), StreamError>>,
+    },
+    Finish {
+        id: StreamId,
+    },
+    Reset {
+        id: StreamId,
+        code: ResetCode,
+    },
+    Consumed {
+        id: StreamId,
+        n: usize,
+    },
+    /// The reader is gone: drop what still comes, returning its credit.
+    Discard {
+        id: StreamId,
+    },
+    Close,
+}
+
+/// What a stream's reader receives.
+#[derive(Debug)]
+enum Piece {
+    Head { head: Bytes, end: bool },
+    Data(Bytes),
+    End,
+    Reset(ResetCode),
+}
+
+/// A stream the peer opened, waiting for the application.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The peer's head.
+    pub head: Bytes,
+    /// No body follows.
+    pub end: bool,
+    /// The stream: read the body, [`respond`](Stream::respond), write the answer.
+    pub stream: Stream,
+}
+
+/// Why a stream ended without a normal end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stream reset: {0:?}")]
+pub struct Reset(pub ResetCode);
+
+/// A handle on the session's stream task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Mux {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    frames: mpsc::Sender<Bytes>,
+}
+
+/// Starts the stream task of one session. Returns its handle and the streams the peer
+/// opens. The task ends on [`Mux::close`] (every open stream is then reset) or when the
+/// handle, every stream and the receiver are gone.
+pub fn spawn(
+    side: Side,
+    config: MuxConfig,
+    sink: impl FrameSink,
+) -> (Mux, mpsc::Receiver<Incoming>) {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (frames_tx, frames_rx) = mpsc::channel(64);
+    let (incoming_tx, incoming_rx) = mpsc::channel(config.streams.max_peer_streams.max(1));
+    let mut machine = Streams::new(side, config.streams.clone());
+    machine.set_head_timeout(config.head_timeout);
+    let task = Task {
+        machine,
+        sink: Box::new(sink),
+        cmd_tx: cmd_tx.downgrade(),
+        readers: HashMap::new(),
+        discarding: std::collections::HashSet::new(),
+        writers: HashMap::new(),
+        incoming: incoming_tx,
+        in_flight: 0,
+        max_in_flight: config.max_in_flight,
+        held: None,
+    };
+    tokio::spawn(task.run(cmd_rx, frames_rx));
+    (
+        Mux {
+            cmd: cmd_tx,
+            frames: frames_tx,
+        },
+        incoming_rx,
+    )
+}
+
+impl Mux {
+    /// A frame from the session (a binary message that [`Frame::is_frame`]). Waits while the
+    /// task is behind (backpressure on the session's reader).
+    pub async fn frame_in(&self, frame: Bytes) {
+        let _ = self.frames.send(frame).await;
+    }
+
+    /// Opens a stream with `head`; `end`: no body follows.
+    pub async fn open(&self, head: Bytes, end: bool) -> Result<Stream, StreamError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Open { head, end, reply })
+            .map_err(|_| StreamError::Closed)?;
+        rx.await.unwrap_or(Err(StreamError::Closed))
+    }
+
+    /// The session ended: every stream is reset ([`ResetCode::SessionClosed`]).
+    pub fn close(&self) {
+        let _ = self.cmd.send(Cmd::Close);
+    }
+}
+
+/// One stream: read the peer's body with [`data`](Self::data), write this side's with
+/// [`write`](Self::write) and [`finish`](Self::finish). Dropped before this side finished,
+/// it resets the stream ([`ResetCode::Cancel`]); dropped before the peer finished, what
+/// still comes is dropped.
+#[derive(Debug)]
+pub struct Stream {
+    id: StreamId,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    rx: mpsc::UnboundedReceiver<Piece>,
+    /// This side's direction is over (finished, or the stream was reset).
+    sent: bool,
+    /// The peer's direction is over.
+    received: bool,
+}
+
+impl Stream {
+    /// The stream's number.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Waits for the answer's head on a stream this side opened: `(head, end)`.
+    pub async fn head(&mut self) -> Result<(Bytes, bool), Reset> {
+        match self.rx.recv().await {
+            Some(Piece::Head { head, end }) => {
+                if end {
+                    self.received = true;
+                }
+                Ok((head, end))
+            }
+            Some(Piece::Reset(code)) => {
+                self.over();
+                Err(Reset(code))
+            }
+            _ => {
+                self.over();
+                Err(Reset(ResetCode::SessionClosed))
+            }
+        }
+    }
+
+    /// Answers a stream the peer opened.
+    pub fn respond(&mut self, head: Bytes, end: bool) {
+        if end {
+            self.sent = true;
+        }
+        let _ = self.cmd.send(Cmd::Respond {
+            id: self.id,
+            head,
+            end,
+        });
+    }
+
+    /// The next chunk of the peer's body; `None` at its end. Its credit goes back to the
+    /// peer as it is returned.
+    pub async fn data(&mut self) -> Option<Result<Bytes, Reset>> {
+        if self.received {
+            return None;
+        }
+        let piece = self.rx.recv().await;
+        self.piece(piece)
+    }
+
+    /// [`data`](Self::data) as a poll function (for `http_body::Body`).
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Reset>>> {
+        if self.received {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(piece) => Poll::Ready(self.piece(piece)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn piece(&mut self, piece: Option<Piece>) -> Option<Result<Bytes, Reset>> {
+        match piece {
+            Some(Piece::Data(data)) => {
+                let _ = self.cmd.send(Cmd::Consumed {
+                    id: self.id,
+                    n: data.len(),
+                });
+                Some(Ok(data))
+            }
+            Some(Piece::End) => {
+                self.received = true;
+                None
+            }
+            Some(Piece::Reset(code)) => {
+                self.over();
+                Some(Err(Reset(code)))
+            }
+            Some(Piece::Head { .. }) => {
+                self.over();
+                Some(Err(Reset(ResetCode::Protocol)))
+            }
+            None => {
+                self.over();
+                Some(Err(Reset(ResetCode::SessionClosed)))
+            }
+        }
+    }
+
+    /// Writes a chunk of this side's body; waits while the stream's send buffer is full
+    /// (the peer reads slowly).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Reset> {
+        if self.sent {
+            return Err(Reset(ResetCode::Cancel));
+        }
+        let (done, rx) = oneshot::channel();
+        if self
+            .cmd
+            .send(Cmd::Write {
+                id: self.id,
+                data,
+                done,
+            })
+            .is_err()
+        {
+            self.over();
+            return Err(Reset(ResetCode::SessionClosed));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                self.sent = true;
+                Err(Reset(ResetCode::Cancel))
+            }
+        }
+    }
+
+    /// Ends this side's body.
+    pub fn finish(&mut self) {
+        if !self.sent {
+            self.sent = true;
+            let _ = self.cmd.send(Cmd::Finish { id: self.id });
+        }
+    }
+
+    /// Abandons the stream both ways.
+    pub fn reset(&mut self, code: ResetCode) {
+        if !(self.sent && self.received) {
+            let _ = self.cmd.send(Cmd::Reset { id: self.id, code });
+        }
+        self.over();
+    }
+
+    fn over(&mut self) {
+        self.sent = true;
+        self.received = true;
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.cmd.send(Cmd::Reset {
+                id: self.id,
+                code: ResetCode::Cancel,
+            });
+        } else if !self.received {
+            let _ = self.cmd.send(Cmd::Discard { id: self.id });
+        }
+    }
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = (usize, bool)> + Send>>;
+
+struct Task {
+    machine: Streams,
+    sink: Box<dyn FrameSink>,
+    /// For new streams' handles (weak: the task does not keep itself alive).
+    cmd_tx: mpsc::WeakUnboundedSender<Cmd>,
+    readers: HashMap<StreamId, mpsc::UnboundedSender<Piece>>,
+    /// Streams whose reader is gone.
+    discarding: std::collections::HashSet<StreamId>,
+    /// Writes refused for a full send buffer, retried on `Writable`.
+    writers: HashMap<StreamId, (Bytes, oneshot::Sender<Result<(), StreamError>>)>,
+    incoming: mpsc::Sender<Incoming>,
+    in_flight: usize,
+    max_in_flight: usize,
+    held: Option<Bytes>,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::UnboundedReceiver<Cmd>,
+        mut frames_rx: mpsc::Receiver<Bytes>,
+    ) {
+        let mut acks: FuturesUnordered<AckFuture> = FuturesUnordered::new();
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let mut armed = None;
+        loop {
+            self.events();
+            self.flush(&mut acks);
+            if self.machine.is_closed() {
+                return;
+            }
+            let deadline = self.machine.poll_timeout();
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(at));
+                }
+                armed = deadline;
+            }
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => self.machine.close(),
+                },
+                frame = frames_rx.recv() => match frame {
+                    Some(frame) => self.frame(frame),
+                    None => self.machine.close(),
+                },
+                Some((len, ok)) = acks.next(), if !acks.is_empty() => {
+                    self.in_flight -= len;
+                    if !ok {
+                        // The session refused or lost a frame: the streams cannot go on.
+                        self.machine.close();
+                    }
+                }
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.machine.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, bytes: Bytes) {
+        let result = Frame::decode(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                self.machine
+                    .handle_frame(Instant::now(), f)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(why) = result {
+            tracing::warn!(error = %why, "stream protocol error: ending the session");
+            self.sink.abort(&why);
+            self.machine.close();
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Open { head, end, reply } => {
+                let result = self
+                    .machine
+                    .open(Instant::now(), head, end)
+                    .and_then(|id| self.handle(id, end, false).ok_or(StreamError::Closed));
+                if let Err(Ok(stream)) = reply.send(result) {
+                    // The opener is gone: its stream is dropped here, which resets it.
+                    drop(stream);
+                }
+            }
+            Cmd::Respond { id, head, end } => {
+                let _ = self.machine.respond(id, head, end);
+            }
+            Cmd::Write { id, data, done } => match self.machine.write(id, data.clone()) {
+                Err(StreamError::Full) => {
+                    self.writers.insert(id, (data, done));
+                }
+                result => {
+                    let _ = done.send(result);
+                }
+            },
+            Cmd::Finish { id } => {
+                let _ = self.machine.finish(id);
+            }
+            Cmd::Reset { id, code } => {
+                self.machine.reset(id, code);
+                self.forget(id);
+            }
+            Cmd::Consumed { id, n } => self.machine.consumed(id, n),
+            Cmd::Discard { id } => {
+                if self.readers.remove(&id).is_some() {
+                    self.discarding.insert(id);
+                }
+            }
+            Cmd::Close => self.machine.close(),
+        }
+    }
+
+    /// A handle for stream `id`, its reader registered.
+    fn handle(&mut self, id: StreamId, sent: bool, received: bool) -> Option<Stream> {
+        let cmd = self.cmd_tx.upgrade()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.readers.insert(id, tx);
+        Some(Stream {
+            id,
+            cmd,
+            rx,
+            sent,
+            received,
+        })
+    }
+
+    fn forget(&mut self, id: StreamId) {
+        self.readers.remove(&id);
+        self.discarding.remove(&id);
+        if let Some((_, done)) = self.writers.remove(&id) {
+            let _ = done.send(Err(StreamError::Unknown));
+        }
+    }
+
+    fn deliver(&mut self, id: StreamId, piece: Piece) {
+        if let Piece::Data(data) = &piece
+            && self.discarding.contains(&id)
+        {
+            self.machine.consumed(id, data.len());
+            return;
+        }
+        let ended = matches!(piece, Piece::End | Piece::Reset(_));
+        if let Some(reader) = self.readers.get(&id) {
+            if let Err(mpsc::error::SendError(Piece::Data(data))) = reader.send(piece) {
+                // The reader is gone without telling: its bytes are consumed here.
+                self.machine.consumed(id, data.len());
+            }
+        } else if let Piece::Data(data) = piece {
+            self.machine.consumed(id, data.len());
+        }
+        if ended {
+            self.readers.remove(&id);
+            self.discarding.remove(&id);
+        }
+    }
+
+    fn events(&mut self) {
+        while let Some(event) = self.machine.poll_event() {
+            match event {
+                StreamEvent::Opened { id, head, end } => match self.handle(id, false, end) {
+                    Some(stream) => {
+                        if end {
+                            self.readers.remove(&id);
+                        }
+                        let incoming = Incoming { head, end, stream };
+                        if let Err(e) = self.incoming.try_send(incoming) {
+                            // Nobody takes streams, or too many wait: refused.
+                            let mut incoming = e.into_inner();
+                            incoming.stream.reset(ResetCode::Refused);
+                        }
+                    }
+                    None => self.machine.reset(id, ResetCode::Refused),
+                },
+                StreamEvent::Head { id, head, end } => {
+                    self.deliver(id, Piece::Head { head, end });
+                    if end {
+                        self.readers.remove(&id);
+                    }
+                }
+                StreamEvent::Data { id, data } => self.deliver(id, Piece::Data(data)),
+                StreamEvent::End { id } => self.deliver(id, Piece::End),
+                StreamEvent::Reset { id, code } => {
+                    self.deliver(id, Piece::Reset(code));
+                    self.forget(id);
+                }
+                StreamEvent::Writable { id } => {
+                    if let Some((data, done)) = self.writers.remove(&id) {
+                        match self.machine.write(id, data.clone()) {
+                            Err(StreamError::Full) => {
+                                self.writers.insert(id, (data, done));
+                            }
+                            result => {
+                                let _ = done.send(result);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, acks: &mut FuturesUnordered<AckFuture>) {
+        while self.in_flight < self.max_in_flight {
+            let Some(bytes) = self
+                .held
+                .take()
+                .or_else(|| self.machine.poll_frame().map(|f| f.encode()))
+            else {
+                break;
+            };
+            let len = bytes.len();
+            self.in_flight += len;
+            let ack = self.sink.send_frame(bytes);
+            acks.push(Box::pin(async move { (len, ack.await) }));
+        }
+        // Writes accepted after frames left.
+        self.events();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Two muxes joined back to back: each one's frames are the other's input.
+    struct Wire {
+        peer: Arc<Mutex<Option<Mux>>>,
+        aborted: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FrameSink for Wire {
+        fn send_frame(&self, frame: Bytes) -> FrameAck {
+            let peer = self.peer.lock().expect("lock").clone();
+            Box::pin(async move {
+                match peer {
+                    Some(p) => {
+                        p.frame_in(frame).await;
+                        true
+                    }
+                    None => false,
+                }
+            })
+        }
+        fn abort(&self, why: &str) {
+            self.aborted.lock().expect("lock").push(why.to_string());
+        }
+    }
+
+    fn pair(config: MuxConfig) -> (Mux, Mux, mpsc::Receiver<Incoming>) {
+        let to_client = Arc::new(Mutex::new(None));
+        let to_proxy = Arc::new(Mutex::new(None));
+        let aborted = Arc::new(Mutex::new(Vec::new()));
+        let (proxy, _) = spawn(
+            Side::Proxy,
+            config.clone(),
+            Wire {
+                peer: to_client.clone(),
+                aborted: aborted.clone(),
+            },
+        );
+        let (client, incoming) = spawn(
+            Side::Client,
+            config,
+            Wire {
+                peer: to_proxy.clone(),
+                aborted,
+            },
+        );
+        *to_client.lock().expect("lock") = Some(client.clone());
+        *to_proxy.lock().expect("lock") = Some(proxy.clone());
+        (proxy, client, incoming)
+    }
+
+    #[tokio::test]
+    async fn a_request_and_a_large_answer_cross_exactly() {
+        let (proxy, _client, mut incoming) = pair(MuxConfig::default());
+        let server = tokio::spawn(async move {
+            let mut req = incoming.recv().await.expect("a stream");
+            assert_eq!(&req.head[..], b"GET");
+            let mut body = Vec::new();
+            while let Some(chunk) = req.stream.data().await {
+                body.extend_from_slice(&chunk.expect("data"));
+            }
+            assert_eq!(body, b"upload");
+            req.stream.respond(Bytes::from_static(b"200"), false);
+            for i in 0..256u32 {
+                let chunk = Bytes::from(vec![(i % 251) as u8; 10_000]);
+                req.stream.write(chunk).await.expect("write");
+            }
+            req.stream.finish();
+        });
+        let mut s = proxy
+            .open(Bytes::from_static(b"GET"), false)
+            .await
+            .expect("open");
+        s.write(Bytes::from_static(b"upload")).await.expect("write");
+        s.finish();
+        let (head, end) = s.head().await.expect("head");
+        assert_eq!((&head[..], end), (&b"200"[..], false));
+        let mut n = 0usize;
+        while let Some(chunk) = s.data().await {
+            let chunk = chunk.expect("data");
+            for b in chunk.iter() {
+                assert_eq!(*b, ((n / 10_000) % 251) as u8);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 2_560_000);
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_for_a_reader_that_does_not_read() {
+        let (proxy, _client, mut incoming) = pair(MuxConfig::default());
+        let mut s = proxy.open(Bytes::from_static(b"h"), false).await.expect("open");
+        let _req = incoming.recv().await.expect("a stream");
+        let chunk = Bytes::from(vec![0u8; 64 << 10]);
+        let mut written = 0usize;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), s.write(chunk.clone())).await {
+                Ok(r) => {
+                    r.expect("write");
+                    written += chunk.len();
+                }
+                Err(_) => break, // stalled
+            }
+            assert!(written < 16 << 20, "the writer never stalled");
+        }
+        let c = StreamConfig::default();
+        assert!(written <= (c.stream_window as usize) + c.send_buffer + chunk.len());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_opener_resets_the_peer_and_closing_resets_everyone() {
+        let (proxy, _client, mut incoming) = pair(MuxConfig::default());
+        let s = proxy.open(Bytes::from_static(b"h"), false).await.expect("open");
+        let mut req = incoming.recv().await.expect("a stream");
+        drop(s);
+        assert_eq!(req.stream.data().await, Some(Err(Reset(ResetCode::Cancel))));
+        let mut s = proxy.open(Bytes::from_static(b"h"), true).await.expect("open");
+        let _req = incoming.recv().await.expect("a stream");
+        proxy.close();
+        assert_eq!(s.head().await, Err(Reset(ResetCode::SessionClosed)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_come_in_time_is_a_timeout() {
+        let (proxy, _client, mut incoming) = pair(MuxConfig {
+            head_timeout: Some(Duration::from_millis(50)),
+            ..MuxConfig::default()
+        });
+        let mut s = proxy.open(Bytes::from_static(b"h"), true).await.expect("open");
+        let mut req = incoming.recv().await.expect("a stream");
+        assert_eq!(s.head().await, Err(Reset(ResetCode::TimedOut)));
+        assert_eq!(req.stream.data().await, None, "the request had no body");
+        // The answer's writer learns it is over.
+        req.stream.respond(Bytes::from_static(b"late"), false);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(req.stream.write(Bytes::from_static(b"x")).await.is_err());
+    }
+}
