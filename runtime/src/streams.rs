@@ -184,50 +184,92 @@ impl Mux {
 }
 
 /// One stream: read the peer's body with [`data`](Self::data), write this side's with
-/// [`write`](Self::write) and [`finish`](Self::finish). Dropped before this side finished,
-/// it resets the stream ([`ResetCode::Cancel`]); dropped before the peer finished, what
-/// still comes is dropped.
+/// [`write`](Self::write) and [`finish`](Self::finish); or [`split`](Self::split) it to do
+/// both at once. Dropping the sending half before it finished resets the stream
+/// ([`ResetCode::Cancel`]). Dropping the receiving half before the peer finished resets the
+/// stream too when this side opened it (nobody wants the answer any more); on a stream the
+/// peer opened, what still comes is dropped (a handler that answered without reading the
+/// whole request).
 #[derive(Debug)]
 pub struct Stream {
+    send: SendStream,
+    recv: RecvStream,
+}
+
+/// The sending half of a [`Stream`].
+#[derive(Debug)]
+pub struct SendStream {
+    id: StreamId,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    /// This side's direction is over (finished, or the stream was reset).
+    done: bool,
+}
+
+/// The receiving half of a [`Stream`].
+#[derive(Debug)]
+pub struct RecvStream {
     id: StreamId,
     cmd: mpsc::UnboundedSender<Cmd>,
     rx: mpsc::UnboundedReceiver<Piece>,
-    /// This side's direction is over (finished, or the stream was reset).
-    sent: bool,
     /// The peer's direction is over.
-    received: bool,
+    done: bool,
+    /// This side opened the stream.
+    local: bool,
 }
 
 impl Stream {
     /// The stream's number.
     pub fn id(&self) -> StreamId {
-        self.id
+        self.send.id
+    }
+
+    /// The two halves, to read and write at once.
+    pub fn split(self) -> (SendStream, RecvStream) {
+        (self.send, self.recv)
     }
 
     /// Waits for the answer's head on a stream this side opened: `(head, end)`.
     pub async fn head(&mut self) -> Result<(Bytes, bool), Reset> {
-        match self.rx.recv().await {
-            Some(Piece::Head { head, end }) => {
-                if end {
-                    self.received = true;
-                }
-                Ok((head, end))
-            }
-            Some(Piece::Reset(code)) => {
-                self.over();
-                Err(Reset(code))
-            }
-            _ => {
-                self.over();
-                Err(Reset(ResetCode::SessionClosed))
-            }
-        }
+        self.recv.head().await
     }
 
     /// Answers a stream the peer opened.
     pub fn respond(&mut self, head: Bytes, end: bool) {
+        self.send.respond(head, end);
+    }
+
+    /// The next chunk of the peer's body; `None` at its end.
+    pub async fn data(&mut self) -> Option<Result<Bytes, Reset>> {
+        self.recv.data().await
+    }
+
+    /// Writes a chunk of this side's body (see [`SendStream::write`]).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Reset> {
+        self.send.write(data).await
+    }
+
+    /// Ends this side's body.
+    pub fn finish(&mut self) {
+        self.send.finish();
+    }
+
+    /// Abandons the stream both ways.
+    pub fn reset(&mut self, code: ResetCode) {
+        self.send.reset(code);
+        self.recv.done = true;
+    }
+}
+
+impl SendStream {
+    /// The stream's number.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Answers a stream the peer opened; `end`: no body follows.
+    pub fn respond(&mut self, head: Bytes, end: bool) {
         if end {
-            self.sent = true;
+            self.done = true;
         }
         let _ = self.cmd.send(Cmd::Respond {
             id: self.id,
@@ -236,10 +278,78 @@ impl Stream {
         });
     }
 
+    /// Writes a chunk of this side's body; waits while the stream's send buffer is full
+    /// (the peer reads slowly). An error: the stream is over (reset, or the session ended).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), Reset> {
+        if self.done {
+            return Err(Reset(ResetCode::Cancel));
+        }
+        let (done, rx) = oneshot::channel();
+        let sent = self.cmd.send(Cmd::Write {
+            id: self.id,
+            data,
+            done,
+        });
+        match (sent, rx.await) {
+            (Ok(()), Ok(Ok(()))) => Ok(()),
+            _ => {
+                self.done = true;
+                Err(Reset(ResetCode::Cancel))
+            }
+        }
+    }
+
+    /// Ends this side's body.
+    pub fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            let _ = self.cmd.send(Cmd::Finish { id: self.id });
+        }
+    }
+
+    /// Abandons the stream both ways.
+    pub fn reset(&mut self, code: ResetCode) {
+        self.done = true;
+        let _ = self.cmd.send(Cmd::Reset { id: self.id, code });
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.cmd.send(Cmd::Reset {
+                id: self.id,
+                code: ResetCode::Cancel,
+            });
+        }
+    }
+}
+
+impl RecvStream {
+    /// Waits for the answer's head on a stream this side opened: `(head, end)`.
+    pub async fn head(&mut self) -> Result<(Bytes, bool), Reset> {
+        match self.rx.recv().await {
+            Some(Piece::Head { head, end }) => {
+                if end {
+                    self.done = true;
+                }
+                Ok((head, end))
+            }
+            Some(Piece::Reset(code)) => {
+                self.done = true;
+                Err(Reset(code))
+            }
+            _ => {
+                self.done = true;
+                Err(Reset(ResetCode::SessionClosed))
+            }
+        }
+    }
+
     /// The next chunk of the peer's body; `None` at its end. Its credit goes back to the
     /// peer as it is returned.
     pub async fn data(&mut self) -> Option<Result<Bytes, Reset>> {
-        if self.received {
+        if self.done {
             return None;
         }
         let piece = self.rx.recv().await;
@@ -248,13 +358,18 @@ impl Stream {
 
     /// [`data`](Self::data) as a poll function (for `http_body::Body`).
     pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Reset>>> {
-        if self.received {
+        if self.done {
             return Poll::Ready(None);
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(piece) => Poll::Ready(self.piece(piece)),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Whether the peer's body is over.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     fn piece(&mut self, piece: Option<Piece>) -> Option<Result<Bytes, Reset>> {
@@ -267,84 +382,103 @@ impl Stream {
                 Some(Ok(data))
             }
             Some(Piece::End) => {
-                self.received = true;
+                self.done = true;
                 None
             }
             Some(Piece::Reset(code)) => {
-                self.over();
+                self.done = true;
                 Some(Err(Reset(code)))
             }
             Some(Piece::Head { .. }) => {
-                self.over();
+                self.done = true;
                 Some(Err(Reset(ResetCode::Protocol)))
             }
             None => {
-                self.over();
+                self.done = true;
                 Some(Err(Reset(ResetCode::SessionClosed)))
             }
         }
     }
+}
 
-    /// Writes a chunk of this side's body; waits while the stream's send buffer is full
-    /// (the peer reads slowly).
-    pub async fn write(&mut self, data: Bytes) -> Result<(), Reset> {
-        if self.sent {
-            return Err(Reset(ResetCode::Cancel));
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let cmd = if self.local {
+                Cmd::Reset {
+                    id: self.id,
+                    code: ResetCode::Cancel,
+                }
+            } else {
+                Cmd::Discard { id: self.id }
+            };
+            let _ = self.cmd.send(cmd);
         }
-        let (done, rx) = oneshot::channel();
-        if self
-            .cmd
-            .send(Cmd::Write {
-                id: self.id,
-                data,
-                done,
-            })
-            .is_err()
-        {
-            self.over();
-            return Err(Reset(ResetCode::SessionClosed));
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                self.sent = true;
-                Err(Reset(ResetCode::Cancel))
-            }
-        }
-    }
-
-    /// Ends this side's body.
-    pub fn finish(&mut self) {
-        if !self.sent {
-            self.sent = true;
-            let _ = self.cmd.send(Cmd::Finish { id: self.id });
-        }
-    }
-
-    /// Abandons the stream both ways.
-    pub fn reset(&mut self, code: ResetCode) {
-        if !(self.sent && self.received) {
-            let _ = self.cmd.send(Cmd::Reset { id: self.id, code });
-        }
-        self.over();
-    }
-
-    fn over(&mut self) {
-        self.sent = true;
-        self.received = true;
     }
 }
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        if !self.sent {
-            let _ = self.cmd.send(Cmd::Reset {
-                id: self.id,
-                code: ResetCode::Cancel,
-            });
-        } else if !self.received {
-            let _ = self.cmd.send(Cmd::Discard { id: self.id });
+/// Joins a byte connection to a stream both ways (an upgraded WebSocket connection, a
+/// tunnelled socket): what `io` reads goes out on `send`, what `recv` brings is written to
+/// `io`. Each direction ends on its own (EOF → finish; the peer's end → shutdown); an
+/// error either way resets the stream. Returns once both directions are over.
+pub async fn pipe<T>(io: T, mut send: SendStream, mut recv: RecvStream)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let failed = {
+        let send = &mut send;
+        let up = async move {
+            let mut buf = bytes::BytesMut::with_capacity(16 << 10);
+            loop {
+                buf.reserve(16 << 10);
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        send.finish();
+                        return true;
+                    }
+                    Ok(_) => {
+                        if send.write(buf.split().freeze()).await.is_err() {
+                            return false;
+                        }
+                    }
+                    Err(_) => return false,
+                }
+            }
+        };
+        let down = async {
+            while let Some(chunk) = recv.data().await {
+                let Ok(chunk) = chunk else {
+                    return false;
+                };
+                if writer.write_all(&chunk).await.is_err() {
+                    return false;
+                }
+            }
+            let _ = writer.shutdown().await;
+            true
+        };
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        let mut failed = false;
+        while !(up_done && down_done) && !failed {
+            tokio::select! {
+                ok = &mut up, if !up_done => {
+                    up_done = true;
+                    failed = !ok;
+                }
+                ok = &mut down, if !down_done => {
+                    down_done = true;
+                    failed = !ok;
+                }
+            }
         }
+        failed
+    };
+    if failed {
+        // One side failed: the stream is abandoned both ways.
+        send.reset(ResetCode::Cancel);
     }
 }
 
@@ -385,9 +519,7 @@ impl Task {
             let deadline = self.machine.poll_timeout();
             if deadline != armed {
                 if let Some(at) = deadline {
-                    sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(at));
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
                 }
                 armed = deadline;
             }
@@ -436,7 +568,7 @@ impl Task {
                 let result = self
                     .machine
                     .open(Instant::now(), head, end)
-                    .and_then(|id| self.handle(id, end, false).ok_or(StreamError::Closed));
+                    .and_then(|id| self.handle(id, end, false, true).ok_or(StreamError::Closed));
                 if let Err(Ok(stream)) = reply.send(result) {
                     // The opener is gone: its stream is dropped here, which resets it.
                     drop(stream);
@@ -458,6 +590,8 @@ impl Task {
             }
             Cmd::Reset { id, code } => {
                 self.machine.reset(id, code);
+                // The reader (if another half holds it) hears why.
+                self.deliver(id, Piece::Reset(code));
                 self.forget(id);
             }
             Cmd::Consumed { id, n } => self.machine.consumed(id, n),
@@ -471,16 +605,23 @@ impl Task {
     }
 
     /// A handle for stream `id`, its reader registered.
-    fn handle(&mut self, id: StreamId, sent: bool, received: bool) -> Option<Stream> {
+    fn handle(&mut self, id: StreamId, sent: bool, received: bool, local: bool) -> Option<Stream> {
         let cmd = self.cmd_tx.upgrade()?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.readers.insert(id, tx);
         Some(Stream {
-            id,
-            cmd,
-            rx,
-            sent,
-            received,
+            send: SendStream {
+                id,
+                cmd: cmd.clone(),
+                done: sent,
+            },
+            recv: RecvStream {
+                id,
+                cmd,
+                rx,
+                done: received,
+                local,
+            },
         })
     }
 
@@ -517,7 +658,7 @@ impl Task {
     fn events(&mut self) {
         while let Some(event) = self.machine.poll_event() {
             match event {
-                StreamEvent::Opened { id, head, end } => match self.handle(id, false, end) {
+                StreamEvent::Opened { id, head, end } => match self.handle(id, false, end, false) {
                     Some(stream) => {
                         if end {
                             self.readers.remove(&id);
@@ -673,7 +814,10 @@ mod tests {
     #[tokio::test]
     async fn a_writer_waits_for_a_reader_that_does_not_read() {
         let (proxy, _client, mut incoming) = pair(MuxConfig::default());
-        let mut s = proxy.open(Bytes::from_static(b"h"), false).await.expect("open");
+        let mut s = proxy
+            .open(Bytes::from_static(b"h"), false)
+            .await
+            .expect("open");
         let _req = incoming.recv().await.expect("a stream");
         let chunk = Bytes::from(vec![0u8; 64 << 10]);
         let mut written = 0usize;
@@ -694,11 +838,17 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_opener_resets_the_peer_and_closing_resets_everyone() {
         let (proxy, _client, mut incoming) = pair(MuxConfig::default());
-        let s = proxy.open(Bytes::from_static(b"h"), false).await.expect("open");
+        let s = proxy
+            .open(Bytes::from_static(b"h"), false)
+            .await
+            .expect("open");
         let mut req = incoming.recv().await.expect("a stream");
         drop(s);
         assert_eq!(req.stream.data().await, Some(Err(Reset(ResetCode::Cancel))));
-        let mut s = proxy.open(Bytes::from_static(b"h"), true).await.expect("open");
+        let mut s = proxy
+            .open(Bytes::from_static(b"h"), true)
+            .await
+            .expect("open");
         let _req = incoming.recv().await.expect("a stream");
         proxy.close();
         assert_eq!(s.head().await, Err(Reset(ResetCode::SessionClosed)));
@@ -710,7 +860,10 @@ mod tests {
             head_timeout: Some(Duration::from_millis(50)),
             ..MuxConfig::default()
         });
-        let mut s = proxy.open(Bytes::from_static(b"h"), true).await.expect("open");
+        let mut s = proxy
+            .open(Bytes::from_static(b"h"), true)
+            .await
+            .expect("open");
         let mut req = incoming.recv().await.expect("a stream");
         assert_eq!(s.head().await, Err(Reset(ResetCode::TimedOut)));
         assert_eq!(req.stream.data().await, None, "the request had no body");

@@ -18,9 +18,13 @@ use std::time::Duration;
 use browserver_runtime::{ClientAddr, Message, SendError, Session, Transport, client_addr};
 use browserver_transport_bc::BrowserChannel;
 use browserver_transport_http::{
+    ProxyBody,
     Channel, Connected, Delivery, HostPattern, Proxy, ProxyOptions, Undelivered, Wire,
 };
 use browserver_transport_ws::WsEndpoint;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use browserver_core::stream::Frame;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
@@ -162,15 +166,35 @@ fn send_str(session: &Session, text: String) -> browserver_runtime::Ack {
     }
 }
 
+fn delivery(ack: browserver_runtime::Ack) -> Delivery {
+    Box::pin(async move {
+        ack.await.map_err(|e| match e {
+            SendError::BufferFull { .. } => Undelivered::Full,
+            _ => Undelivered::Closed,
+        })
+    })
+}
+
 impl Channel for SessionChannel {
     fn send(&self, message: String) -> Delivery {
-        let ack = send_str(&self.0, message);
-        Box::pin(async move {
-            ack.await.map_err(|e| match e {
-                SendError::BufferFull { .. } => Undelivered::Full,
-                _ => Undelivered::Closed,
-            })
+        delivery(send_str(&self.0, message))
+    }
+
+    fn send_frame(&self, frame: Bytes) -> Delivery {
+        delivery(match self.0.transport() {
+            // BrowserChannel carries text only: the frame travels base64 in a map.
+            Transport::BrowserChannel => {
+                let mut map = browserver_runtime::Map::new();
+                map.insert(FRAME_KEY.into(), BASE64.encode(&frame));
+                self.0.send(Message::Map(map))
+            }
+            _ => self.0.send_binary(frame),
         })
+    }
+
+    fn abort(&self, why: &str) {
+        tracing::warn!(error = %why, "a client broke the stream protocol; closing its session");
+        self.0.close();
     }
 
     fn replace(&self) {
@@ -179,6 +203,9 @@ impl Channel for SessionChannel {
         drop(self.0.stop());
     }
 }
+
+/// The BrowserChannel map key that carries one base64 stream frame.
+const FRAME_KEY: &str = "f";
 
 /// What the proxy calls the transport.
 fn transport_name(session: &Session) -> &'static str {
@@ -191,9 +218,9 @@ fn transport_name(session: &Session) -> &'static str {
 /// One handler for every session, whatever its transport: register it with the proxy (or
 /// echo), then pass its messages on until it closes.
 async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
-    let wire = match session.transport() {
-        Transport::BrowserChannel if session.query_param("brow") == Some("2") => Wire::Json,
-        Transport::WebSocketSession => Wire::Json,
+    let wire = match (session.transport(), session.query_param("brow")) {
+        (Transport::BrowserChannel | Transport::WebSocketSession, Some("3")) => Wire::Streams,
+        (Transport::BrowserChannel, Some("2")) | (Transport::WebSocketSession, _) => Wire::Json,
         _ => Wire::Text,
     };
     let transport = transport_name(&session);
@@ -204,7 +231,7 @@ async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
     };
     log_connected(client.as_ref(), transport, session.address());
     if let Some(c) = &client
-        && wire == Wire::Json
+        && wire != Wire::Text
     {
         drop(send_str(&session, hello(&c.name, &c.hostname)));
     }
@@ -212,6 +239,15 @@ async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
         match (&client, m) {
             (None, Message::Map(map)) => drop(session.send_json(&map)),
             (None, m) => drop(session.send(m)),
+            (Some(c), Message::Binary(b)) if wire == Wire::Streams && Frame::is_frame(&b) => {
+                proxy.frame_from_client(c, b).await;
+            }
+            (Some(c), Message::Map(map)) if wire == Wire::Streams && map.contains_key(FRAME_KEY) => {
+                match map.get(FRAME_KEY).map(|f| BASE64.decode(f)) {
+                    Some(Ok(frame)) => proxy.frame_from_client(c, Bytes::from(frame)).await,
+                    _ => tracing::warn!(client = %c.name, "dropped a map with an invalid stream frame"),
+                }
+            }
             (Some(c), Message::Text(t)) => proxy.from_client(c, message_text(&t).as_bytes()),
             (Some(c), Message::Binary(b)) => proxy.from_client(c, &b),
             // A BrowserChannel map without a message carries nothing for the proxy.
@@ -267,10 +303,10 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 }
 
 /// The body of browserver's responses.
-pub type Body = Either<browserver_transport_bc::ResponseBody, Full<Bytes>>;
+pub type Body = Either<browserver_transport_bc::ResponseBody, ProxyBody>;
 
 fn page(status: u16, content_type: &'static str, body: String) -> http::Response<Body> {
-    let mut r = http::Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut r = http::Response::new(Either::Right(ProxyBody::from(Full::new(Bytes::from(body)))));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -520,7 +556,9 @@ impl Browserver {
         };
         let path = req.uri().path();
         if path == config.ws_path {
-            return Ok(Box::pin(ws.handle(req)).await.map(Either::Right));
+            return Ok(Box::pin(ws.handle(req))
+                .await
+                .map(|b| Either::Right(ProxyBody::from(b))));
         }
         if bc.owns(path) {
             return Ok(Box::pin(bc.handle(req)).await.map(Either::Left));

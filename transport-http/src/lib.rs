@@ -31,6 +31,7 @@ mod hooks;
 pub mod host;
 pub mod message;
 mod proxy;
+pub mod body;
 
 pub use browserver_runtime::{ClientAddr, client_addr};
 pub use budget::{BodyError, Budget, Reservation};
@@ -38,6 +39,7 @@ pub use egress::{EgressMode, EgressPolicy, is_refused_address};
 pub use hooks::{AllowAll, Authenticator, Authorizer, Connecting, Refusal};
 pub use host::{HostPattern, PatternError};
 pub use ipnet::IpNet;
+pub use body::{BodyAborted, ProxyBody};
 pub use proxy::{
     Channel, ClientInfo, ConnectError, Connected, Delivery, Proxy, ProxyOptions, Undelivered, Wire,
 };

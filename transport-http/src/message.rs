@@ -287,6 +287,25 @@ pub fn decode_json(bytes: &[u8]) -> Result<Message, CodecError> {
     })
 }
 
+/// The head of a streamed message — its start line and headers; the body travels in stream
+/// frames — in the JSON form (with an empty body).
+pub fn encode_head(m: &Message) -> Bytes {
+    let head = Message {
+        body: Bytes::new(),
+        ..m.clone()
+    };
+    Bytes::from(encode_json(&head))
+}
+
+/// Decodes a streamed message's head ([`encode_head`]); a body in it is an error.
+pub fn decode_head(bytes: &[u8]) -> Result<Message, CodecError> {
+    let m = decode_json(bytes)?;
+    if !m.body.is_empty() {
+        return Err(CodecError::Json("a stream head carries no body".into()));
+    }
+    Ok(m)
+}
+
 /// Encodes the JSON form. Header values that are not UTF-8 are written lossily (HTTP header
 /// values are ASCII in practice); the body is kept exactly.
 pub fn encode_json(m: &Message) -> String {

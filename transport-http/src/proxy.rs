@@ -18,6 +18,10 @@ use http_body_util::Full;
 use ipnet::IpNet;
 use tokio::sync::{Semaphore, oneshot};
 
+use browserver_core::stream::{ResetCode, Side};
+use browserver_runtime::streams::{self, FrameAck, FrameSink, Mux, MuxConfig, Reset};
+
+use crate::body::ProxyBody;
 use crate::budget::{BodyError, Budget, Reservation};
 use crate::headers::{forwardable, host_count};
 use crate::host::HostPattern;
@@ -30,6 +34,9 @@ pub enum Wire {
     Text,
     /// The extended JSON form: binary bodies, repeated headers, empty values.
     Json,
+    /// Streams ([`browserver_core::stream`]): requests and answers of any size in
+    /// flow-controlled frames, server-sent events, WebSocket upgrades passed through.
+    Streams,
 }
 
 /// Why a channel did not deliver a message.
@@ -52,6 +59,33 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Ends the client's session: a newer connection with the same name took its place.
     fn replace(&self);
+
+    /// Queues one stream frame (clients that speak [`Wire::Streams`]); the [`Delivery`]
+    /// resolves once the client acknowledged it.
+    fn send_frame(&self, frame: Bytes) -> Delivery {
+        drop(frame);
+        Box::pin(async { Err(Undelivered::Closed) })
+    }
+
+    /// The client broke the stream protocol: end its session.
+    fn abort(&self, why: &str) {
+        tracing::warn!(error = %why, "a client broke the stream protocol");
+        self.replace();
+    }
+}
+
+/// A channel as the stream task's frame sink.
+struct ChannelSink(Arc<dyn Channel>);
+
+impl FrameSink for ChannelSink {
+    fn send_frame(&self, frame: Bytes) -> FrameAck {
+        let delivery = self.0.send_frame(frame);
+        Box::pin(async move { delivery.await.is_ok() })
+    }
+
+    fn abort(&self, why: &str) {
+        self.0.abort(why);
+    }
 }
 
 /// One connection's hold on a name: what [`Proxy::connect`] returns, and what the client's
@@ -99,6 +133,15 @@ pub struct ProxyOptions {
     pub egress: crate::egress::EgressPolicy,
     /// Per-request authorization in both directions (default: allow all).
     pub authorizer: std::sync::Arc<dyn crate::hooks::Authorizer>,
+    /// Flow control of streaming clients ([`Wire::Streams`]): windows, frame size, bytes in
+    /// flight. The defaults: 256 KiB per stream, 1 MiB per client, 16 KiB frames, 2 MiB
+    /// unacknowledged. Streams per client are `max_pending_per_client`; the answer deadline
+    /// is `request_timeout`.
+    pub streams: MuxConfig,
+    /// Largest streamed request body (bytes); larger → the stream is reset and the visitor
+    /// gets 413 (or a cut connection once the answer started). `None`: no limit (the flow
+    /// control bounds memory whatever the size). `None` by default.
+    pub max_streamed_body_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for ProxyOptions {
@@ -123,6 +166,8 @@ impl Default for ProxyOptions {
             trusted_proxies: Vec::new(),
             egress: crate::egress::EgressPolicy::default(),
             authorizer: std::sync::Arc::new(crate::hooks::AllowAll),
+            streams: MuxConfig::default(),
+            max_streamed_body_bytes: None,
         }
     }
 }
@@ -148,6 +193,8 @@ type Answer = oneshot::Sender<Result<Message, Unanswered>>;
 struct Client {
     key: u64,
     channel: Arc<dyn Channel>,
+    /// The stream task of a client that speaks [`Wire::Streams`].
+    mux: Option<Mux>,
     egress: Arc<Semaphore>,
     wire: Wire,
     requests: Requests<Answer>,
@@ -246,9 +293,20 @@ impl Proxy {
         transport: &str,
     ) -> Result<Connected, ConnectError> {
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let mux = (wire == Wire::Streams).then(|| {
+            let options = &self.inner.options;
+            let mut config = options.streams.clone();
+            config.head_timeout = Some(options.request_timeout);
+            config.streams.max_local_streams = options.max_pending_per_client;
+            // Streams the client opens (requests out) are not taken yet: refused.
+            let (mux, _incoming) =
+                streams::spawn(Side::Proxy, config, ChannelSink(channel.clone()));
+            mux
+        });
         let client = Client {
             key,
             channel,
+            mux,
             egress: Arc::new(Semaphore::new(
                 self.inner.options.egress.max_concurrent_per_client,
             )),
@@ -273,6 +331,9 @@ impl Proxy {
         };
         if let Some(mut old) = clients.insert(name.clone(), client) {
             old.channel.replace();
+            if let Some(mux) = &old.mux {
+                mux.close();
+            }
             old.requests.fail_all(&CloseReason::Replaced);
             answer_failures(&mut old.requests);
         }
@@ -292,6 +353,9 @@ impl Proxy {
             .is_some_and(|c| c.key == client.key)
             && let Some(mut c) = clients.remove(&client.name)
         {
+            if let Some(mux) = &c.mux {
+                mux.close();
+            }
             c.requests.fail_all(reason);
             answer_failures(&mut c.requests);
         }
@@ -321,6 +385,10 @@ impl Proxy {
     /// request for another client's hostname is routed to that client; others go out under
     /// the egress policy). Malformed messages are dropped with a logged reason.
     pub fn from_client(&self, client: &Connected, bytes: &[u8]) {
+        if browserver_core::stream::Frame::is_frame(bytes) {
+            tracing::warn!(client = %client.name, "dropped a stream frame from a client that did not ask for streams");
+            return;
+        }
         let message = match message::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -350,6 +418,22 @@ impl Proxy {
                     proxy.egress(&from, message).await;
                     drop(permit);
                 });
+            }
+        }
+    }
+
+    /// A stream frame from a client that speaks [`Wire::Streams`] (a binary message for
+    /// which [`Frame::is_frame`](browserver_core::stream::Frame::is_frame) holds). Waits
+    /// while the client's stream task is behind.
+    pub async fn frame_from_client(&self, client: &Connected, frame: Bytes) {
+        let mux = match self.clients().get(&client.name) {
+            Some(c) if c.key == client.key => c.mux.clone(),
+            _ => None,
+        };
+        match mux {
+            Some(mux) => mux.frame_in(frame).await,
+            None => {
+                tracing::warn!(client = %client.name, "dropped a stream frame from a client that did not ask for streams");
             }
         }
     }
@@ -543,9 +627,10 @@ impl Proxy {
 
     /// Answers `req` if its host matches the pattern; otherwise hands it back (it belongs to
     /// the application).
-    pub async fn handle<B>(&self, req: Request<B>) -> Result<Response<Full<Bytes>>, Request<B>>
+    pub async fn handle<B>(&self, req: Request<B>) -> Result<Response<ProxyBody>, Request<B>>
     where
         B: http_body::Body + Send + 'static,
+        B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let host = req
@@ -562,7 +647,8 @@ impl Proxy {
             return Ok(plain(
                 StatusCode::BAD_REQUEST,
                 "Bad Request: more than one Host header",
-            ));
+            )
+            .map(ProxyBody::from));
         }
         Ok(self.ingress(&name, &host, req).await)
     }
@@ -576,20 +662,188 @@ impl Proxy {
             .any(|net| net.contains(&peer))
     }
 
-    async fn ingress<B>(&self, name: &str, host: &str, req: Request<B>) -> Response<Full<Bytes>>
+    async fn ingress<B>(&self, name: &str, host: &str, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // Refused before the body is read: no such client, or too many requests waiting.
+        let mux = match self.clients().get(name) {
+            None => return gateway_timeout("no such client").map(ProxyBody::from),
+            Some(c) if c.requests.len() >= self.inner.options.max_pending_per_client => {
+                return too_many_pending().map(ProxyBody::from);
+            }
+            Some(c) => c.mux.clone(),
+        };
+        let (mut parts, body) = req.into_parts();
+        if let Some(mux) = mux {
+            let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let request = self.request_head(name, host, &parts);
+            if let Err(refusal) = self
+                .inner
+                .options
+                .authorizer
+                .authorize_ingress(name, &request)
+                .await
+            {
+                let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+                return plain(status, &refusal.reason).map(ProxyBody::from);
+            }
+            return self.ingress_stream(&mux, request, body, upgrade).await;
+        }
+        self.ingress_buffered(name, host, parts, body)
+            .await
+            .map(ProxyBody::from)
+    }
+
+    /// The request's head as the client gets it: forwardable headers, `x-forwarded-*`, and
+    /// for a WebSocket (or other) upgrade, `connection: upgrade` and the `upgrade` header.
+    fn request_head(&self, _name: &str, host: &str, parts: &http::request::Parts) -> Message {
+        let raw: Vec<(String, Vec<u8>)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let mut headers = forwardable(&raw);
+        if let Some(upgrade) = upgrade_of(&parts.headers) {
+            headers.push(("connection".into(), b"upgrade".to_vec()));
+            headers.push(("upgrade".into(), upgrade.into_bytes()));
+        }
+        self.forwarding_headers(host, parts, &mut headers);
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.to_string());
+        Message {
+            id: None,
+            head: Head::Request {
+                method: parts.method.to_string(),
+                target,
+            },
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    /// Appends `x-forwarded-for`, `-host` and `-proto` (believing a trusted proxy's).
+    fn forwarding_headers(
+        &self,
+        host: &str,
+        parts: &http::request::Parts,
+        headers: &mut Vec<(String, Vec<u8>)>,
+    ) {
+        let peer = browserver_runtime::client_addr(&parts.extensions).map(|a| a.ip());
+        let trusted = peer.is_some_and(|p| self.is_trusted_proxy(p));
+        let prior = |name: &str| {
+            trusted
+                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .map(str::to_string)
+        };
+        if let Some(peer) = peer {
+            let chain = match prior("x-forwarded-for") {
+                Some(p) => format!("{p}, {peer}"),
+                None => peer.to_string(),
+            };
+            headers.push(("x-forwarded-for".into(), chain.into_bytes()));
+        }
+        let forwarded_host = prior("x-forwarded-host").unwrap_or_else(|| host.to_string());
+        headers.push(("x-forwarded-host".into(), forwarded_host.into_bytes()));
+        let proto =
+            prior("x-forwarded-proto").unwrap_or_else(|| self.inner.options.scheme.to_string());
+        headers.push(("x-forwarded-proto".into(), proto.into_bytes()));
+    }
+
+    /// A visitor's request to a streaming client: the body goes up as it arrives, the answer
+    /// comes back as the client produces it; a WebSocket upgrade the client accepts becomes
+    /// a byte pipe over the same stream.
+    async fn ingress_stream<B>(
+        &self,
+        mux: &Mux,
+        request: Message,
+        body: B,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ProxyBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let upgrading = upgrade.is_some() && upgrade_requested(&request.headers);
+        // An upgrade keeps the request direction open for the upgraded bytes.
+        let end = body.is_end_stream() && !upgrading;
+        let stream = match mux.open(message::encode_head(&request), end).await {
+            Ok(s) => s,
+            Err(browserver_core::stream::StreamError::TooManyStreams) => {
+                return too_many_pending().map(ProxyBody::from);
+            }
+            Err(_) => return gateway_timeout("the client disconnected").map(ProxyBody::from),
+        };
+        let (mut send, mut recv) = stream.split();
+        // The request body goes up in its own task; an upgrade keeps `send` for its bytes.
+        let mut send = if end || upgrading {
+            Some(send)
+        } else {
+            let limit = self.inner.options.max_streamed_body_bytes;
+            let idle = self.inner.options.request_timeout;
+            tokio::spawn(async move {
+                pump_body(body, &mut send, limit, idle).await;
+            });
+            None
+        };
+        let answer = match recv.head().await {
+            Ok((head, end)) => (head, end),
+            Err(Reset(code)) => {
+                return match code {
+                    ResetCode::TimedOut => gateway_timeout("the client did not answer in time"),
+                    ResetCode::SessionClosed => gateway_timeout("the client disconnected"),
+                    ResetCode::TooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+                    ResetCode::Refused => too_many_pending(),
+                    _ => plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the client abandoned the request"),
+                }
+                .map(ProxyBody::from);
+            }
+        };
+        let (head, answer_end) = answer;
+        let Ok(message) = message::decode_head(&head) else {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway: invalid answer head from the client",
+            )
+            .map(ProxyBody::from);
+        };
+        if upgrading
+            && matches!(message.head, Head::Response { status: 101, .. })
+            && let (Some(on_upgrade), Some(send)) = (upgrade, send.take())
+        {
+            return switch(message, on_upgrade, send, recv);
+        }
+        let valid = matches!(message.head, Head::Response { status, .. } if (200..600).contains(&status));
+        let response = to_http(message);
+        if answer_end || !valid {
+            // No body follows, or the answer is refused (502; dropping `recv` resets the
+            // stream).
+            return response.map(ProxyBody::from);
+        }
+        // A refused switch: the request direction (kept open for the upgrade) ends here.
+        if let Some(mut send) = send {
+            send.finish();
+        }
+        response.map(|_| ProxyBody::stream(recv))
+    }
+
+    async fn ingress_buffered<B>(
+        &self,
+        name: &str,
+        host: &str,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Response<Full<Bytes>>
     where
         B: http_body::Body + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // Refused before the body is read: no such client, or too many requests waiting.
-        match self.clients().get(name) {
-            None => return gateway_timeout("no such client"),
-            Some(c) if c.requests.len() >= self.inner.options.max_pending_per_client => {
-                return too_many_pending();
-            }
-            Some(_) => {}
-        }
-        let (parts, body) = req.into_parts();
         let (body, held) = match self
             .inner
             .budget
@@ -619,45 +873,8 @@ impl Proxy {
                 return plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body");
             }
         };
-        let raw: Vec<(String, Vec<u8>)> = parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        let mut headers = forwardable(&raw);
-        let peer = browserver_runtime::client_addr(&parts.extensions).map(|a| a.ip());
-        let trusted = peer.is_some_and(|p| self.is_trusted_proxy(p));
-        let prior = |name: &str| {
-            trusted
-                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
-                .flatten()
-                .map(str::to_string)
-        };
-        if let Some(peer) = peer {
-            let chain = match prior("x-forwarded-for") {
-                Some(p) => format!("{p}, {peer}"),
-                None => peer.to_string(),
-            };
-            headers.push(("x-forwarded-for".into(), chain.into_bytes()));
-        }
-        let forwarded_host = prior("x-forwarded-host").unwrap_or_else(|| host.to_string());
-        headers.push(("x-forwarded-host".into(), forwarded_host.into_bytes()));
-        let proto =
-            prior("x-forwarded-proto").unwrap_or_else(|| self.inner.options.scheme.to_string());
-        headers.push(("x-forwarded-proto".into(), proto.into_bytes()));
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/".to_string(), |p| p.to_string());
-        let request = Message {
-            id: None,
-            head: Head::Request {
-                method: parts.method.to_string(),
-                target,
-            },
-            headers,
-            body,
-        };
+        let mut request = self.request_head(name, host, &parts);
+        request.body = body;
         if let Err(refusal) = self
             .inner
             .options
@@ -673,6 +890,104 @@ impl Proxy {
             Err(response) => response,
         }
     }
+}
+
+/// The `upgrade` header's value, when the request asks to switch protocols
+/// (`connection: upgrade`).
+fn upgrade_of(headers: &http::HeaderMap) -> Option<String> {
+    let asks = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn upgrade_requested(headers: &[(String, Vec<u8>)]) -> bool {
+    headers.iter().any(|(k, _)| k == "upgrade")
+}
+
+/// Copies a visitor's request body into the stream: at the pace the client reads it (each
+/// write waits while the stream's buffer is full), within `limit`, each chunk within `idle`.
+async fn pump_body<B>(
+    body: B,
+    send: &mut streams::SendStream,
+    limit: Option<u64>,
+    idle: std::time::Duration,
+) where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut total: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return send.reset(ResetCode::Cancel),
+            Err(_) => return send.reset(ResetCode::TimedOut),
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers are not forwarded
+        };
+        let len = bytes::Buf::remaining(&data);
+        let data = bytes::Buf::copy_to_bytes(&mut data, len);
+        total = total.saturating_add(data.len() as u64);
+        if limit.is_some_and(|l| total > l) {
+            return send.reset(ResetCode::TooLarge);
+        }
+        if send.write(data).await.is_err() {
+            return;
+        }
+    }
+    send.finish();
+}
+
+/// The client accepted a protocol switch (`101`): the visitor gets the `101`, and once its
+/// connection is upgraded, bytes flow both ways over the stream until either side ends.
+fn switch(
+    answer: Message,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut send: streams::SendStream,
+    recv: streams::RecvStream,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let upgrade = answer
+        .headers
+        .iter()
+        .find(|(k, _)| k == "upgrade")
+        .and_then(|(_, v)| HeaderValue::from_bytes(v).ok())
+        .unwrap_or(HeaderValue::from_static("websocket"));
+    for (name, value) in forwardable(&answer.headers) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            response.headers_mut().append(n, v);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response.headers_mut().insert(http::header::UPGRADE, upgrade);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            send.reset(ResetCode::Cancel);
+            return;
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        streams::pipe(io, send, recv).await;
+    });
+    response
 }
 
 /// How waiting for an answer ended without one.
@@ -739,7 +1054,7 @@ fn too_many_pending() -> Response<Full<Bytes>> {
 
 fn encode_for(wire: Wire, m: &Message) -> Option<String> {
     match wire {
-        Wire::Json => Some(message::encode_json(m)),
+        Wire::Json | Wire::Streams => Some(message::encode_json(m)),
         Wire::Text => match message::encode_text(m) {
             Ok(t) => Some(t),
             Err(message::CodecError::BinaryBody) => {

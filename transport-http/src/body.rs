@@ -1,0 +1,80 @@
+//! The body of the proxy's responses: whole (an error page, a buffered answer from a client
+//! that speaks the original form), or streamed from a client as it produces it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use browserver_runtime::streams::RecvStream;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::Full;
+
+/// A streamed answer ended without its end: the client reset it or went away. The visitor's
+/// connection is cut (an HTTP/1.1 chunked body without its last chunk), never left hanging.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the client's answer was cut off: {0}")]
+pub struct BodyAborted(pub String);
+
+/// A proxy response body.
+#[derive(Debug)]
+pub struct ProxyBody(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Full(Full<Bytes>),
+    Stream(RecvStream),
+}
+
+impl ProxyBody {
+    /// A body streamed from a client.
+    pub fn stream(recv: RecvStream) -> ProxyBody {
+        ProxyBody(Inner::Stream(recv))
+    }
+
+    /// An empty body.
+    pub fn empty() -> ProxyBody {
+        ProxyBody(Inner::Full(Full::new(Bytes::new())))
+    }
+}
+
+impl From<Full<Bytes>> for ProxyBody {
+    fn from(full: Full<Bytes>) -> ProxyBody {
+        ProxyBody(Inner::Full(full))
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyAborted;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        match &mut self.0 {
+            Inner::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Inner::Stream(recv) => recv.poll_data(cx).map(|chunk| {
+                chunk.map(|r| {
+                    r.map(Frame::data)
+                        .map_err(|reset| BodyAborted(format!("{:?}", reset.0)))
+                })
+            }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Full(full) => full.is_end_stream(),
+            Inner::Stream(recv) => recv.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Full(full) => full.size_hint(),
+            Inner::Stream(_) => SizeHint::default(),
+        }
+    }
+}
