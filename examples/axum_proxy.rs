@@ -65,7 +65,7 @@ mod tests {
             ..Options::default()
         };
         type Body = http_body_util::Full<bytes::Bytes>;
-        let service = tower::service_fn(|req: http::Request<Body>| async move {
+        let service = tower::service_fn(|req: http::Request<host::Body>| async move {
             let body = format!("a client answers {}", req.uri().path());
             Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(body)))
         });

@@ -99,7 +99,7 @@ fn round_trips(c: &mut Criterion) {
 }
 
 async fn hello(
-    _req: http::Request<Full<Bytes>>,
+    _req: http::Request<browserver_client::host::Body>,
 ) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
     Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
 }

@@ -92,7 +92,7 @@ async fn gets_through_the_proxy_reach_a_client_host() {
             transport: Transport::WebSocket,
             ..Options::default()
         },
-        tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+        tower::service_fn(|_req: http::Request<browserver_client::host::Body>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(
                 b"hello",
             ))))

@@ -1,4 +1,12 @@
 //! Host mode: serve a `tower::Service` at `<id>.<domain>` through a browserver proxy.
+//!
+//! With a proxy that speaks streams (browserver ≥ 0.2; the host asks with `brow=3`), every
+//! request is a flow-controlled stream: the service gets the body as the visitor sends it
+//! ([`Body`]), and its answer goes out as the service produces it — server-sent events,
+//! large downloads, uploads of any size. A service accepts a WebSocket (or other) upgrade by
+//! answering `101` and taking the [`Upgraded`] connection from the request's extensions;
+//! [`forward_to`] does all of this for a local HTTP server (what `browserver expose` runs).
+//! With an older proxy, requests and answers travel whole, as before.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -14,7 +22,16 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
-use crate::{Client, Event, Options, connect};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use browserver_core::stream::{ResetCode, Side};
+use browserver_runtime::streams::{self, FrameAck, FrameSink, Incoming, Mux, MuxConfig};
+pub use browserver_transport_http::ProxyBody as Body;
+
+use crate::{Client, Event, Options, Transport, connect};
+
+mod forward;
+pub use forward::{Forward, forward_to};
 
 /// A client serving HTTP through the proxy. Dropping it disconnects.
 #[derive(Debug)]
@@ -133,22 +150,62 @@ impl Drop for Host {
     }
 }
 
+/// The connection a service takes over by answering `101 Switching Protocols` to an upgrade
+/// request: `req.extensions().get::<Upgraded>()` and [`take`](Upgraded::take) it before
+/// answering; once the `101` is sent, its bytes are the visitor's connection.
+#[derive(Debug, Clone)]
+pub struct Upgraded(Arc<Mutex<Option<tokio::io::DuplexStream>>>);
+
+impl Upgraded {
+    /// The connection (once; later calls get `None`).
+    pub fn take(&self) -> Option<tokio::io::DuplexStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// How the host sends stream frames: binary over WebSocket, base64 in a JSON object over
+/// BrowserChannel.
+struct HostSink {
+    client: Arc<Client>,
+    browserchannel: bool,
+}
+
+impl FrameSink for HostSink {
+    fn send_frame(&self, frame: Bytes) -> FrameAck {
+        let ack = if self.browserchannel {
+            self.client
+                .send(&serde_json::json!({ "f": BASE64.encode(&frame) }))
+        } else {
+            self.client.send_bytes(frame)
+        };
+        Box::pin(async move { ack.await.is_ok() })
+    }
+
+    fn abort(&self, why: &str) {
+        tracing::warn!(error = %why, "the proxy broke the stream protocol");
+    }
+}
+
 /// Connects to the proxy at `url` (BrowserChannel base or WebSocket URL, as for
 /// [`connect`]) and answers every HTTP request for this client's hostname with
-/// `service`. The richer wire mode is requested, so binary bodies and repeated headers
-/// survive.
+/// `service`. Streams are requested (bodies of any size, as they come; upgrades); with a
+/// proxy that does not speak them, the richer whole-message form (binary bodies and
+/// repeated headers survive).
 pub fn serve<S, B>(url: &str, mut options: Options, service: S) -> Host
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = Infallible>
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
-    B::Error: std::fmt::Display,
+    B::Error: std::fmt::Display + Send,
 {
-    options.extra_params.push(("brow".into(), "2".into()));
+    // Streams, unless the caller asked for a form itself (`brow=2`: whole messages).
+    if !options.extra_params.iter().any(|(k, _)| k == "brow") {
+        options.extra_params.push(("brow".into(), "3".into()));
+    }
     let client = std::sync::Arc::new(connect(url, options));
     let (hostname_tx, hostname) = watch::channel(None);
     let host_client = client.clone();
@@ -159,11 +216,23 @@ where
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let over = ended.clone();
     let task = tokio::spawn(async move {
+        // The stream task of the current session, and the streams the proxy opens on it.
+        let mut mux: Option<Mux> = None;
+        let mut incoming: Option<tokio::sync::mpsc::Receiver<Incoming>> = None;
         loop {
             let next = lock(&answers).poll_timeout();
             let notified = woken.notified();
             let event = tokio::select! {
                 event = client.next_event() => event,
+                Some(stream) = async {
+                    match incoming.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => None,
+                    }
+                } => {
+                    tokio::spawn(answer_stream(service.clone(), stream));
+                    continue;
+                }
                 () = sleep_until(next) => {
                     let mut pending = lock(&answers);
                     pending.handle_timeout(Instant::now());
@@ -177,9 +246,47 @@ where
             let Some(event) = event else {
                 break;
             };
-            let Event::Message(value) = event else {
-                continue;
+            let value = match event {
+                Event::Open { transport, .. } => {
+                    // A new session: streams of an earlier one are over.
+                    if let Some(old) = mux.take() {
+                        old.close();
+                    }
+                    let sink = HostSink {
+                        client: client.clone(),
+                        browserchannel: transport == Transport::BrowserChannel,
+                    };
+                    let (m, rx) = streams::spawn(Side::Client, MuxConfig::default(), sink);
+                    mux = Some(m);
+                    incoming = Some(rx);
+                    continue;
+                }
+                Event::Close { .. } => {
+                    if let Some(old) = mux.take() {
+                        old.close();
+                    }
+                    incoming = None;
+                    continue;
+                }
+                Event::Binary(frame) => {
+                    if let Some(m) = &mux {
+                        m.frame_in(frame).await;
+                    }
+                    continue;
+                }
+                Event::Message(value) => value,
+                _ => continue,
             };
+            if let Some(frame) = value
+                .get("f")
+                .and_then(Value::as_str)
+                .and_then(|f| BASE64.decode(f).ok())
+            {
+                if let Some(m) = &mux {
+                    m.frame_in(Bytes::from(frame)).await;
+                }
+                continue;
+            }
             let text = match value {
                 Value::String(s) => s,
                 other => other.to_string(),
@@ -206,6 +313,9 @@ where
             };
             let (client, service) = (client.clone(), service.clone());
             tokio::spawn(async move { answer(&client, service, request).await });
+        }
+        if let Some(old) = mux.take() {
+            old.close();
         }
         // The connection is over: every fetch still waiting fails now.
         let mut pending = lock(&answers);
@@ -258,9 +368,98 @@ fn hello_hostname(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Answers one stream the proxy opened: the service gets the request with its body as it
+/// arrives; its answer goes back as it produces it. A `101` answer to an upgrade request
+/// joins the [`Upgraded`] connection to the stream.
+async fn answer_stream<S, B>(service: S, incoming: Incoming)
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
+    S::Future: Send,
+    B: http_body::Body + Send,
+    B::Data: Send,
+    B::Error: std::fmt::Display + Send,
+{
+    let Incoming { head, end, stream } = incoming;
+    let (mut send, recv) = stream.split();
+    let request = match message::decode_head(&head) {
+        Ok(m) => m,
+        Err(_) => {
+            let answer = Message::text_response(400, "the proxy sent an invalid request head");
+            return respond_whole(&mut send, answer).await;
+        }
+    };
+    let upgrading = request
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("upgrade"));
+    let (body, recv) = if end || upgrading {
+        (Body::empty(), Some(recv))
+    } else {
+        (Body::stream(recv), None)
+    };
+    let Some(mut req) = to_http_with(request, body) else {
+        let answer = Message::text_response(400, "the proxy sent a request that is not valid HTTP");
+        return respond_whole(&mut send, answer).await;
+    };
+    let mut ours = None;
+    if upgrading {
+        let (theirs, mine) = tokio::io::duplex(64 << 10);
+        req.extensions_mut()
+            .insert(Upgraded(Arc::new(Mutex::new(Some(theirs)))));
+        ours = Some(mine);
+    }
+    let response = match service.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let head = message::encode_head(&Message::from_response(&parts, Bytes::new()));
+    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS
+        && let (Some(io), Some(recv)) = (ours, recv)
+    {
+        send.respond(head, false);
+        streams::pipe(io, send, recv).await;
+        return;
+    }
+    let end = body.is_end_stream();
+    send.respond(head, end);
+    if end {
+        return;
+    }
+    let mut body = std::pin::pin!(body);
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let Ok(mut data) = frame.into_data() else {
+                    continue; // trailers are not forwarded
+                };
+                let len = bytes::Buf::remaining(&data);
+                let data = bytes::Buf::copy_to_bytes(&mut data, len);
+                if send.write(data).await.is_err() {
+                    return; // the visitor went away: the stream was reset
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the service's body failed; the answer is cut off");
+                return send.reset(ResetCode::Cancel);
+            }
+            None => return send.finish(),
+        }
+    }
+}
+
+/// Answers a stream with a whole message.
+async fn respond_whole(send: &mut streams::SendStream, answer: Message) {
+    let body = answer.body.clone();
+    send.respond(message::encode_head(&answer), body.is_empty());
+    if !body.is_empty() && send.write(body).await.is_ok() {
+        send.finish();
+    }
+}
+
 async fn answer<S, B>(client: &Client, service: S, request: Message)
 where
-    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>, Error = Infallible>,
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>,
     B: http_body::Body,
     B::Error: std::fmt::Display,
 {
@@ -276,7 +475,12 @@ where
     drop(client.send(&message::encode_json(&response)));
 }
 
-fn to_http(m: Message) -> Option<http::Request<Full<Bytes>>> {
+fn to_http(m: Message) -> Option<http::Request<Body>> {
+    let body = Body::from(Full::new(m.body.clone()));
+    to_http_with(m, body)
+}
+
+fn to_http_with(m: Message, body: Body) -> Option<http::Request<Body>> {
     let Head::Request { method, target } = m.head else {
         return None;
     };
@@ -286,7 +490,7 @@ fn to_http(m: Message) -> Option<http::Request<Full<Bytes>>> {
     for (k, v) in &m.headers {
         req = req.header(k.as_str(), v.as_slice());
     }
-    req.body(Full::new(m.body)).ok()
+    req.body(body).ok()
 }
 
 async fn from_http<B>(response: http::Response<B>) -> Message

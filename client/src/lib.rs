@@ -130,6 +130,9 @@ pub enum Event {
     },
     /// A message from the server, in order.
     Message(Value),
+    /// A binary message from the server, in order: a stream frame of host mode (WebSocket
+    /// only; see [`host`]).
+    Binary(Bytes),
     /// Something failed; a `Close` follows if the session ended.
     Error(String),
     /// The session ended. `reconnecting` says whether a new attempt follows.
@@ -194,6 +197,18 @@ impl Client {
         };
         let (ack, rx) = oneshot::channel();
         if self.tx.send(Command::Send { json, ack }).is_err() {
+            return Ack(AckInner::Ready(Some(Err(SendError::Closed(
+                CloseReason::Closed(None),
+            )))));
+        }
+        Ack(AckInner::Pending(rx))
+    }
+
+    /// Sends bytes as they are: on WebSocket, bytes starting with a control character (a
+    /// stream frame) go as a binary message. Host mode's stream frames.
+    pub(crate) fn send_bytes(&self, data: Bytes) -> Ack {
+        let (ack, rx) = oneshot::channel();
+        if self.tx.send(Command::Send { json: data, ack }).is_err() {
             return Ack(AckInner::Ready(Some(Err(SendError::Closed(
                 CloseReason::Closed(None),
             )))));
@@ -295,6 +310,9 @@ impl Tracker {
                 session_id: sid,
                 transport: self.transport,
             }),
+            ClientEvent::Message(data) if browserver_core::stream::Frame::is_frame(&data) => {
+                link.emit(Event::Binary(data));
+            }
             ClientEvent::Message(data) => {
                 let value = serde_json::from_slice(&data)
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&data).into_owned()));

@@ -462,7 +462,7 @@ where
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
         let mut failed = false;
-        while !(up_done && down_done) && !failed {
+        while !(failed || up_done && down_done) {
             tokio::select! {
                 ok = &mut up, if !up_done => {
                     up_done = true;

@@ -286,12 +286,18 @@ pub struct RequestBody<B> {
     started: Option<Instant>,
     bytes: u64,
     deadline: Option<Pin<Box<Sleep>>>,
-    budget: Budget,
-    held: Reservation,
+    /// `None`: the body passes through (streamed), nothing is held.
+    budget: Option<Budget>,
+    held: Option<Reservation>,
 }
 
 impl<B> RequestBody<B> {
-    pub(crate) fn new(inner: B, rate: u64, grace: Duration, budget: &Budget) -> RequestBody<B> {
+    pub(crate) fn new(
+        inner: B,
+        rate: u64,
+        grace: Duration,
+        budget: Option<&Budget>,
+    ) -> RequestBody<B> {
         RequestBody {
             inner,
             rate,
@@ -299,8 +305,8 @@ impl<B> RequestBody<B> {
             started: None,
             bytes: 0,
             deadline: None,
-            held: budget.empty(),
-            budget: budget.clone(),
+            held: budget.map(Budget::empty),
+            budget: budget.cloned(),
         }
     }
 
@@ -330,7 +336,9 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.remaining();
                     let this = &mut *self;
-                    if !this.budget.grow(&mut this.held, len) {
+                    if let (Some(budget), Some(held)) = (&this.budget, &mut this.held)
+                        && !budget.grow(held, len)
+                    {
                         return Poll::Ready(Some(Err(BodyError::Busy)));
                     }
                     self.bytes = self.bytes.saturating_add(len as u64);
@@ -428,10 +436,10 @@ mod tests {
             ]))
         };
         let budget = Budget::new(8);
-        let mut first = RequestBody::new(frames(), 0, Duration::ZERO, &budget);
+        let mut first = RequestBody::new(frames(), 0, Duration::ZERO, Some(&budget));
         assert!(first.frame().await.expect("frame").is_ok());
         assert_eq!(budget.used(), 5);
-        let second = RequestBody::new(frames(), 0, Duration::ZERO, &budget);
+        let second = RequestBody::new(frames(), 0, Duration::ZERO, Some(&budget));
         let err = second.collect().await.expect_err("over the budget");
         assert!(matches!(err, BodyError::Busy), "{err}");
         drop(first);
@@ -443,7 +451,7 @@ mod tests {
         use http_body_util::BodyExt;
         let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes, hyper::Error>::new(4);
         let budget = Budget::new(1 << 20);
-        let mut body = RequestBody::new(body, 100, Duration::from_secs(2), &budget);
+        let mut body = RequestBody::new(body, 100, Duration::from_secs(2), Some(&budget));
         tx.send_data(bytes::Bytes::from_static(b"x"))
             .await
             .expect("send");

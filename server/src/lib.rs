@@ -15,16 +15,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use browserver_runtime::{ClientAddr, Message, SendError, Session, Transport, client_addr};
-use browserver_transport_bc::BrowserChannel;
-use browserver_transport_http::{
-    ProxyBody,
-    Channel, Connected, Delivery, HostPattern, Proxy, ProxyOptions, Undelivered, Wire,
-};
-use browserver_transport_ws::WsEndpoint;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use browserver_core::stream::Frame;
+use browserver_runtime::{ClientAddr, Message, SendError, Session, Transport, client_addr};
+use browserver_transport_bc::BrowserChannel;
+use browserver_transport_http::{
+    Channel, Connected, Delivery, HostPattern, Proxy, ProxyBody, ProxyOptions, Undelivered, Wire,
+};
+use browserver_transport_ws::WsEndpoint;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
@@ -182,12 +181,11 @@ impl Channel for SessionChannel {
 
     fn send_frame(&self, frame: Bytes) -> Delivery {
         delivery(match self.0.transport() {
-            // BrowserChannel carries text only: the frame travels base64 in a map.
-            Transport::BrowserChannel => {
-                let mut map = browserver_runtime::Map::new();
-                map.insert(FRAME_KEY.into(), BASE64.encode(&frame));
-                self.0.send(Message::Map(map))
-            }
+            // BrowserChannel carries JSON only: the frame travels base64 in an object
+            // (`{"f": …}`; the client sends it back the same way, or as a map).
+            Transport::BrowserChannel => self
+                .0
+                .send_json(&json!({ FRAME_KEY: BASE64.encode(&frame) })),
             _ => self.0.send_binary(frame),
         })
     }
@@ -242,10 +240,20 @@ async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
             (Some(c), Message::Binary(b)) if wire == Wire::Streams && Frame::is_frame(&b) => {
                 proxy.frame_from_client(c, b).await;
             }
-            (Some(c), Message::Map(map)) if wire == Wire::Streams && map.contains_key(FRAME_KEY) => {
+            (Some(c), Message::Map(map))
+                if wire == Wire::Streams && map.contains_key(FRAME_KEY) =>
+            {
                 match map.get(FRAME_KEY).map(|f| BASE64.decode(f)) {
                     Some(Ok(frame)) => proxy.frame_from_client(c, Bytes::from(frame)).await,
-                    _ => tracing::warn!(client = %c.name, "dropped a map with an invalid stream frame"),
+                    _ => {
+                        tracing::warn!(client = %c.name, "dropped a map with an invalid stream frame")
+                    }
+                }
+            }
+            (Some(c), Message::Text(t)) if wire == Wire::Streams && t.starts_with("{\"f\":") => {
+                match frame_of_json(&t) {
+                    Some(frame) => proxy.frame_from_client(c, frame).await,
+                    None => tracing::warn!(client = %c.name, "dropped an invalid stream frame"),
                 }
             }
             (Some(c), Message::Text(t)) => proxy.from_client(c, message_text(&t).as_bytes()),
@@ -259,6 +267,13 @@ async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
         proxy.disconnect(c, &reason);
     }
     log_disconnected(client.as_ref(), &reason);
+}
+
+/// The stream frame in a BrowserChannel JSON message `{"f": "<base64>"}`.
+fn frame_of_json(text: &str) -> Option<Bytes> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let encoded = value.get(FRAME_KEY)?.as_str()?;
+    BASE64.decode(encoded).ok().map(Bytes::from)
 }
 
 /// The text of a client's message: a JSON string is unwrapped (the Rust client and
@@ -784,13 +799,13 @@ async fn serve_connection(
         let in_flight = requests.request();
         async move {
             let limits = &server.limits;
+            // A body streamed to a client is not held here (its stream's window bounds it):
+            // only bodies read whole count against the read budget.
+            let streamed = server.browserver.shared.mode == Mode::Proxy
+                && server.browserver.shared.proxy.streams_to(&req);
+            let budget = (!streamed).then_some(&server.read_budget);
             let mut req = req.map(|body| {
-                conn::RequestBody::new(
-                    body,
-                    limits.body_min_rate,
-                    limits.body_grace,
-                    &server.read_budget,
-                )
+                conn::RequestBody::new(body, limits.body_min_rate, limits.body_grace, budget)
             });
             req.extensions_mut().insert(ClientAddr(peer));
             let response = match server.browserver.route(req).await {

@@ -192,7 +192,7 @@ async fn request(
 
 /// The answer every victim gives.
 async fn victim_service(
-    req: http::Request<Full<Bytes>>,
+    req: http::Request<host::Body>,
 ) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let mut seen = String::new();
     for (k, v) in req.headers() {
@@ -207,6 +207,20 @@ async fn victim_service(
 
 /// A victim serving its hostname over `transport`, and that hostname.
 async fn victim(s: &Server, transport: Transport) -> (host::Host, String) {
+    victim_with(s, transport, &[]).await
+}
+
+/// A victim that speaks the whole-message form (`brow=2`): the proxy reads its visitors'
+/// bodies whole.
+async fn buffered_victim(s: &Server, transport: Transport) -> (host::Host, String) {
+    victim_with(s, transport, &[("brow", "2")]).await
+}
+
+async fn victim_with(
+    s: &Server,
+    transport: Transport,
+    params: &[(&str, &str)],
+) -> (host::Host, String) {
     let url = match transport {
         Transport::WebSocket => s.ws(),
         _ => s.bc(),
@@ -214,6 +228,10 @@ async fn victim(s: &Server, transport: Transport) -> (host::Host, String) {
     let options = Options {
         transport,
         reconnect: false,
+        extra_params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Options::default()
     };
     let h = host::serve(&url, options, tower::service_fn(victim_service));
@@ -490,7 +508,9 @@ async fn slowloris_heads_idle_connections_and_slow_bodies_are_closed() {
         "1000",
     ])
     .await;
-    let (_victim, hostname) = victim(&s, Transport::WebSocket).await;
+    // A victim whose visitors' bodies the proxy reads whole (a streaming victim answers
+    // before the body ends; `streaming.rs` covers slow bodies to one).
+    let (_victim, hostname) = buffered_victim(&s, Transport::WebSocket).await;
     // A head that never ends, a byte at a time.
     let mut slow_head = connect_from(ATTACKER, s.addr).await.expect("connect");
     slow_head
@@ -1176,7 +1196,7 @@ async fn bodies_being_read_at_once_are_bounded_by_the_read_budget() {
         "0",
     ])
     .await;
-    let (_victim, hostname) = victim(&s, Transport::WebSocket).await;
+    let (_victim, hostname) = buffered_victim(&s, Transport::WebSocket).await;
     // Four uploads declare 2 MB each, send 1.5 MB and stall: 6 MB would be held at once.
     let chunk = vec![b'u'; 1_500_000];
     let mut stalled = Vec::new();

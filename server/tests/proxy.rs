@@ -23,9 +23,7 @@ async fn server(config: Config) -> SocketAddr {
 
 /// Answers with what it received: method, target, headers as `x-seen-*`, the body unchanged,
 /// and two `set-cookie` headers.
-async fn mirror(
-    req: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Full<Bytes>>, Infallible> {
+async fn mirror(req: http::Request<host::Body>) -> Result<http::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -624,9 +622,9 @@ type Ready = std::future::Ready<Result<http::Response<Full<Bytes>>, Infallible>>
 /// Answers every request with `who` in an `x-served-by` header.
 fn served_by(
     who: &'static str,
-) -> tower::util::ServiceFn<impl FnMut(http::Request<Full<Bytes>>) -> Ready + Clone + Send + 'static>
+) -> tower::util::ServiceFn<impl FnMut(http::Request<host::Body>) -> Ready + Clone + Send + 'static>
 {
-    tower::service_fn(move |_req: http::Request<Full<Bytes>>| {
+    tower::service_fn(move |_req: http::Request<host::Body>| {
         std::future::ready(Ok(http::Response::builder()
             .header("x-served-by", who)
             .body(Full::new(Bytes::new()))

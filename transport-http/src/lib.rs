@@ -24,6 +24,7 @@
 // On docs.rs, every feature-gated item is marked with the feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod body;
 mod budget;
 mod egress;
 pub mod headers;
@@ -31,15 +32,14 @@ mod hooks;
 pub mod host;
 pub mod message;
 mod proxy;
-pub mod body;
 
+pub use body::{BodyAborted, ProxyBody};
 pub use browserver_runtime::{ClientAddr, client_addr};
 pub use budget::{BodyError, Budget, Reservation};
 pub use egress::{EgressMode, EgressPolicy, is_refused_address};
 pub use hooks::{AllowAll, Authenticator, Authorizer, Connecting, Refusal};
 pub use host::{HostPattern, PatternError};
 pub use ipnet::IpNet;
-pub use body::{BodyAborted, ProxyBody};
 pub use proxy::{
     Channel, ClientInfo, ConnectError, Connected, Delivery, Proxy, ProxyOptions, Undelivered, Wire,
 };

@@ -653,6 +653,22 @@ impl Proxy {
         Ok(self.ingress(&name, &host, req).await)
     }
 
+    /// Whether `req` is for a connected client that speaks streams: its body will pass
+    /// through (bounded by the stream's window), not be held whole.
+    pub fn streams_to<B>(&self, req: &Request<B>) -> bool {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        self.inner
+            .pattern
+            .client_id(&host)
+            .is_some_and(|name| self.clients().get(&name).is_some_and(|c| c.mux.is_some()))
+    }
+
     /// Whether `peer` is a trusted reverse proxy.
     pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
         self.inner
@@ -781,26 +797,47 @@ impl Proxy {
             Err(_) => return gateway_timeout("the client disconnected").map(ProxyBody::from),
         };
         let (mut send, mut recv) = stream.split();
+        let failure = Arc::new(std::sync::Mutex::new(None::<BodyFailure>));
         // The request body goes up in its own task; an upgrade keeps `send` for its bytes.
         let mut send = if end || upgrading {
             Some(send)
         } else {
             let limit = self.inner.options.max_streamed_body_bytes;
             let idle = self.inner.options.request_timeout;
+            let failure = failure.clone();
             tokio::spawn(async move {
-                pump_body(body, &mut send, limit, idle).await;
+                pump_body(body, &mut send, limit, idle, &failure).await;
             });
             None
         };
         let answer = match recv.head().await {
             Ok((head, end)) => (head, end),
             Err(Reset(code)) => {
-                return match code {
-                    ResetCode::TimedOut => gateway_timeout("the client did not answer in time"),
-                    ResetCode::SessionClosed => gateway_timeout("the client disconnected"),
-                    ResetCode::TooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
-                    ResetCode::Refused => too_many_pending(),
-                    _ => plain(StatusCode::BAD_GATEWAY, "Bad Gateway: the client abandoned the request"),
+                let failed = *failure.lock().unwrap_or_else(|e| e.into_inner());
+                return match (failed, code) {
+                    (Some(BodyFailure::TooSlow), _) => plain(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout: the body arrived too slowly",
+                    ),
+                    (Some(BodyFailure::Busy), _) => plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Service Unavailable: the proxy holds too many request bodies",
+                    ),
+                    (Some(BodyFailure::Unreadable), _) => {
+                        plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body")
+                    }
+                    (None, code) => match code {
+                        ResetCode::TimedOut => gateway_timeout("the client did not answer in time"),
+                        ResetCode::SessionClosed => gateway_timeout("the client disconnected"),
+                        ResetCode::TooLarge => {
+                            plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
+                        }
+                        ResetCode::Refused => too_many_pending(),
+                        _ => plain(
+                            StatusCode::BAD_GATEWAY,
+                            "Bad Gateway: the client abandoned the request",
+                        ),
+                    },
                 }
                 .map(ProxyBody::from);
             }
@@ -819,7 +856,8 @@ impl Proxy {
         {
             return switch(message, on_upgrade, send, recv);
         }
-        let valid = matches!(message.head, Head::Response { status, .. } if (200..600).contains(&status));
+        let valid =
+            matches!(message.head, Head::Response { status, .. } if (200..600).contains(&status));
         let response = to_http(message);
         if answer_end || !valid {
             // No body follows, or the answer is refused (502; dropping `recv` resets the
@@ -921,6 +959,7 @@ async fn pump_body<B>(
     send: &mut streams::SendStream,
     limit: Option<u64>,
     idle: std::time::Duration,
+    failure: &std::sync::Mutex<Option<BodyFailure>>,
 ) where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -932,8 +971,20 @@ async fn pump_body<B>(
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Ok(Some(Ok(frame))) => frame,
             Ok(None) => break,
-            Ok(Some(Err(_))) => return send.reset(ResetCode::Cancel),
-            Err(_) => return send.reset(ResetCode::TimedOut),
+            Ok(Some(Err(e))) => {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                let why = match e.downcast_ref::<BodyError>() {
+                    Some(BodyError::TooSlow) => BodyFailure::TooSlow,
+                    Some(BodyError::Busy) => BodyFailure::Busy,
+                    _ => BodyFailure::Unreadable,
+                };
+                *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                return send.reset(ResetCode::Cancel);
+            }
+            Err(_) => {
+                *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(BodyFailure::TooSlow);
+                return send.reset(ResetCode::Cancel);
+            }
         };
         let Ok(mut data) = frame.into_data() else {
             continue; // trailers are not forwarded
@@ -949,6 +1000,14 @@ async fn pump_body<B>(
         }
     }
     send.finish();
+}
+
+/// Why a visitor's streamed request body failed (its stream was reset).
+#[derive(Clone, Copy, Debug)]
+enum BodyFailure {
+    TooSlow,
+    Busy,
+    Unreadable,
 }
 
 /// The client accepted a protocol switch (`101`): the visitor gets the `101`, and once its
@@ -975,10 +1034,13 @@ fn switch(
             response.headers_mut().append(n, v);
         }
     }
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
     response
         .headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
-    response.headers_mut().insert(http::header::UPGRADE, upgrade);
+        .insert(http::header::UPGRADE, upgrade);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             send.reset(ResetCode::Cancel);

@@ -137,8 +137,10 @@ impl ClientMachine {
         self.conn == Conn::Done
     }
 
-    /// Queues a message (JSON text) and sends it if connected; `Ok(seq)` is resolved by
-    /// `Acked` or `SendFailed`.
+    /// Queues a message and sends it if connected; `Ok(seq)` is resolved by `Acked` or
+    /// `SendFailed`. JSON text travels as a text message; bytes that start with a control
+    /// character (below 0x20, which JSON text never does: a browserver stream frame) travel
+    /// as a binary message.
     pub fn send(&mut self, now: Instant, data: Bytes) -> Result<u64, browserver_core::SendError> {
         let seq = self.core.send(now, data)?;
         self.after();
@@ -357,11 +359,18 @@ impl ClientMachine {
             while let Some(t) = self.core.poll_transmit() {
                 if let browserver_core::Transmit::Batch { items, .. } = t {
                     for item in items {
-                        if let Payload::Message(text) = item.payload {
+                        if let Payload::Message(data) = item.payload {
                             wrote = true;
-                            let frame = Frame::Text {
-                                seq: item.seq,
-                                text,
+                            let frame = if is_binary(&data) {
+                                Frame::Binary {
+                                    seq: item.seq,
+                                    data,
+                                }
+                            } else {
+                                Frame::Text {
+                                    seq: item.seq,
+                                    text: data,
+                                }
                             };
                             self.transmits
                                 .push_back(ClientTransmit::Frame(WsMessage::Binary(
@@ -388,6 +397,13 @@ impl ClientMachine {
             }
         }
     }
+}
+
+/// Whether a payload travels as a binary message: its first byte is a control character
+/// (a stream frame), which JSON text never starts with.
+fn is_binary(data: &[u8]) -> bool {
+    data.first()
+        .is_some_and(|b| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
 }
 
 #[cfg(test)]
