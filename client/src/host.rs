@@ -31,7 +31,7 @@ pub use browserver_transport_http::ProxyBody as Body;
 use crate::{Client, Event, Options, Transport, connect};
 
 mod forward;
-pub use forward::{Forward, forward_to};
+pub use forward::{Forward, ForwardBody, ForwardError, forward_to};
 
 /// A client serving HTTP through the proxy. Dropping it disconnects.
 #[derive(Debug)]
@@ -129,6 +129,12 @@ impl Host {
             response = response.header(k.as_str(), v.as_slice());
         }
         response.body(answer.body).map_err(|_| FetchError::Invalid)
+    }
+
+    /// The hostname as it changes: `None` while disconnected, the proxy's name for this
+    /// client once (re)connected (a reconnect may bring a new name).
+    pub fn hostnames(&self) -> watch::Receiver<Option<String>> {
+        self.hostname.clone()
     }
 
     /// Waits until the proxy has told this client its hostname (`<id>.<domain>`); `None` if
@@ -262,6 +268,7 @@ where
                     continue;
                 }
                 Event::Close { .. } => {
+                    let _ = hostname_tx.send(None);
                     if let Some(old) = mux.take() {
                         old.close();
                     }

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 mod admin;
 pub mod conn;
+pub mod expose;
 
 pub use conn::Limits;
 

@@ -176,6 +176,21 @@ enum Command {
     /// A plain channel echo server: every message goes back to its sender (WebSocket and
     /// BrowserChannel on the same paths).
     Echo,
+    /// Make a local HTTP server reachable through a browserver at `<name>.<domain>`:
+    /// connects as a client, forwards every request to LOCAL_URL (streaming both ways,
+    /// WebSocket upgrades and server-sent events included), reconnects with backoff.
+    Expose {
+        /// The local server, e.g. `http://127.0.0.1:8080`.
+        #[arg(value_name = "LOCAL_URL")]
+        local: String,
+        /// The browserver: `ws://HOST:PORT` or `http://HOST:PORT` (a path selects the
+        /// WebSocket path or the BrowserChannel base).
+        #[arg(long, value_name = "PROXY_URL")]
+        server: String,
+        /// Send this `Host` header to the local server instead of the visitor's.
+        #[arg(long)]
+        host_header: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -186,6 +201,29 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Expose {
+        local,
+        server,
+        host_header,
+    }) = cli.command
+    {
+        let config = browserver_server::expose::ExposeConfig {
+            local,
+            server,
+            host_header,
+        };
+        let result = tokio::select! {
+            r = browserver_server::expose::expose(config) => r,
+            () = shutdown_signal() => Ok(()),
+        };
+        return match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("browserver expose: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let listener = match tokio::net::TcpListener::bind(cli.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -232,6 +270,7 @@ async fn main() -> std::process::ExitCode {
     let mode = match cli.command {
         None => Mode::Proxy,
         Some(Command::Echo) => Mode::Echo,
+        Some(Command::Expose { .. }) => return std::process::ExitCode::FAILURE,
     };
     tracing::info!(
         "browserver ({mode:?}) on http://{}: BrowserChannel {}, WebSocket {}, clients at {}",

@@ -1,0 +1,147 @@
+//! `browserver expose LOCAL_URL --server PROXY_URL`: make a local HTTP server reachable at
+//! `<name>.<domain>` through a browserver, as ngrok, bore or localtunnel do — every request
+//! forwarded with streaming both ways, WebSocket upgrades and server-sent events included.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use browserver_client::host::{self, Forward};
+use browserver_client::{Options, Transport};
+use tower::{Service, ServiceExt};
+
+/// What `expose` is told.
+#[derive(Clone, Debug)]
+pub struct ExposeConfig {
+    /// The local server, e.g. `http://127.0.0.1:8080`.
+    pub local: String,
+    /// The browserver, `ws://host:port[/ws]` or `http://host:port[/channel]`.
+    pub server: String,
+    /// Rewrite `Host` to this for the local server.
+    pub host_header: Option<String>,
+}
+
+/// Why `expose` cannot run or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExposeError {
+    /// The local URL is not usable.
+    #[error("invalid local URL: {0}")]
+    Local(#[from] host::ForwardError),
+    /// The server URL is not usable.
+    #[error("invalid server URL {0:?}: give ws://HOST:PORT or http://HOST:PORT")]
+    Server(String),
+    /// The server ended the connection for good.
+    #[error("the server ended the connection")]
+    Ended,
+}
+
+/// Where to connect for `server`, and how: `ws://` → WebSocket (path `/ws` unless given);
+/// `http://` → WebSocket first, BrowserChannel when it fails (base `/channel` unless given).
+/// Also the public URL's scheme and port to show.
+pub fn connect_url(server: &str) -> Result<(String, Transport, String, Option<u16>), ExposeError> {
+    let url = url::Url::parse(server).map_err(|_| ExposeError::Server(server.into()))?;
+    let (transport, default_path, public_scheme) = match url.scheme() {
+        "ws" => (Transport::WebSocket, "/ws", "http"),
+        "wss" => (Transport::WebSocket, "/ws", "https"),
+        "http" => (Transport::Auto, "/channel", "http"),
+        "https" => (Transport::Auto, "/channel", "https"),
+        _ => return Err(ExposeError::Server(server.into())),
+    };
+    if url.host_str().is_none() {
+        return Err(ExposeError::Server(server.into()));
+    }
+    let mut connect = url.clone();
+    if url.path().is_empty() || url.path() == "/" {
+        connect.set_path(default_path);
+    }
+    Ok((
+        connect.to_string().trim_end_matches('/').to_string(),
+        transport,
+        public_scheme.to_string(),
+        url.port(),
+    ))
+}
+
+/// The public URL of `hostname` (as the proxy names it, maybe without a port).
+pub fn public_url(hostname: &str, scheme: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) if !hostname.contains(':') => format!("{scheme}://{hostname}:{p}"),
+        _ => format!("{scheme}://{hostname}"),
+    }
+}
+
+/// Runs until interrupted: prints `forwarding <public URL> -> <LOCAL_URL>` each time the
+/// proxy gives this client a name, then one line per request.
+pub async fn expose(config: ExposeConfig) -> Result<(), ExposeError> {
+    let forward = host::forward_to(&config.local)?.host_header(config.host_header.as_deref())?;
+    let local = forward.local();
+    let (url, transport, scheme, port) = connect_url(&config.server)?;
+    let options = Options {
+        transport,
+        ..Options::default()
+    };
+    let h = host::serve(&url, options, logged(forward));
+    let mut names = h.hostnames();
+    loop {
+        if let Some(hostname) = names.borrow_and_update().clone() {
+            println!("forwarding {} -> {local}", public_url(&hostname, &scheme, port));
+        }
+        if names.changed().await.is_err() {
+            return Err(ExposeError::Ended);
+        }
+    }
+}
+
+/// `forward`, printing one line per request: method, path, status, time to the answer's
+/// head.
+fn logged(
+    forward: Forward,
+) -> impl Service<
+    http::Request<host::Body>,
+    Response = http::Response<host::ForwardBody>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |req: http::Request<host::Body>| {
+        let forward = forward.clone();
+        async move {
+            let started = Instant::now();
+            let line = format!("{} {}", req.method(), req.uri());
+            let response = forward.oneshot(req).await?;
+            println!(
+                "{line} -> {} ({} ms)",
+                response.status().as_u16(),
+                started.elapsed().as_millis()
+            );
+            Ok(response)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls_of_either_scheme_pick_the_endpoint_and_the_transport() {
+        let (url, t, scheme, port) = connect_url("ws://127.0.0.1:3572").expect("ok");
+        assert_eq!(
+            (url.as_str(), t, scheme.as_str(), port),
+            ("ws://127.0.0.1:3572/ws", Transport::WebSocket, "http", Some(3572))
+        );
+        let (url, t, _, _) = connect_url("http://example.test:80/").expect("ok");
+        assert_eq!((url.as_str(), t), ("http://example.test/channel", Transport::Auto));
+        let (url, _, _, _) = connect_url("http://h:1/base").expect("ok");
+        assert_eq!(url, "http://h:1/base");
+        assert!(connect_url("ftp://h").is_err());
+        assert!(connect_url("not a url").is_err());
+    }
+
+    #[test]
+    fn the_public_url_carries_the_servers_port_unless_the_name_has_one() {
+        assert_eq!(public_url("a.localhost", "http", Some(3572)), "http://a.localhost:3572");
+        assert_eq!(public_url("a.localhost:80", "http", Some(3572)), "http://a.localhost:80");
+        assert_eq!(public_url("a.example", "https", None), "https://a.example");
+    }
+}
