@@ -267,11 +267,11 @@ pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// other's receive windows are its own defaults; nothing negotiates them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamConfig {
-    /// Bytes of one stream a receiver accepts before it grants more. 256 KiB.
+    /// Bytes of one stream a receiver accepts before it grants more. 512 KiB.
     pub stream_window: u32,
-    /// Bytes over all streams a receiver accepts before it grants more. 1 MiB.
+    /// Bytes over all streams a receiver accepts before it grants more. 2 MiB.
     pub connection_window: u32,
-    /// Largest data frame: a stream gives way to the next after this many bytes. 16 KiB.
+    /// Largest data frame: a stream gives way to the next after this many bytes. 32 KiB.
     pub max_frame_data: usize,
     /// Streams the peer may have open at once; more are refused. 128.
     pub max_peer_streams: usize,
@@ -282,18 +282,22 @@ pub struct StreamConfig {
     /// Bytes `write` queues per stream before it refuses (the writer waits for
     /// [`StreamEvent::Writable`]). 256 KiB.
     pub send_buffer: usize,
+    /// Bytes `write` queues over all streams before it refuses: what one session's senders
+    /// hold at most, however many streams. 2 MiB.
+    pub connection_send_buffer: usize,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
-            stream_window: 256 << 10,
-            connection_window: 1 << 20,
-            max_frame_data: 16 << 10,
+            stream_window: 512 << 10,
+            connection_window: 2 << 20,
+            max_frame_data: 32 << 10,
             max_peer_streams: 128,
             max_local_streams: 128,
             max_head_bytes: 64 << 10,
             send_buffer: 256 << 10,
+            connection_send_buffer: 2 << 20,
         }
     }
 }
@@ -439,6 +443,10 @@ pub struct Streams {
     conn_to_grant: u32,
     /// Heads, resets and credits, sent before data.
     control: VecDeque<Frame>,
+    /// Bytes queued by `write` over all streams.
+    queued: usize,
+    /// Some stream's `write` was refused for the connection's send buffer.
+    blocked: bool,
     /// The stream after which the fair scan for data resumes.
     cursor: StreamId,
     events: VecDeque<StreamEvent>,
@@ -463,6 +471,8 @@ impl Streams {
             conn_to_grant: 0,
             streams: BTreeMap::new(),
             control: VecDeque::new(),
+            queued: 0,
+            blocked: false,
             cursor: 0,
             events: VecDeque::new(),
             head_timeout: None,
@@ -534,17 +544,28 @@ impl Streams {
 
     /// Bytes `write` would queue on stream `id` now (0: wait for `Writable`).
     pub fn capacity(&self, id: StreamId) -> usize {
+        let connection = self
+            .config
+            .connection_send_buffer
+            .saturating_sub(self.queued);
         self.streams
             .get(&id)
             .filter(|s| !s.finishing)
-            .map_or(0, |s| self.config.send_buffer.saturating_sub(s.queued))
+            .map_or(0, |s| {
+                self.config
+                    .send_buffer
+                    .saturating_sub(s.queued)
+                    .min(connection)
+            })
     }
 
     /// Queues body bytes on stream `id`. Accepted while the stream's queue is below
-    /// [`StreamConfig::send_buffer`] (a chunk may overshoot it once); otherwise
+    /// [`StreamConfig::send_buffer`] and all streams' below
+    /// [`StreamConfig::connection_send_buffer`] (a chunk may overshoot them once); otherwise
     /// [`StreamError::Full`] and a [`StreamEvent::Writable`] follows when there is room.
     pub fn write(&mut self, id: StreamId, data: Bytes) -> Result<(), StreamError> {
         let buffer = self.config.send_buffer;
+        let connection_full = self.queued >= self.config.connection_send_buffer;
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         if s.finishing {
             return Err(StreamError::Finished);
@@ -552,12 +573,14 @@ impl Streams {
         if !s.head_sent {
             return Err(StreamError::Unknown);
         }
-        if s.queued >= buffer {
+        if s.queued >= buffer || connection_full {
             s.blocked = true;
+            self.blocked |= connection_full;
             return Err(StreamError::Full);
         }
         if !data.is_empty() {
             s.queued += data.len();
+            self.queued += data.len();
             s.queue.push_back(data);
         }
         Ok(())
@@ -766,17 +789,22 @@ impl Streams {
         };
         let n = data.len();
         s.queued -= n;
+        self.queued -= n;
         s.send_window -= n as i64;
         self.conn_send -= n as i64;
         let end = s.queue.is_empty() && s.finishing;
         if end {
             s.send_done = true;
         }
-        if s.blocked && s.queued < buffer {
+        let connection_room = self.queued < self.config.connection_send_buffer;
+        if s.blocked && s.queued < buffer && connection_room {
             s.blocked = false;
             self.events.push_back(StreamEvent::Writable { id: next });
         }
         self.forget_if_over(next);
+        if self.blocked && connection_room {
+            self.wake_blocked();
+        }
         Some(Frame::Data {
             id: next,
             data,
@@ -840,8 +868,24 @@ impl Streams {
         self.streams.values().map(|s| s.queued).sum()
     }
 
+    /// The connection's send buffer has room: every stream refused for it may write again.
+    fn wake_blocked(&mut self) {
+        self.blocked = false;
+        let buffer = self.config.send_buffer;
+        for (id, s) in &mut self.streams {
+            if s.blocked && s.queued < buffer {
+                s.blocked = false;
+                self.events.push_back(StreamEvent::Writable { id: *id });
+            }
+        }
+    }
+
     fn remove(&mut self, id: StreamId) -> Option<Stream> {
         let s = self.streams.remove(&id)?;
+        self.queued -= s.queued;
+        if self.blocked && self.queued < self.config.connection_send_buffer {
+            self.wake_blocked();
+        }
         if s.local {
             self.local_open -= 1;
         } else {
@@ -981,6 +1025,44 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_send_buffer_bounds_what_all_streams_queue_together() {
+        let config = StreamConfig {
+            send_buffer: 64 << 10,
+            connection_send_buffer: 100 << 10,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, config.clone());
+        let mut client = Streams::new(Side::Client, config);
+        let now = Instant::now();
+        let chunk = Bytes::from(vec![1u8; 16 << 10]);
+        let ids: Vec<_> = (0..8)
+            .map(|_| proxy.open(now, Bytes::new(), false).expect("open"))
+            .collect();
+        let mut refused = Vec::new();
+        for &id in &ids {
+            while proxy.write(id, chunk.clone()).is_ok() {}
+            refused.push(id);
+        }
+        assert!(proxy.queued_bytes() <= (100 << 10) + chunk.len());
+        assert_eq!(proxy.capacity(ids[7]), 0);
+        // As frames leave, every refused stream hears it may write again.
+        pump(&mut proxy, &mut client, now);
+        let writable: Vec<_> = events(&mut proxy)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Writable { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in refused {
+            assert!(
+                writable.contains(&id),
+                "stream {id} never told: {writable:?}"
+            );
+        }
+    }
+
+    #[test]
     fn data_beyond_the_window_is_a_protocol_error() {
         let (mut proxy, mut client, now) = pair();
         let id = proxy
@@ -1030,7 +1112,10 @@ mod tests {
             }
             client.handle_frame(now, f).expect("ok");
         }
-        assert_eq!(order.len(), 8);
+        assert_eq!(
+            order.len(),
+            2 * (64 << 10) / StreamConfig::default().max_frame_data
+        );
         assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
     }
 

@@ -46,7 +46,7 @@ pub struct MuxConfig {
     /// ([`ResetCode::TimedOut`]). `None`: no deadline.
     pub head_timeout: Option<Duration>,
     /// Frame bytes queued on the session and not yet acknowledged, at most; keep it well
-    /// under the session's send buffer. 2 MiB.
+    /// under the session's send buffer. 3 MiB.
     pub max_in_flight: usize,
 }
 
@@ -55,7 +55,7 @@ impl Default for MuxConfig {
         MuxConfig {
             streams: StreamConfig::default(),
             head_timeout: None,
-            max_in_flight: 2 << 20,
+            max_in_flight: 3 << 20,
         }
     }
 }

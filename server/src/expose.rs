@@ -83,7 +83,10 @@ pub async fn expose(config: ExposeConfig) -> Result<(), ExposeError> {
     let mut names = h.hostnames();
     loop {
         if let Some(hostname) = names.borrow_and_update().clone() {
-            println!("forwarding {} -> {local}", public_url(&hostname, &scheme, port));
+            println!(
+                "forwarding {} -> {local}",
+                public_url(&hostname, &scheme, port)
+            );
         }
         if names.changed().await.is_err() {
             return Err(ExposeError::Ended);
@@ -128,10 +131,18 @@ mod tests {
         let (url, t, scheme, port) = connect_url("ws://127.0.0.1:3572").expect("ok");
         assert_eq!(
             (url.as_str(), t, scheme.as_str(), port),
-            ("ws://127.0.0.1:3572/ws", Transport::WebSocket, "http", Some(3572))
+            (
+                "ws://127.0.0.1:3572/ws",
+                Transport::WebSocket,
+                "http",
+                Some(3572)
+            )
         );
         let (url, t, _, _) = connect_url("http://example.test:80/").expect("ok");
-        assert_eq!((url.as_str(), t), ("http://example.test/channel", Transport::Auto));
+        assert_eq!(
+            (url.as_str(), t),
+            ("http://example.test/channel", Transport::Auto)
+        );
         let (url, _, _, _) = connect_url("http://h:1/base").expect("ok");
         assert_eq!(url, "http://h:1/base");
         assert!(connect_url("ftp://h").is_err());
@@ -140,8 +151,14 @@ mod tests {
 
     #[test]
     fn the_public_url_carries_the_servers_port_unless_the_name_has_one() {
-        assert_eq!(public_url("a.localhost", "http", Some(3572)), "http://a.localhost:3572");
-        assert_eq!(public_url("a.localhost:80", "http", Some(3572)), "http://a.localhost:80");
+        assert_eq!(
+            public_url("a.localhost", "http", Some(3572)),
+            "http://a.localhost:3572"
+        );
+        assert_eq!(
+            public_url("a.localhost:80", "http", Some(3572)),
+            "http://a.localhost:80"
+        );
         assert_eq!(public_url("a.example", "https", None), "https://a.example");
     }
 }

@@ -134,7 +134,7 @@ pub struct ProxyOptions {
     /// Per-request authorization in both directions (default: allow all).
     pub authorizer: std::sync::Arc<dyn crate::hooks::Authorizer>,
     /// Flow control of streaming clients ([`Wire::Streams`]): windows, frame size, bytes in
-    /// flight. The defaults: 256 KiB per stream, 1 MiB per client, 16 KiB frames, 2 MiB
+    /// flight. The defaults: 512 KiB per stream, 2 MiB per client, 32 KiB frames, 3 MiB
     /// unacknowledged. Streams per client are `max_pending_per_client`; the answer deadline
     /// is `request_timeout`.
     pub streams: MuxConfig,
