@@ -19,6 +19,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::{Command, Ended, Link, SendError, Tracker, Transport};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long a closing client waits for the server's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
 
 /// Opens a connection offering session mode. No timeout here: the machine's deadline
@@ -94,6 +97,14 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
                     connecting = None;
                     if let Some(mut w) = ws.take() {
                         let _ = w.close(None).await;
+                        // The close handshake: read until the server's close (briefly). Dropping
+                        // the socket with unread data in it would reset the connection, and a
+                        // reset can discard our close frame before the server reads it (it
+                        // would then wait for a resume until the session timeout).
+                        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                            while let Some(Ok(_)) = w.next().await {}
+                        })
+                        .await;
                     }
                 }
                 _ => {}

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,99 +18,18 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const WAIT: Duration = Duration::from_secs(15);
+mod common;
+use common::{Server, WAIT};
+
 const ATTACKER: &str = "127.0.0.1";
 const ORDINARY: &str = "127.0.0.2";
 
-/// The `browserver` binary, running until dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
 impl Server {
-    async fn start(args: &[&str]) -> Server {
-        Server::start_with_file_limit(None, args).await
-    }
-
-    /// The binary under `ulimit -n FILES` when given.
-    async fn start_with_file_limit(files: Option<u32>, args: &[&str]) -> Server {
-        let binary = env!("CARGO_BIN_EXE_browserver");
-        let mut command = match files {
-            None => Command::new(binary),
-            Some(files) => {
-                let mut sh = Command::new("sh");
-                sh.args([
-                    "-c",
-                    &format!("ulimit -n {files} && exec {binary} \"$@\""),
-                    "sh",
-                ]);
-                sh
-            }
-        };
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn browserver");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("starts in time")
-            .expect("stdout")
-            .expect("a first line");
-        let addr = first
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let sink = stderr.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = err_lines.next_line().await {
-                let mut s = sink.lock().expect("lock");
-                if s.len() < 1 << 20 {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        });
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    /// The server's resident memory, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    fn assert_healthy(&self) {
-        let log = self.stderr.lock().expect("lock");
-        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-    }
-
     /// A request from the attacker's address to the server's own host.
     async fn own(
         &self,
@@ -130,14 +48,6 @@ impl Server {
             .own("GET", "/_browserver/clients", &[], Bytes::new())
             .await;
         serde_json::from_slice(&r.body).expect("json")
-    }
-
-    fn ws(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn bc(&self) -> String {
-        format!("http://{}/channel", self.addr)
     }
 }
 
