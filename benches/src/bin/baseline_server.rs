@@ -2,7 +2,9 @@
 //!
 //! - `ws-echo`: tokio-tungstenite's own echo example (every text or binary frame is
 //!   forwarded back, `read.forward(write)`), at any path;
-//! - `http-hello`: a hyper HTTP/1.1 server answering every request with `hello`.
+//! - `http-hello`: a hyper HTTP/1.1 server answering every request with `hello`; and, for the
+//!   tunnel comparison, `GET /bytes?n=N` with N bytes (streamed, 64 KiB at a time) and any
+//!   `POST` with the number of body bytes it read.
 //!
 //! `baseline-server ws-echo --listen 127.0.0.1:0` prints `listening on ADDR` once ready.
 
@@ -29,10 +31,34 @@ struct Args {
     listen: std::net::SocketAddr,
 }
 
-async fn hello(
-    _req: http::Request<hyper::body::Incoming>,
-) -> Result<http::Response<Full<Bytes>>, Infallible> {
-    Ok(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
+use browserver_benches::load::http::Zeros;
+
+type Body = http_body_util::Either<Full<Bytes>, Zeros>;
+
+async fn hello(req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Body>, Infallible> {
+    use http_body_util::BodyExt;
+    if req.method() == http::Method::POST {
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            n += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
+        return Ok(http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
+            n.to_string(),
+        )))));
+    }
+    if req.uri().path() == "/bytes" {
+        let n = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("n="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        return Ok(http::Response::new(http_body_util::Either::Right(Zeros { left: n })));
+    }
+    Ok(http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(
+        b"hello",
+    )))))
 }
 
 #[tokio::main]

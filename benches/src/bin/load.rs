@@ -98,14 +98,31 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
-    /// GETs to a URL (a baseline: a bare HTTP server).
+    /// GETs to a URL (a baseline: a bare HTTP server, or one behind a tunnel).
     Http {
         #[arg(long)]
         url: String,
+        /// The `Host` header to send (default: the URL's).
+        #[arg(long)]
+        host: Option<String>,
         #[arg(long, default_value_t = 32)]
         connections: usize,
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+    },
+    /// One large transfer: `GET URL/bytes?n=BYTES` (down) or a `POST` of BYTES (up) to a
+    /// `baseline-server http-hello`, directly or through a tunnel; seconds and MiB/s.
+    Transfer {
+        #[arg(long)]
+        url: String,
+        /// The `Host` header to send (default: the URL's).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
+        /// `down` or `up`.
+        #[arg(long, default_value = "down")]
+        direction: String,
     },
 }
 
@@ -219,12 +236,23 @@ async fn run(command: Command) -> Result<serde_json::Value, String> {
         }
         Command::Http {
             url,
+            host,
             connections,
             seconds,
         } => {
             let (addr, path) = load::http::loopback(&url)?;
-            let host = addr.to_string();
+            let host = host.unwrap_or_else(|| addr.to_string());
             Ok(load::http::run_gets(addr, vec![host], &path, connections, seconds).await)
+        }
+        Command::Transfer {
+            url,
+            host,
+            bytes,
+            direction,
+        } => {
+            let (addr, _) = load::http::loopback(&url)?;
+            let host = host.unwrap_or_else(|| addr.to_string());
+            load::http::transfer(addr, &host, bytes, direction == "up").await
         }
     }
 }

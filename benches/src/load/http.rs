@@ -206,3 +206,92 @@ mod tests {
         assert!(loopback("not a url").is_err());
     }
 }
+
+/// One transfer of `bytes` to or from a `baseline-server http-hello` at `addr` (with `Host:
+/// host`): down is `GET /bytes?n=BYTES`, up a `POST` of that many zero bytes. The summary:
+/// seconds, MiB/s, and whether every byte crossed.
+pub async fn transfer(
+    addr: std::net::SocketAddr,
+    host: &str,
+    bytes: u64,
+    up: bool,
+) -> Result<serde_json::Value, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Zeros>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let started = Instant::now();
+    let req = if up {
+        http::Request::post("/upload")
+            .header("host", host)
+            .body(Zeros { left: bytes })
+    } else {
+        http::Request::get(format!("/bytes?n={bytes}"))
+            .header("host", host)
+            .body(Zeros { left: 0 })
+    }
+    .map_err(|e| e.to_string())?;
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let mut body = res.into_body();
+    let mut got: u64 = 0;
+    let mut text = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(d) = frame.data_ref() {
+            got += d.len() as u64;
+            if up && text.len() < 64 {
+                text.extend_from_slice(d);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let complete = if up {
+        String::from_utf8_lossy(&text).trim() == bytes.to_string()
+    } else {
+        got == bytes
+    };
+    Ok(serde_json::json!({
+        "status": status,
+        "bytes": bytes,
+        "complete": complete,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "mib_per_second": ((bytes as f64 / (1 << 20) as f64) / seconds).round(),
+    }))
+}
+
+/// `left` zero bytes as a body, 64 KiB per frame.
+pub struct Zeros {
+    /// Bytes still to come.
+    pub left: u64,
+}
+
+impl http_body::Body for Zeros {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        static ZEROS: [u8; 65536] = [0; 65536];
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(ZEROS.len() as u64);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+            &ZEROS[..n as usize],
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
