@@ -442,7 +442,13 @@ where
                 };
                 let len = bytes::Buf::remaining(&data);
                 let data = bytes::Buf::copy_to_bytes(&mut data, len);
-                if send.write(data).await.is_err() {
+                // The last chunk carries the end (one frame fewer for small answers).
+                let written = if body.is_end_stream() {
+                    send.write_last(data).await
+                } else {
+                    send.write(data).await
+                };
+                if written.is_err() {
                     return; // the visitor went away: the stream was reset
                 }
             }

@@ -74,6 +74,8 @@ enum Cmd {
     Write {
         id: StreamId,
         data: Bytes,
+        /// The last chunk: the end goes in the same frame.
+        finish: bool,
         done: oneshot::Sender<Result<(), StreamError>>,
     },
     Finish {
@@ -281,6 +283,16 @@ impl SendStream {
     /// Writes a chunk of this side's body; waits while the stream's send buffer is full
     /// (the peer reads slowly). An error: the stream is over (reset, or the session ended).
     pub async fn write(&mut self, data: Bytes) -> Result<(), Reset> {
+        self.write_chunk(data, false).await
+    }
+
+    /// Writes the last chunk of this side's body and ends it (one frame, where a `write`
+    /// then a `finish` may take two).
+    pub async fn write_last(&mut self, data: Bytes) -> Result<(), Reset> {
+        self.write_chunk(data, true).await
+    }
+
+    async fn write_chunk(&mut self, data: Bytes, finish: bool) -> Result<(), Reset> {
         if self.done {
             return Err(Reset(ResetCode::Cancel));
         }
@@ -288,8 +300,12 @@ impl SendStream {
         let sent = self.cmd.send(Cmd::Write {
             id: self.id,
             data,
+            finish,
             done,
         });
+        if finish {
+            self.done = true;
+        }
         match (sent, rx.await) {
             (Ok(()), Ok(Ok(()))) => Ok(()),
             _ => {
@@ -492,8 +508,9 @@ struct Task {
     readers: HashMap<StreamId, mpsc::UnboundedSender<Piece>>,
     /// Streams whose reader is gone.
     discarding: std::collections::HashSet<StreamId>,
-    /// Writes refused for a full send buffer, retried on `Writable`.
-    writers: HashMap<StreamId, (Bytes, oneshot::Sender<Result<(), StreamError>>)>,
+    /// Writes refused for a full send buffer (and whether each is the last), retried on
+    /// `Writable`.
+    writers: HashMap<StreamId, (Bytes, bool, oneshot::Sender<Result<(), StreamError>>)>,
     incoming: mpsc::Sender<Incoming>,
     in_flight: usize,
     max_in_flight: usize,
@@ -577,14 +594,12 @@ impl Task {
             Cmd::Respond { id, head, end } => {
                 let _ = self.machine.respond(id, head, end);
             }
-            Cmd::Write { id, data, done } => match self.machine.write(id, data.clone()) {
-                Err(StreamError::Full) => {
-                    self.writers.insert(id, (data, done));
-                }
-                result => {
-                    let _ = done.send(result);
-                }
-            },
+            Cmd::Write {
+                id,
+                data,
+                finish,
+                done,
+            } => self.write(id, data, finish, done),
             Cmd::Finish { id } => {
                 let _ = self.machine.finish(id);
             }
@@ -625,10 +640,32 @@ impl Task {
         })
     }
 
+    /// A write: queued (and the stream finished if it is the last), or parked until the
+    /// stream's buffer has room.
+    fn write(
+        &mut self,
+        id: StreamId,
+        data: Bytes,
+        finish: bool,
+        done: oneshot::Sender<Result<(), StreamError>>,
+    ) {
+        match self.machine.write(id, data.clone()) {
+            Err(StreamError::Full) => {
+                self.writers.insert(id, (data, finish, done));
+            }
+            result => {
+                if finish && result.is_ok() {
+                    let _ = self.machine.finish(id);
+                }
+                let _ = done.send(result);
+            }
+        }
+    }
+
     fn forget(&mut self, id: StreamId) {
         self.readers.remove(&id);
         self.discarding.remove(&id);
-        if let Some((_, done)) = self.writers.remove(&id) {
+        if let Some((_, _, done)) = self.writers.remove(&id) {
             let _ = done.send(Err(StreamError::Unknown));
         }
     }
@@ -685,15 +722,8 @@ impl Task {
                     self.forget(id);
                 }
                 StreamEvent::Writable { id } => {
-                    if let Some((data, done)) = self.writers.remove(&id) {
-                        match self.machine.write(id, data.clone()) {
-                            Err(StreamError::Full) => {
-                                self.writers.insert(id, (data, done));
-                            }
-                            result => {
-                                let _ = done.send(result);
-                            }
-                        }
+                    if let Some((data, finish, done)) = self.writers.remove(&id) {
+                        self.write(id, data, finish, done);
                     }
                 }
             }

@@ -79,14 +79,17 @@ pub async fn expose(config: ExposeConfig) -> Result<(), ExposeError> {
         transport,
         ..Options::default()
     };
-    let h = host::serve(&url, options, logged(forward));
+    let out = lines();
+    let h = host::serve(&url, options, logged(forward, out.clone()));
     let mut names = h.hostnames();
     loop {
         if let Some(hostname) = names.borrow_and_update().clone() {
-            println!(
-                "forwarding {} -> {local}",
-                public_url(&hostname, &scheme, port)
-            );
+            let _ = out
+                .send(format!(
+                    "forwarding {} -> {local}\n",
+                    public_url(&hostname, &scheme, port)
+                ))
+                .await;
         }
         if names.changed().await.is_err() {
             return Err(ExposeError::Ended);
@@ -94,10 +97,34 @@ pub async fn expose(config: ExposeConfig) -> Result<(), ExposeError> {
     }
 }
 
+/// Stdout for the lines: written by a task, in batches when they come fast (one write for
+/// all the lines waiting, not one per request), at once when they do not.
+fn lines() -> tokio::sync::mpsc::Sender<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+    tokio::spawn(async move {
+        use std::io::Write;
+        let mut batch = String::new();
+        while let Some(line) = rx.recv().await {
+            batch.push_str(&line);
+            while let Ok(more) = rx.try_recv() {
+                batch.push_str(&more);
+            }
+            // As println! does: a write to the process's stdout, here once per batch.
+            let mut out = std::io::stdout().lock();
+            if out.write_all(batch.as_bytes()).is_err() || out.flush().is_err() {
+                return;
+            }
+            batch.clear();
+        }
+    });
+    tx
+}
+
 /// `forward`, printing one line per request: method, path, status, time to the answer's
 /// head.
 fn logged(
     forward: Forward,
+    lines: tokio::sync::mpsc::Sender<String>,
 ) -> impl Service<
     http::Request<host::Body>,
     Response = http::Response<host::ForwardBody>,
@@ -107,16 +134,18 @@ fn logged(
 + Send
 + 'static {
     tower::service_fn(move |req: http::Request<host::Body>| {
-        let forward = forward.clone();
+        let (forward, lines) = (forward.clone(), lines.clone());
         async move {
             let started = Instant::now();
             let line = format!("{} {}", req.method(), req.uri());
             let response = forward.oneshot(req).await?;
-            println!(
-                "{line} -> {} ({} ms)",
-                response.status().as_u16(),
-                started.elapsed().as_millis()
-            );
+            let _ = lines
+                .send(format!(
+                    "{line} -> {} ({} ms)\n",
+                    response.status().as_u16(),
+                    started.elapsed().as_millis()
+                ))
+                .await;
             Ok(response)
         }
     })

@@ -995,7 +995,12 @@ async fn pump_body<B>(
         if limit.is_some_and(|l| total > l) {
             return send.reset(ResetCode::TooLarge);
         }
-        if send.write(data).await.is_err() {
+        let written = if body.is_end_stream() {
+            send.write_last(data).await
+        } else {
+            send.write(data).await
+        };
+        if written.is_err() {
             return;
         }
     }

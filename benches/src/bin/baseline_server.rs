@@ -35,7 +35,9 @@ use browserver_benches::load::http::Zeros;
 
 type Body = http_body_util::Either<Full<Bytes>, Zeros>;
 
-async fn hello(req: http::Request<hyper::body::Incoming>) -> Result<http::Response<Body>, Infallible> {
+async fn hello(
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Body>, Infallible> {
     use http_body_util::BodyExt;
     if req.method() == http::Method::POST {
         let mut body = req.into_body();
@@ -43,9 +45,9 @@ async fn hello(req: http::Request<hyper::body::Incoming>) -> Result<http::Respon
         while let Some(Ok(frame)) = body.frame().await {
             n += frame.data_ref().map_or(0, |d| d.len() as u64);
         }
-        return Ok(http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
-            n.to_string(),
-        )))));
+        return Ok(http::Response::new(http_body_util::Either::Left(
+            Full::new(Bytes::from(n.to_string())),
+        )));
     }
     if req.uri().path() == "/bytes" {
         let n = req
@@ -54,11 +56,13 @@ async fn hello(req: http::Request<hyper::body::Incoming>) -> Result<http::Respon
             .and_then(|q| q.strip_prefix("n="))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        return Ok(http::Response::new(http_body_util::Either::Right(Zeros { left: n })));
+        return Ok(http::Response::new(http_body_util::Either::Right(Zeros {
+            left: n,
+        })));
     }
-    Ok(http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from_static(
-        b"hello",
-    )))))
+    Ok(http::Response::new(http_body_util::Either::Left(
+        Full::new(Bytes::from_static(b"hello")),
+    )))
 }
 
 #[tokio::main]
