@@ -498,6 +498,9 @@ where
     }
 }
 
+/// Where a write's outcome goes.
+type WriteDone = oneshot::Sender<Result<(), StreamError>>;
+
 type AckFuture = Pin<Box<dyn Future<Output = (usize, bool)> + Send>>;
 
 struct Task {
@@ -510,7 +513,7 @@ struct Task {
     discarding: std::collections::HashSet<StreamId>,
     /// Writes refused for a full send buffer (and whether each is the last), retried on
     /// `Writable`.
-    writers: HashMap<StreamId, (Bytes, bool, oneshot::Sender<Result<(), StreamError>>)>,
+    writers: HashMap<StreamId, (Bytes, bool, WriteDone)>,
     incoming: mpsc::Sender<Incoming>,
     in_flight: usize,
     max_in_flight: usize,
@@ -647,7 +650,7 @@ impl Task {
         id: StreamId,
         data: Bytes,
         finish: bool,
-        done: oneshot::Sender<Result<(), StreamError>>,
+        done: WriteDone,
     ) {
         match self.machine.write(id, data.clone()) {
             Err(StreamError::Full) => {
