@@ -189,24 +189,6 @@ pub async fn run_gets(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::loopback;
-
-    #[test]
-    fn only_loopback_urls_are_accepted() {
-        let (addr, path) = loopback("http://127.0.0.1:3572/channel?x=1").expect("loopback");
-        assert_eq!(addr.to_string(), "127.0.0.1:3572");
-        assert_eq!(path, "/channel?x=1");
-        assert!(loopback("http://localhost/").is_ok());
-        assert!(loopback("http://[::1]:80/").is_ok());
-        assert!(loopback("http://127.9.9.9:1/").is_ok());
-        assert!(loopback("http://10.0.0.1:3572/").is_err());
-        assert!(loopback("http://example.com/").is_err());
-        assert!(loopback("not a url").is_err());
-    }
-}
-
 /// One transfer of `bytes` to or from a `baseline-server http-hello` at `addr` (with `Host:
 /// host`): down is `GET /bytes?n=BYTES`, up a `POST` of that many zero bytes. The summary:
 /// seconds, MiB/s, and whether every byte crossed.
@@ -293,5 +275,23 @@ impl http_body::Body for Zeros {
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback;
+
+    #[test]
+    fn only_loopback_urls_are_accepted() {
+        let (addr, path) = loopback("http://127.0.0.1:3572/channel?x=1").expect("loopback");
+        assert_eq!(addr.to_string(), "127.0.0.1:3572");
+        assert_eq!(path, "/channel?x=1");
+        assert!(loopback("http://localhost/").is_ok());
+        assert!(loopback("http://[::1]:80/").is_ok());
+        assert!(loopback("http://127.9.9.9:1/").is_ok());
+        assert!(loopback("http://10.0.0.1:3572/").is_err());
+        assert!(loopback("http://example.com/").is_err());
+        assert!(loopback("not a url").is_err());
     }
 }
