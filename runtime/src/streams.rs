@@ -645,13 +645,7 @@ impl Task {
 
     /// A write: queued (and the stream finished if it is the last), or parked until the
     /// stream's buffer has room.
-    fn write(
-        &mut self,
-        id: StreamId,
-        data: Bytes,
-        finish: bool,
-        done: WriteDone,
-    ) {
+    fn write(&mut self, id: StreamId, data: Bytes, finish: bool, done: WriteDone) {
         match self.machine.write(id, data.clone()) {
             Err(StreamError::Full) => {
                 self.writers.insert(id, (data, finish, done));

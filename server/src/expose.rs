@@ -18,6 +18,8 @@ pub struct ExposeConfig {
     pub server: String,
     /// Rewrite `Host` to this for the local server.
     pub host_header: Option<String>,
+    /// Force a transport (`None`: chosen by the server URL's scheme).
+    pub transport: Option<Transport>,
 }
 
 /// Why `expose` cannot run or stopped.
@@ -75,8 +77,15 @@ pub async fn expose(config: ExposeConfig) -> Result<(), ExposeError> {
     let forward = host::forward_to(&config.local)?.host_header(config.host_header.as_deref())?;
     let local = forward.local();
     let (url, transport, scheme, port) = connect_url(&config.server)?;
+    let url = match (config.transport, transport) {
+        // BrowserChannel asked for with a ws:// URL: the same server's channel base.
+        (Some(Transport::BrowserChannel), Transport::WebSocket) => {
+            connect_url(&url.replacen("ws", "http", 1).replace("/ws", ""))?.0
+        }
+        _ => url,
+    };
     let options = Options {
-        transport,
+        transport: config.transport.unwrap_or(transport),
         ..Options::default()
     };
     let out = lines();

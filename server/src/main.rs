@@ -190,7 +190,19 @@ enum Command {
         /// Send this `Host` header to the local server instead of the visitor's.
         #[arg(long)]
         host_header: Option<String>,
+        /// `auto` (WebSocket, falling back to BrowserChannel), `websocket` or
+        /// `browserchannel` (through proxies that refuse WebSocket).
+        #[arg(long, default_value = "auto")]
+        transport: ExposeTransport,
     },
+}
+
+/// `browserver expose --transport`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ExposeTransport {
+    Auto,
+    Websocket,
+    Browserchannel,
 }
 
 #[tokio::main]
@@ -205,12 +217,20 @@ async fn main() -> std::process::ExitCode {
         local,
         server,
         host_header,
+        transport,
     }) = cli.command
     {
         let config = browserver_server::expose::ExposeConfig {
             local,
             server,
             host_header,
+            transport: match transport {
+                ExposeTransport::Auto => None,
+                ExposeTransport::Websocket => Some(browserver_client::Transport::WebSocket),
+                ExposeTransport::Browserchannel => {
+                    Some(browserver_client::Transport::BrowserChannel)
+                }
+            },
         };
         let result = tokio::select! {
             r = browserver_server::expose::expose(config) => r,

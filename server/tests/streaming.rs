@@ -248,15 +248,23 @@ async fn local_ws_echo() -> SocketAddr {
     addr
 }
 
-/// An in-process client forwarding its hostname to `local`.
+/// An in-process client forwarding its hostname to `local`, over WebSocket.
 async fn exposed(s: &Server, local: SocketAddr) -> (host::Host, String) {
+    exposed_over(s, local, Transport::WebSocket).await
+}
+
+async fn exposed_over(s: &Server, local: SocketAddr, transport: Transport) -> (host::Host, String) {
     let forward = host::forward_to(&format!("http://{local}")).expect("url");
     let options = Options {
-        transport: Transport::WebSocket,
+        transport,
         reconnect: false,
         ..Options::default()
     };
-    let h = host::serve(&s.ws(), options, forward);
+    let url = match transport {
+        Transport::BrowserChannel => s.bc(),
+        _ => s.ws(),
+    };
+    let h = host::serve(&url, options, forward);
     let name = tokio::time::timeout(WAIT, h.hostname())
         .await
         .expect("hostname in time")
@@ -692,5 +700,46 @@ async fn concurrent_downloads_on_one_client_progress_together() {
     for got in &snapshot {
         assert!(*got >= each / 4, "a stream was starved: {snapshot:?}");
     }
+    s.assert_healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cross_a_browserchannel_client_both_ways_byte_exact() {
+    let s = Server::start(&[]).await;
+    let (local, _) = local_server().await;
+    let (_h, name) = exposed_over(&s, local, Transport::BrowserChannel).await;
+    let n = 16 * MIB + 12_345;
+    let mut v = visitor(&s).await;
+    let r = v
+        .send_request(get(&name, &format!("/download?n={n}")))
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let mut checker = Checker::default();
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.expect("data").data_ref() {
+            checker.feed(d).expect("byte-exact");
+        }
+    }
+    assert_eq!(checker.offset, n);
+    v.ready().await.expect("ready");
+    let upload = Produce {
+        len: 4 * MIB,
+        at: 0,
+        produced: Arc::new(AtomicU64::new(0)),
+        dropped: Arc::new(AtomicBool::new(false)),
+    };
+    let r = v
+        .send_request(
+            http::Request::post("/upload")
+                .header("host", &name)
+                .body(BoxBody::new(upload))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let verdict = r.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(verdict, Bytes::from(format!("ok {}", 4 * MIB)));
     s.assert_healthy();
 }
