@@ -87,6 +87,9 @@ export declare class BCSocket {
   send(value: unknown): void;
   /** Sends a map of strings; the server receives a map. Throws once the socket is closed. */
   sendMap(map: Record<string, string | number | boolean>): void;
+  /** Sends bytes: a binary message over WebSocket; over BrowserChannel a map whose `f` is
+   * the bytes in base64. Binary messages from the server arrive as `Uint8Array`. */
+  sendBinary(bytes: Uint8Array | ArrayBuffer): void;
   /** Connects a closed socket again (a new session); throws unless CLOSED. */
   open(): void;
   /** Closes the session; no reconnect follows. */

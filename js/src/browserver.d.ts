@@ -1,12 +1,26 @@
 // Types of browserver.js: a page (or program) as an HTTP server behind a browserver proxy.
 import type { BCSocket } from './bcsocket.js';
 
-/** A request for this client's hostname. */
+/** A request for this client's hostname, streamed (the default). */
 export interface IncomingRequest {
   method: string;
   /** The request target: path and query. */
   url: string;
   /** Header names in lower case; repeated headers joined with ', '. */
+  headers: Record<string, string>;
+  /** The body as it arrives (`null`: the request has none). Its credit goes back to the
+   * proxy as the page reads it: an unread body stalls the visitor's upload. */
+  body: ReadableStream<Uint8Array> | null;
+  /** The whole body. */
+  bytes(): Promise<Uint8Array>;
+  arrayBuffer(): Promise<ArrayBuffer>;
+  text(): Promise<string>;
+}
+
+/** A request in the whole-message form (`listen({ streams: false })`). */
+export interface WholeRequest {
+  method: string;
+  url: string;
   headers: Record<string, string>;
   /** The body as UTF-8 text. */
   body: string;
@@ -24,11 +38,17 @@ export interface ServerResponse {
   readonly finished: boolean;
   setHeader(name: string, value: string | number | Array<string | number>): void;
   writeHead(status: number, headers?: Record<string, string | number | Array<string | number>>): ServerResponse;
-  write(chunk: Chunk): void;
-  end(chunk?: Chunk): void;
+  /** Sends a chunk (the headers first, if not yet sent); resolves `true` once it went out
+   * (the proxy had room: await it to go at the visitor's pace), `false` if the visitor went
+   * away. */
+  write(chunk: Chunk): Promise<boolean> | void;
+  /** Ends the answer, with a last chunk. */
+  end(chunk?: Chunk): Promise<boolean> | void;
 }
 
-/** Answers each request; may answer later. Throwing, or a rejected promise, answers 500. */
+/** Answers each request; may answer later. Throwing, or a rejected promise, answers 500
+ * (or cuts the answer off, once it started). With `streams: false`, `req` is a
+ * {@link WholeRequest}. */
 export type Handler = (req: IncomingRequest, res: ServerResponse) => void | Promise<unknown>;
 
 export interface ListenOptions {
@@ -44,6 +64,8 @@ export interface ListenOptions {
   maxReconnectTime?: number;
   /** The BCSocket class to use. Default: the server's `<channel>/bcsocket.js` (the package entry passes its own). */
   BCSocket?: typeof BCSocket;
+  /** Streams (default true); false: the whole-message form of earlier versions. */
+  streams?: boolean;
 }
 
 export interface Server {

@@ -13,9 +13,15 @@ if (socket.readyState === BCSocket.CLOSED) socket.open();
 const other: Direct = socket;
 other.close();
 
+socket.sendBinary(new Uint8Array([1, 2, 3]));
+
 const server = createServer(async (req: IncomingRequest, res) => {
   res.writeHead(200, { 'content-type': 'text/plain' });
-  res.end(`${req.method} ${req.url}`);
+  const text: string = await req.text();
+  const reader = req.body?.getReader();
+  if (reader) await reader.cancel();
+  await res.write(`${req.method} ${req.url} ${text.length}`);
+  res.end();
 });
 server.onconnect = (hostname) => console.log(hostname.toUpperCase());
 server.ondisconnect = (reason, reconnecting) => console.log(reason, reconnecting);
@@ -24,6 +30,8 @@ void hostname;
 void request({ host: 'x.localhost', path: '/' }).then((r) => r.statusCode + r.body.length);
 void browserver.createServer;
 
+// @ts-expect-error: streamed requests have no text body property
+createServer((req: IncomingRequest) => req.body.toUpperCase());
 // @ts-expect-error: send takes one value
 socket.send(1, 2);
 // @ts-expect-error: no such transport

@@ -43,6 +43,17 @@ function itemText(item) {
   return JSON.stringify('map' in item ? item.map : item.value);
 }
 
+function base64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+/** A queued item as a WebSocket session-mode frame: kind and payload bytes. */
+function itemFrame(item) {
+  return 'binary' in item ? ['B', item.binary] : ['T', new TextEncoder().encode(itemText(item))];
+}
+
 function zx() {
   return Math.floor(Math.random() * 2147483648).toString(36) + Math.floor(Math.random() * 2147483648).toString(36);
 }
@@ -99,6 +110,12 @@ export class BCSocket {
    * a reconnect is pending; throws once the socket is closed. */
   send(value) {
     this._enqueue({ value });
+  }
+
+  /** Sends bytes (a Uint8Array): a binary message over WebSocket; over BrowserChannel, which
+   * carries text only, a map whose `f` is the bytes in base64 (browserver's stream frames). */
+  sendBinary(bytes) {
+    this._enqueue({ binary: new Uint8Array(bytes) });
   }
 
   /** Sends a map of string values as one BrowserChannel map (the server receives a map, as
@@ -191,7 +208,7 @@ export class BCSocket {
   /** What the ended session did not deliver, as the application gave it: `pending` items
    * were sent and not acknowledged; the rest of the queue was never sent. */
   _drain(pending) {
-    const plain = (item) => ('map' in item ? item.map : item.value);
+    const plain = (item) => ('binary' in item ? item.binary : 'map' in item ? item.map : item.value);
     return { pending: pending.map(plain), undelivered: this._queue.splice(0).map(plain) };
   }
 
@@ -323,7 +340,9 @@ class BrowserChannel {
     const params = { count: items.length };
     if (items.length) params.ofs = this.nextMapId;
     items.forEach((item, i) => {
-      if ('map' in item) {
+      if ('binary' in item) {
+        params[`req${i}_f`] = base64(item.binary);
+      } else if ('map' in item) {
         for (const [k, v] of Object.entries(item.map)) params[`req${i}_${k}`] = v;
       } else if (typeof item.value === 'string') {
         params[`req${i}__S`] = item.value;
@@ -553,7 +572,7 @@ class WsChannel {
       this.lostAt = null;
       this.resumeDelay = RESUME_FIRST_DELAY;
       if (hello.ack !== null) this.acknowledged(hello.ack);
-      for (const m of this.sent) this.write('T', m.seq, itemText(m.item)); // resend
+      for (const m of this.sent) this.write(m.seq, m.item); // resend
       return this.flush();
     }
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -567,7 +586,9 @@ class WsChannel {
       this.socket._opened();
     } else if (kind === 'S') {
       return this.fail(new Failure(7));
-    } else if (kind === 'T' || kind === 'B') {
+    } else if (kind === 'B') {
+      this.socket._message(payload.slice());
+    } else if (kind === 'T') {
       const text = new TextDecoder().decode(payload);
       let value;
       try { value = JSON.parse(text); } catch { value = text; }
@@ -583,8 +604,8 @@ class WsChannel {
     while (this.sent.length && this.sent[0].seq <= upto) this.sent.shift();
   }
 
-  write(kind, seq, text) {
-    const body = new TextEncoder().encode(text);
+  write(seq, item) {
+    const [kind, body] = itemFrame(item);
     const frame = new Uint8Array(9 + body.length);
     frame[0] = kind.charCodeAt(0);
     new DataView(frame.buffer).setBigUint64(1, BigInt(seq));
@@ -597,7 +618,7 @@ class WsChannel {
     for (const item of this.socket._queue.splice(0)) {
       const seq = this.nextSeq++;
       this.sent.push({ seq, item });
-      this.write('T', seq, itemText(item));
+      this.write(seq, item);
     }
   }
 
