@@ -743,3 +743,248 @@ async fn streams_cross_a_browserchannel_client_both_ways_byte_exact() {
     assert_eq!(verdict, Bytes::from(format!("ok {}", 4 * MIB)));
     s.assert_healthy();
 }
+
+/// A hand-written streaming client over WebSocket session mode: it speaks the frames itself,
+/// to break the rules.
+struct RawStreamer {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    next_seq: u64,
+    hostname: String,
+}
+
+impl RawStreamer {
+    async fn connect(s: &Server) -> RawStreamer {
+        let mut req = format!("{}?brow=3", s.ws())
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            http::HeaderValue::from_static("browserver.session.v1"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        let mut raw = RawStreamer {
+            ws,
+            next_seq: 0,
+            hostname: String::new(),
+        };
+        // Until the proxy's hello names us.
+        while raw.hostname.is_empty() {
+            if let Some(Payload::Text(t)) = raw.next().await {
+                let v: serde_json::Value = serde_json::from_slice(&t).expect("json");
+                if let Some(h) = v["hello"]["hostname"].as_str() {
+                    raw.hostname = h.to_string();
+                }
+            }
+        }
+        raw
+    }
+
+    /// The next message's payload (acknowledging it); `None` once the connection ended.
+    async fn next(&mut self) -> Option<Payload> {
+        use browserver_transport_ws::codec::{Frame as WsFrame, decode, encode};
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            let Ws::Binary(bytes) = m else {
+                if m.is_close() {
+                    return None;
+                }
+                continue;
+            };
+            let (seq, payload) = match decode(&bytes).ok()? {
+                WsFrame::Text { seq, text } => (seq, Payload::Text(text)),
+                WsFrame::Binary { seq, data } => (seq, Payload::Binary(data)),
+                _ => continue,
+            };
+            let _ = self
+                .ws
+                .send(Ws::Binary(encode(&WsFrame::Ack { upto: seq })))
+                .await;
+            return Some(payload);
+        }
+    }
+
+    async fn send_frame(&mut self, frame: browserver_core::stream::Frame) -> bool {
+        use browserver_transport_ws::codec::{Frame as WsFrame, encode};
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let data = frame.encode();
+        self.ws
+            .send(Ws::Binary(encode(&WsFrame::Binary { seq, data })))
+            .await
+            .is_ok()
+    }
+
+    /// Waits for the proxy to open a stream; its id.
+    async fn opened(&mut self) -> u32 {
+        loop {
+            if let Some(Payload::Binary(b)) = self.next().await
+                && let Ok(browserver_core::stream::Frame::Head { id, .. }) =
+                    browserver_core::stream::Frame::decode(&b)
+            {
+                return id;
+            }
+        }
+    }
+}
+
+enum Payload {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+fn answer_head() -> Bytes {
+    Bytes::from_static(
+        br#"{"brow":2,"response":{"status":200,"reason":"OK"},"headers":[],"body":""}"#,
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_sends_past_its_window_is_disconnected_and_its_visitor_hears_it() {
+    use browserver_core::stream::Frame as SFrame;
+    let s = Server::start(&[]).await;
+    let mut raw = RawStreamer::connect(&s).await;
+    let host = raw.hostname.clone();
+    let reader = tokio::spawn({
+        let mut v = visitor(&s).await;
+        async move {
+            let r = v.send_request(get(&host, "/")).await.expect("response");
+            let mut body = r.into_body();
+            let mut got = 0usize;
+            loop {
+                match body.frame().await {
+                    Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len()),
+                    Some(Err(_)) => return ("cut", got),
+                    None => return ("end", got),
+                }
+            }
+        }
+    });
+    let id = raw.opened().await;
+    raw.send_frame(SFrame::Head {
+        id,
+        head: answer_head(),
+        end: false,
+    })
+    .await;
+    // Far past the 512 KiB window, never waiting for credit.
+    let chunk = Bytes::from(vec![b'x'; 32 << 10]);
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        let sent = raw
+            .send_frame(SFrame::Data {
+                id,
+                data: chunk.clone(),
+                end: false,
+            })
+            .await;
+        if !sent {
+            break;
+        }
+    }
+    let (outcome, got) = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the visitor is not left hanging")
+        .expect("task");
+    assert_eq!(
+        outcome, "cut",
+        "a session broken mid-answer must not look complete"
+    );
+    assert!(got <= 3 << 20, "the visitor got {got} bytes");
+    // The proxy ended the session: the name is gone.
+    let mut v = visitor(&s).await;
+    let r = v
+        .send_request(get(&raw.hostname, "/"))
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 504);
+    s.assert_healthy();
+}
+
+#[tokio::test]
+async fn garbage_and_stray_stream_frames_from_a_client_leave_the_proxy_healthy() {
+    use browserver_core::stream::{Frame as SFrame, ResetCode};
+    let s = Server::start(&[]).await;
+    let (local, _) = local_server().await;
+    let (_good, good_name) = exposed(&s, local).await;
+    let mut raw = RawStreamer::connect(&s).await;
+    // Frames for streams that never existed, resets, credit, and bytes that are no frame.
+    for frame in [
+        SFrame::Data {
+            id: 2,
+            data: Bytes::from_static(b"stray"),
+            end: true,
+        },
+        SFrame::Reset {
+            id: 40,
+            code: ResetCode::Cancel,
+        },
+        SFrame::Credit { id: 6, bytes: 1000 },
+        SFrame::Head {
+            id: 2,
+            head: Bytes::from_static(b"not json"),
+            end: true,
+        },
+    ] {
+        raw.send_frame(frame).await;
+    }
+    use browserver_transport_ws::codec::{Frame as WsFrame, encode};
+    let _ = raw
+        .ws
+        .send(Ws::Binary(encode(&WsFrame::Binary {
+            seq: raw.next_seq,
+            data: Bytes::from_static(b"\x02\x00\x00"),
+        })))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everyone else is still served.
+    let mut v = visitor(&s).await;
+    let r = v
+        .send_request(get(&good_name, "/hello"))
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 200);
+    s.assert_healthy();
+}
+
+#[tokio::test]
+async fn an_answer_head_that_is_not_http_is_a_502() {
+    use browserver_core::stream::Frame as SFrame;
+    let s = Server::start(&[]).await;
+    let mut raw = RawStreamer::connect(&s).await;
+    let host = raw.hostname.clone();
+    let mut v = visitor(&s).await;
+    let pending = tokio::spawn(async move { v.send_request(get(&host, "/")).await });
+    let id = raw.opened().await;
+    raw.send_frame(SFrame::Head {
+        id,
+        head: Bytes::from_static(b"garbage"),
+        end: true,
+    })
+    .await;
+    let r = pending.await.expect("task").expect("response");
+    assert_eq!(r.status(), 502);
+    let mut v = visitor(&s).await;
+    let host = raw.hostname.clone();
+    let pending = tokio::spawn(async move { v.send_request(get(&host, "/")).await });
+    let id = raw.opened().await;
+    raw.send_frame(SFrame::Head {
+        id,
+        head: Bytes::from_static(
+            br#"{"brow":2,"response":{"status":101,"reason":""},"headers":[],"body":""}"#,
+        ),
+        end: true,
+    })
+    .await;
+    let r = pending.await.expect("task").expect("response");
+    assert_eq!(
+        r.status(),
+        502,
+        "a 101 to a request that asked for no upgrade"
+    );
+    s.assert_healthy();
+}
