@@ -402,7 +402,7 @@ where
     let (body, recv) = if end || upgrading {
         (Body::empty(), Some(recv))
     } else {
-        (Body::stream(recv), None)
+        (Body::stream(recv, None), None)
     };
     let Some(mut req) = to_http_with(request, body) else {
         let answer = Message::text_response(400, "the proxy sent a request that is not valid HTTP");

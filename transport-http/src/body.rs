@@ -22,13 +22,15 @@ pub struct ProxyBody(Inner);
 #[derive(Debug)]
 enum Inner {
     Full(Full<Bytes>),
-    Stream(RecvStream),
+    /// The stream, and the length its sender declared (`content-length`), if any.
+    Stream(RecvStream, Option<u64>),
 }
 
 impl ProxyBody {
-    /// A body streamed from a client.
-    pub fn stream(recv: RecvStream) -> ProxyBody {
-        ProxyBody(Inner::Stream(recv))
+    /// A body streamed from a client; `length`: what it declared it will send (then the
+    /// HTTP framing uses it, and a body that disagrees is an error).
+    pub fn stream(recv: RecvStream, length: Option<u64>) -> ProxyBody {
+        ProxyBody(Inner::Stream(recv, length))
     }
 
     /// An empty body.
@@ -55,7 +57,7 @@ impl http_body::Body for ProxyBody {
             Inner::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
-            Inner::Stream(recv) => recv.poll_data(cx).map(|chunk| {
+            Inner::Stream(recv, _) => recv.poll_data(cx).map(|chunk| {
                 chunk.map(|r| {
                     r.map(Frame::data)
                         .map_err(|reset| BodyAborted(format!("{:?}", reset.0)))
@@ -67,14 +69,15 @@ impl http_body::Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Inner::Full(full) => full.is_end_stream(),
-            Inner::Stream(recv) => recv.is_done(),
+            Inner::Stream(recv, _) => recv.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Inner::Full(full) => full.size_hint(),
-            Inner::Stream(_) => SizeHint::default(),
+            Inner::Stream(_, Some(length)) => SizeHint::with_exact(*length),
+            Inner::Stream(_, None) => SizeHint::default(),
         }
     }
 }

@@ -91,14 +91,25 @@ impl FrameSink for ChannelSink {
 /// One connection's hold on a name: what [`Proxy::connect`] returns, and what the client's
 /// messages and its disconnection are reported with. A connection that lost its name (a newer
 /// one replaced it) can neither answer nor end the new holder's requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Connected {
     /// The public name (the hostname's first label; not a secret).
     pub name: String,
     /// `<name>.<domain>`.
     pub hostname: String,
     key: u64,
+    /// The connection's stream task (clients that speak [`Wire::Streams`]): its frames go
+    /// straight there, without the proxy's client table.
+    mux: Option<Mux>,
 }
+
+impl PartialEq for Connected {
+    fn eq(&self, other: &Connected) -> bool {
+        (self.key, &self.name) == (other.key, &other.name)
+    }
+}
+
+impl Eq for Connected {}
 
 /// Why a client cannot be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -306,7 +317,7 @@ impl Proxy {
         let client = Client {
             key,
             channel,
-            mux,
+            mux: mux.clone(),
             egress: Arc::new(Semaphore::new(
                 self.inner.options.egress.max_concurrent_per_client,
             )),
@@ -341,6 +352,7 @@ impl Proxy {
             hostname: self.inner.pattern.hostname(&name),
             name,
             key,
+            mux,
         })
     }
 
@@ -426,11 +438,8 @@ impl Proxy {
     /// which [`Frame::is_frame`](browserver_core::stream::Frame::is_frame) holds). Waits
     /// while the client's stream task is behind.
     pub async fn frame_from_client(&self, client: &Connected, frame: Bytes) {
-        let mux = match self.clients().get(&client.name) {
-            Some(c) if c.key == client.key => c.mux.clone(),
-            _ => None,
-        };
-        match mux {
+        // A replaced connection's stream task was closed: its frames go nowhere.
+        match &client.mux {
             Some(mux) => mux.frame_in(frame).await,
             None => {
                 tracing::warn!(client = %client.name, "dropped a stream frame from a client that did not ask for streams");
@@ -858,6 +867,13 @@ impl Proxy {
         }
         let valid =
             matches!(message.head, Head::Response { status, .. } if (200..600).contains(&status));
+        // The length the client declared frames the visitor's answer (no chunked encoding,
+        // one write for a small answer); a body that disagrees cuts the connection.
+        let length = message
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
         let response = to_http(message);
         if answer_end || !valid {
             // No body follows, or the answer is refused (502; dropping `recv` resets the
@@ -868,7 +884,7 @@ impl Proxy {
         if let Some(mut send) = send {
             send.finish();
         }
-        response.map(|_| ProxyBody::stream(recv))
+        response.map(|_| ProxyBody::stream(recv, length))
     }
 
     async fn ingress_buffered<B>(
