@@ -454,6 +454,20 @@ async fn expose_forwards_prints_one_line_per_request_and_rewrites_host_when_aske
         .expect("stdout")
         .expect("line");
     assert!(line.starts_with("GET /hello?x=1 -> 200"), "{line}");
+    // The status endpoint counts the streamed answer.
+    let r = v
+        .send_request(get(&s.addr.to_string(), "/_browserver/clients"))
+        .await
+        .expect("response");
+    let list: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.expect("body").to_bytes())
+            .expect("json");
+    let name = e.host().split('.').next().expect("label");
+    let me = list
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["id"] == name))
+        .expect("listed");
+    assert_eq!(me["requests_served"], 1, "{me}");
     // A local server that is gone: the visitor hears 502 with the reason.
     let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let dead_addr = dead.local_addr().expect("addr");

@@ -211,7 +211,8 @@ struct Client {
     requests: Requests<Answer>,
     transport: String,
     connected_since: SystemTime,
-    served: u64,
+    /// Requests answered (shared with the streams waiting on answers).
+    served: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -325,7 +326,7 @@ impl Proxy {
             requests: Requests::new(self.inner.options.max_pending_per_client),
             transport: transport.to_string(),
             connected_since: SystemTime::now(),
-            served: 0,
+            served: Arc::new(AtomicU64::new(0)),
         };
         let mut clients = self.clients();
         let name = match name {
@@ -386,7 +387,7 @@ impl Proxy {
                     .connected_since
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-                requests_served: c.served,
+                requests_served: c.served.load(Ordering::Relaxed),
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -462,7 +463,7 @@ impl Proxy {
         };
         match client.requests.resolve(rid) {
             Resolved::Matched(waiter) => {
-                client.served += 1;
+                client.served.fetch_add(1, Ordering::Relaxed);
                 let _ = waiter.send(Ok(message));
             }
             Resolved::Unknown | Resolved::Repeated => {
@@ -699,10 +700,10 @@ impl Proxy {
             Some(c) if c.requests.len() >= self.inner.options.max_pending_per_client => {
                 return too_many_pending().map(ProxyBody::from);
             }
-            Some(c) => c.mux.clone(),
+            Some(c) => (c.mux.clone(), c.served.clone()),
         };
         let (mut parts, body) = req.into_parts();
-        if let Some(mux) = mux {
+        if let (Some(mux), served) = mux {
             let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
             let request = self.request_head(name, host, &parts);
             if let Err(refusal) = self
@@ -715,7 +716,9 @@ impl Proxy {
                 let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
                 return plain(status, &refusal.reason).map(ProxyBody::from);
             }
-            return self.ingress_stream(&mux, request, body, upgrade).await;
+            return self
+                .ingress_stream(&mux, request, body, upgrade, &served)
+                .await;
         }
         self.ingress_buffered(name, host, parts, body)
             .await
@@ -789,6 +792,7 @@ impl Proxy {
         request: Message,
         body: B,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
+        served: &AtomicU64,
     ) -> Response<ProxyBody>
     where
         B: http_body::Body + Send + 'static,
@@ -852,6 +856,7 @@ impl Proxy {
             }
         };
         let (head, answer_end) = answer;
+        served.fetch_add(1, Ordering::Relaxed);
         let Ok(message) = message::decode_head(&head) else {
             return plain(
                 StatusCode::BAD_GATEWAY,
