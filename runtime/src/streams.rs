@@ -89,10 +89,6 @@ enum Cmd {
         id: StreamId,
         n: usize,
     },
-    /// The reader is gone: drop what still comes, returning its credit.
-    Discard {
-        id: StreamId,
-    },
     Close,
 }
 
@@ -146,7 +142,6 @@ pub fn spawn(
         sink: Box::new(sink),
         cmd_tx: cmd_tx.downgrade(),
         readers: HashMap::new(),
-        discarding: std::collections::HashSet::new(),
         writers: HashMap::new(),
         incoming: incoming_tx,
         in_flight: 0,
@@ -248,6 +243,11 @@ impl Stream {
     /// Writes a chunk of this side's body (see [`SendStream::write`]).
     pub async fn write(&mut self, data: Bytes) -> Result<(), Reset> {
         self.send.write(data).await
+    }
+
+    /// Writes the last chunk and ends this side's body (see [`SendStream::write_last`]).
+    pub async fn write_last(&mut self, data: Bytes) -> Result<(), Reset> {
+        self.send.write_last(data).await
     }
 
     /// Ends this side's body.
@@ -419,16 +419,27 @@ impl RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        if !self.done {
-            let cmd = if self.local {
-                Cmd::Reset {
-                    id: self.id,
-                    code: ResetCode::Cancel,
-                }
-            } else {
-                Cmd::Discard { id: self.id }
-            };
-            let _ = self.cmd.send(cmd);
+        if !self.done && self.local {
+            let _ = self.cmd.send(Cmd::Reset {
+                id: self.id,
+                code: ResetCode::Cancel,
+            });
+        }
+        // Bytes delivered and never read: their credit goes back, or the session's window
+        // would shrink for good. (What arrives after this is dropped by the task, which
+        // returns its credit too.)
+        self.rx.close();
+        let mut unread = 0;
+        while let Ok(piece) = self.rx.try_recv() {
+            if let Piece::Data(data) = piece {
+                unread += data.len();
+            }
+        }
+        if unread > 0 {
+            let _ = self.cmd.send(Cmd::Consumed {
+                id: self.id,
+                n: unread,
+            });
         }
     }
 }
@@ -509,8 +520,6 @@ struct Task {
     /// For new streams' handles (weak: the task does not keep itself alive).
     cmd_tx: mpsc::WeakUnboundedSender<Cmd>,
     readers: HashMap<StreamId, mpsc::UnboundedSender<Piece>>,
-    /// Streams whose reader is gone.
-    discarding: std::collections::HashSet<StreamId>,
     /// Writes refused for a full send buffer (and whether each is the last), retried on
     /// `Writable`.
     writers: HashMap<StreamId, (Bytes, bool, WriteDone)>,
@@ -613,11 +622,6 @@ impl Task {
                 self.forget(id);
             }
             Cmd::Consumed { id, n } => self.machine.consumed(id, n),
-            Cmd::Discard { id } => {
-                if self.readers.remove(&id).is_some() {
-                    self.discarding.insert(id);
-                }
-            }
             Cmd::Close => self.machine.close(),
         }
     }
@@ -661,19 +665,12 @@ impl Task {
 
     fn forget(&mut self, id: StreamId) {
         self.readers.remove(&id);
-        self.discarding.remove(&id);
         if let Some((_, _, done)) = self.writers.remove(&id) {
             let _ = done.send(Err(StreamError::Unknown));
         }
     }
 
     fn deliver(&mut self, id: StreamId, piece: Piece) {
-        if let Piece::Data(data) = &piece
-            && self.discarding.contains(&id)
-        {
-            self.machine.consumed(id, data.len());
-            return;
-        }
         let ended = matches!(piece, Piece::End | Piece::Reset(_));
         if let Some(reader) = self.readers.get(&id) {
             if let Err(mpsc::error::SendError(Piece::Data(data))) = reader.send(piece) {
@@ -685,7 +682,6 @@ impl Task {
         }
         if ended {
             self.readers.remove(&id);
-            self.discarding.remove(&id);
         }
     }
 
@@ -879,6 +875,161 @@ mod tests {
         let _req = incoming.recv().await.expect("a stream");
         proxy.close();
         assert_eq!(s.head().await, Err(Reset(ResetCode::SessionClosed)));
+    }
+
+    /// Records the frames a mux sends, and passes them on.
+    struct Recording {
+        inner: Wire,
+        frames: Arc<Mutex<Vec<Frame>>>,
+    }
+
+    impl FrameSink for Recording {
+        fn send_frame(&self, frame: Bytes) -> FrameAck {
+            if let Ok(f) = Frame::decode(&frame) {
+                self.frames.lock().expect("lock").push(f);
+            }
+            self.inner.send_frame(frame)
+        }
+        fn abort(&self, why: &str) {
+            self.inner.abort(why);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_chunk_carries_the_end_in_its_frame() {
+        let to_proxy = Arc::new(Mutex::new(None));
+        let to_client = Arc::new(Mutex::new(None));
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let aborted = Arc::new(Mutex::new(Vec::new()));
+        let (proxy, _) = spawn(
+            Side::Proxy,
+            MuxConfig::default(),
+            Wire {
+                peer: to_client.clone(),
+                aborted: aborted.clone(),
+            },
+        );
+        let (client, mut incoming) = spawn(
+            Side::Client,
+            MuxConfig::default(),
+            Recording {
+                inner: Wire {
+                    peer: to_proxy.clone(),
+                    aborted,
+                },
+                frames: frames.clone(),
+            },
+        );
+        *to_client.lock().expect("lock") = Some(client);
+        *to_proxy.lock().expect("lock") = Some(proxy.clone());
+        let mut s = proxy
+            .open(Bytes::from_static(b"GET"), true)
+            .await
+            .expect("open");
+        let mut req = incoming.recv().await.expect("a stream");
+        req.stream.respond(Bytes::from_static(b"200"), false);
+        let (mut send, _recv) = req.stream.split();
+        send.write_last(Bytes::from_static(b"hello"))
+            .await
+            .expect("write");
+        let within = Duration::from_secs(5);
+        let head = tokio::time::timeout(within, s.head())
+            .await
+            .expect("in time");
+        assert_eq!(head.expect("head").0, Bytes::from_static(b"200"));
+        let data = tokio::time::timeout(within, s.data())
+            .await
+            .expect("in time");
+        assert_eq!(data, Some(Ok(Bytes::from_static(b"hello"))));
+        let end = tokio::time::timeout(within, s.data())
+            .await
+            .expect("the end comes");
+        assert_eq!(end, None);
+        let sent = frames.lock().expect("lock").clone();
+        assert_eq!(
+            sent.iter()
+                .filter(|f| matches!(f, Frame::Data { .. }))
+                .count(),
+            1,
+            "{sent:?}"
+        );
+        assert!(matches!(sent.last(), Some(Frame::Data { end: true, .. })));
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_read_the_request_lets_the_uploader_finish() {
+        let (proxy, _client, mut incoming) = pair(MuxConfig::default());
+        let s = proxy
+            .open(Bytes::from_static(b"POST"), false)
+            .await
+            .expect("open");
+        let (mut up, _down) = s.split();
+        let req = incoming.recv().await.expect("a stream");
+        // The handler answers and drops the request body unread.
+        let (mut answer, body) = req.stream.split();
+        drop(body);
+        answer.respond(Bytes::from_static(b"200"), true);
+        // Far more than the windows: what comes is dropped and its credit returned.
+        let chunk = Bytes::from(vec![1u8; 64 << 10]);
+        for _ in 0..64 {
+            tokio::time::timeout(Duration::from_secs(5), up.write(chunk.clone()))
+                .await
+                .expect("the uploader is not stalled")
+                .expect("write");
+        }
+        up.finish();
+    }
+
+    #[tokio::test]
+    async fn answers_dropped_unread_give_their_credit_back() {
+        let (proxy, _client, mut incoming) = pair(MuxConfig::default());
+        let window = StreamConfig::default().stream_window as usize;
+        // Four times the session's window, each answer dropped after its head, unread.
+        for _ in 0..16 {
+            let mut s = proxy
+                .open(Bytes::from_static(b"GET"), true)
+                .await
+                .expect("open");
+            let mut req = incoming.recv().await.expect("a stream");
+            req.stream.respond(Bytes::from_static(b"200"), false);
+            let writer = tokio::spawn(async move {
+                let _ = req.stream.write(Bytes::from(vec![0u8; window])).await;
+                req
+            });
+            s.head().await.expect("head");
+            // Let the data arrive into the reader's buffer, then drop it unread.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(s);
+            drop(writer.await.expect("writer"));
+        }
+        // The session's window is whole again: a new answer flows.
+        let mut s = proxy
+            .open(Bytes::from_static(b"GET"), true)
+            .await
+            .expect("open");
+        let mut req = incoming.recv().await.expect("a stream");
+        req.stream.respond(Bytes::from_static(b"200"), false);
+        tokio::spawn(async move { req.stream.write_last(Bytes::from(vec![1u8; 3 << 20])).await });
+        s.head().await.expect("head");
+        let mut got = 0;
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), s.data())
+            .await
+            .expect("credit was not lost")
+        {
+            got += chunk.expect("data").len();
+        }
+        assert_eq!(got, 3 << 20);
+    }
+
+    #[tokio::test]
+    async fn streams_nobody_takes_are_refused() {
+        let (proxy, _client, incoming) = pair(MuxConfig::default());
+        drop(incoming);
+        let mut s = proxy
+            .open(Bytes::from_static(b"GET"), true)
+            .await
+            .expect("open");
+        assert_eq!(s.head().await, Err(Reset(ResetCode::Refused)));
     }
 
     #[tokio::test]
