@@ -107,6 +107,8 @@ class Streams {
       this.wake(s);
     } else if (type === T_RESET && s) {
       s.reset = true;
+      // Bytes received and never to be read: the session's credit comes back.
+      for (const c of s.buffered.splice(0)) this.consumed(null, c.length);
       this.wake(s);
       for (const w of s.out) w.done(false);
       this.streams.delete(id);
