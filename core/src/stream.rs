@@ -713,7 +713,6 @@ impl Streams {
         self.streams.insert(
             id,
             Stream {
-                local: false,
                 head_received: true,
                 send_window: i64::from(self.config.stream_window),
                 recv_left: self.config.stream_window,
@@ -734,9 +733,7 @@ impl Streams {
         let Some(s) = self.streams.get_mut(&id) else {
             // A stream this side reset (its data was in flight): the connection's credit
             // comes back at once, the bytes are dropped.
-            if len > 0 {
-                self.consumed(id, len as usize);
-            }
+            self.consumed(id, len as usize);
             return Ok(());
         };
         if !s.head_received {
@@ -962,6 +959,294 @@ mod tests {
             assert!(Frame::is_frame(&bytes));
             assert_eq!(Frame::decode(&bytes), Ok(f));
         }
+    }
+
+    #[test]
+    fn credit_is_accepted_up_to_the_largest_window_and_no_further() {
+        let credit = |bytes: u32| {
+            let mut f = BytesMut::new();
+            f.put_slice(&[T_CREDIT, 0, 0, 0, 0, 1]);
+            f.put_u32(bytes);
+            Frame::decode(&f.freeze())
+        };
+        assert_eq!(MAX_WINDOW, (1 << 31) - 1);
+        assert_eq!(
+            credit(MAX_WINDOW),
+            Ok(Frame::Credit {
+                id: 1,
+                bytes: MAX_WINDOW
+            })
+        );
+        assert!(credit(MAX_WINDOW + 1).is_err());
+        assert_eq!(credit(MAX_WINDOW).map(|f| f.id()), Ok(1));
+        let data = Frame::Data {
+            id: 9,
+            data: Bytes::new(),
+            end: true,
+        };
+        assert_eq!(data.id(), 9);
+    }
+
+    #[test]
+    fn windows_may_grow_to_the_largest_and_no_further() {
+        let (mut proxy, mut client, now) = pair();
+        let id = proxy.open(now, Bytes::new(), false).expect("open");
+        pump(&mut proxy, &mut client, now);
+        let conn = StreamConfig::default().connection_window;
+        let stream = StreamConfig::default().stream_window;
+        let grow = |m: &mut Streams, id, by| m.handle_frame(now, Frame::Credit { id, bytes: by });
+        assert_eq!(grow(&mut proxy, 0, MAX_WINDOW - conn), Ok(()));
+        assert_eq!(
+            grow(&mut proxy, 0, 1),
+            Err(StreamProtocolError::WindowOverflow(0))
+        );
+        assert_eq!(grow(&mut proxy, id, MAX_WINDOW - stream), Ok(()));
+        assert_eq!(
+            grow(&mut proxy, id, 1),
+            Err(StreamProtocolError::WindowOverflow(id))
+        );
+    }
+
+    #[test]
+    fn accessors_tell_the_machines_state() {
+        let (mut proxy, _client, now) = pair();
+        assert_eq!(proxy.config(), &StreamConfig::default());
+        assert!(proxy.is_empty());
+        assert_eq!(proxy.len(), 0);
+        let a = proxy.open(now, Bytes::new(), false).expect("open");
+        proxy.open(now, Bytes::new(), false).expect("open");
+        assert_eq!(proxy.len(), 2);
+        assert!(!proxy.is_empty());
+        proxy.write(a, Bytes::from_static(b"12345")).expect("write");
+        assert_eq!(proxy.queued_bytes(), 5);
+        assert!(!proxy.is_closed());
+        proxy.close();
+        assert!(proxy.is_closed());
+        assert_eq!(proxy.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_request_without_a_body_is_over_when_its_answer_ends() {
+        let (mut proxy, mut client, now) = pair();
+        let id = proxy
+            .open(now, Bytes::from_static(b"GET"), true)
+            .expect("open");
+        assert_eq!(
+            proxy.write(id, Bytes::from_static(b"x")),
+            Err(StreamError::Finished)
+        );
+        assert_eq!(proxy.finish(id), Err(StreamError::Finished));
+        pump(&mut proxy, &mut client, now);
+        events(&mut client);
+        client
+            .respond(id, Bytes::from_static(b"204"), true)
+            .expect("respond");
+        assert!(client.is_empty());
+        pump(&mut client, &mut proxy, now);
+        assert!(
+            proxy.is_empty(),
+            "both directions ended: the stream is forgotten"
+        );
+    }
+
+    #[test]
+    fn credit_goes_back_in_batches_of_half_a_window() {
+        let (mut proxy, mut client, now) = pair();
+        let id = proxy.open(now, Bytes::new(), false).expect("open");
+        proxy
+            .write(id, Bytes::from(vec![0; 300 << 10]))
+            .expect("write");
+        pump(&mut proxy, &mut client, now);
+        events(&mut client);
+        let half = StreamConfig::default().stream_window as usize / 2;
+        client.consumed(id, half - 1);
+        assert_eq!(client.poll_frame(), None, "no credit before half a window");
+        client.consumed(id, 1);
+        assert_eq!(
+            client.poll_frame(),
+            Some(Frame::Credit {
+                id,
+                bytes: half as u32
+            })
+        );
+        assert_eq!(
+            client.poll_frame(),
+            None,
+            "the session's half is not reached yet"
+        );
+    }
+
+    #[test]
+    fn the_session_window_is_enforced_on_what_arrives() {
+        let config = StreamConfig {
+            connection_window: 64 << 10,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, StreamConfig::default());
+        let mut client = Streams::new(Side::Client, config);
+        let now = Instant::now();
+        let a = proxy.open(now, Bytes::new(), false).expect("open");
+        let b = proxy.open(now, Bytes::new(), false).expect("open");
+        pump(&mut proxy, &mut client, now);
+        let data = |id| Frame::Data {
+            id,
+            data: Bytes::from(vec![0; 32 << 10]),
+            end: false,
+        };
+        assert_eq!(client.handle_frame(now, data(a)), Ok(()));
+        assert_eq!(client.handle_frame(now, data(b)), Ok(()));
+        assert_eq!(
+            client.handle_frame(now, data(a)),
+            Err(StreamProtocolError::FlowControl(0))
+        );
+    }
+
+    #[test]
+    fn an_empty_last_frame_is_an_end_and_no_data() {
+        let (mut proxy, mut client, now) = pair();
+        let id = proxy.open(now, Bytes::new(), false).expect("open");
+        proxy.finish(id).expect("finish");
+        pump(&mut proxy, &mut client, now);
+        assert!(matches!(
+            events(&mut client)[..],
+            [StreamEvent::Opened { .. }, StreamEvent::End { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_client_opens_streams_of_its_own_parity() {
+        let (mut proxy, mut client, now) = pair();
+        let id = client
+            .open(now, Bytes::from_static(b"out"), true)
+            .expect("open");
+        assert_eq!(id % 2, 1);
+        pump(&mut client, &mut proxy, now);
+        assert_eq!(
+            events(&mut proxy),
+            [StreamEvent::Opened {
+                id,
+                head: Bytes::from_static(b"out"),
+                end: true
+            }]
+        );
+        // A second head for it, from either side's view, breaks the protocol.
+        assert!(
+            proxy
+                .handle_frame(
+                    now,
+                    Frame::Head {
+                        id,
+                        head: Bytes::new(),
+                        end: true
+                    }
+                )
+                .is_err()
+        );
+        let p = proxy.open(now, Bytes::new(), true).expect("open");
+        pump(&mut proxy, &mut client, now);
+        client.respond(p, Bytes::new(), false).expect("respond");
+        pump(&mut client, &mut proxy, now);
+        assert!(
+            proxy
+                .handle_frame(
+                    now,
+                    Frame::Head {
+                        id: p,
+                        head: Bytes::new(),
+                        end: true
+                    }
+                )
+                .is_err(),
+            "a second answer head"
+        );
+    }
+
+    #[test]
+    fn heads_up_to_the_limit_are_taken_and_larger_ones_refused() {
+        let config = StreamConfig {
+            max_head_bytes: 10,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, StreamConfig::default());
+        let mut client = Streams::new(Side::Client, config);
+        let now = Instant::now();
+        let ok = proxy
+            .open(now, Bytes::from(vec![b'h'; 10]), true)
+            .expect("open");
+        let big = proxy
+            .open(now, Bytes::from(vec![b'h'; 11]), true)
+            .expect("open");
+        pump(&mut proxy, &mut client, now);
+        assert!(matches!(events(&mut client)[..], [StreamEvent::Opened { id, .. }] if id == ok));
+        assert_eq!(
+            client.poll_frame(),
+            Some(Frame::Reset {
+                id: big,
+                code: ResetCode::Refused
+            })
+        );
+    }
+
+    #[test]
+    fn stream_limits_are_counts_of_open_streams_not_of_streams_ever() {
+        let config = StreamConfig {
+            max_local_streams: 2,
+            max_peer_streams: 2,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, config.clone());
+        let mut client = Streams::new(Side::Client, config);
+        let now = Instant::now();
+        for round in 0..5 {
+            let ids: Vec<_> = (0..2)
+                .map(|_| proxy.open(now, Bytes::new(), true).expect("open"))
+                .collect();
+            assert_eq!(
+                proxy.open(now, Bytes::new(), true),
+                Err(StreamError::TooManyStreams),
+                "round {round}"
+            );
+            pump(&mut proxy, &mut client, now);
+            assert_eq!(events(&mut client).len(), 2, "round {round}: none refused");
+            for id in ids {
+                client.respond(id, Bytes::new(), true).expect("respond");
+            }
+            pump(&mut client, &mut proxy, now);
+            events(&mut proxy);
+            assert!(proxy.is_empty() && client.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_reset_stream_frees_the_sessions_send_buffer_for_the_others() {
+        let config = StreamConfig {
+            send_buffer: 64 << 10,
+            connection_send_buffer: 64 << 10,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, config);
+        let now = Instant::now();
+        let a = proxy.open(now, Bytes::new(), false).expect("open");
+        let b = proxy.open(now, Bytes::new(), false).expect("open");
+        let idle = proxy.open(now, Bytes::new(), false).expect("open");
+        proxy
+            .write(a, Bytes::from(vec![0; 64 << 10]))
+            .expect("write");
+        assert_eq!(
+            proxy.write(b, Bytes::from_static(b"x")),
+            Err(StreamError::Full)
+        );
+        events(&mut proxy);
+        proxy.reset(a, ResetCode::Cancel);
+        let writable: Vec<_> = events(&mut proxy)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Writable { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writable, [b], "only the refused stream hears, not {idle}");
+        assert!(proxy.write(b, Bytes::from_static(b"x")).is_ok());
     }
 
     #[test]
