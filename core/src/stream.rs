@@ -1009,8 +1009,13 @@ mod tests {
 
     #[test]
     fn accessors_tell_the_machines_state() {
-        let (mut proxy, _client, now) = pair();
-        assert_eq!(proxy.config(), &StreamConfig::default());
+        let config = StreamConfig {
+            max_frame_data: 1000,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, config.clone());
+        let now = Instant::now();
+        assert_eq!(proxy.config(), &config);
         assert!(proxy.is_empty());
         assert_eq!(proxy.len(), 0);
         let a = proxy.open(now, Bytes::new(), false).expect("open");
