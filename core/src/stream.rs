@@ -1254,6 +1254,64 @@ mod tests {
         assert!(proxy.write(b, Bytes::from_static(b"x")).is_ok());
     }
 
+    /// The `Writable` events among `m`'s pending events.
+    fn writable(m: &mut Streams) -> Vec<StreamId> {
+        events(m)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Writable { id } => Some(id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writable_comes_only_once_the_streams_buffer_has_room() {
+        let config = StreamConfig {
+            max_frame_data: 1000,
+            send_buffer: 2000,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, config);
+        let now = Instant::now();
+        let id = proxy.open(now, Bytes::new(), false).expect("open");
+        proxy.write(id, Bytes::from(vec![0; 3000])).expect("write");
+        assert_eq!(
+            proxy.write(id, Bytes::from_static(b"x")),
+            Err(StreamError::Full)
+        );
+        let _head = proxy.poll_frame();
+        assert!(matches!(proxy.poll_frame(), Some(Frame::Data { .. })));
+        assert_eq!(writable(&mut proxy), [], "2000 queued: still full");
+        assert!(matches!(proxy.poll_frame(), Some(Frame::Data { .. })));
+        assert_eq!(writable(&mut proxy), [id]);
+    }
+
+    #[test]
+    fn writable_comes_only_once_the_sessions_buffer_has_room() {
+        let config = StreamConfig {
+            max_frame_data: 1000,
+            send_buffer: 1 << 20,
+            connection_send_buffer: 2000,
+            ..StreamConfig::default()
+        };
+        let mut proxy = Streams::new(Side::Proxy, config);
+        let now = Instant::now();
+        let a = proxy.open(now, Bytes::new(), false).expect("open");
+        let b = proxy.open(now, Bytes::new(), false).expect("open");
+        proxy.write(a, Bytes::from(vec![0; 3000])).expect("write");
+        assert_eq!(
+            proxy.write(b, Bytes::from_static(b"x")),
+            Err(StreamError::Full)
+        );
+        while let Some(Frame::Head { .. }) = proxy.poll_frame() {}
+        // The first data frame went out with the heads: 2000 queued, still full.
+        assert_eq!(proxy.queued_bytes(), 2000);
+        assert_eq!(writable(&mut proxy), []);
+        assert!(matches!(proxy.poll_frame(), Some(Frame::Data { .. })));
+        assert_eq!(writable(&mut proxy), [b]);
+    }
+
     #[test]
     fn malformed_frames_are_errors_not_panics() {
         for bad in [
