@@ -742,6 +742,9 @@ mod tests {
         hub.join(&a, "r2").expect("joining again changes nothing");
         assert_eq!(hub.join(&a, "r3"), Err(HubError::TooManyRooms { limit: 2 }));
         assert_eq!(hub.join(&a, "12345"), Err(HubError::RoomName { limit: 4 }));
+        hub.leave(&a, "r1");
+        hub.join(&a, "1234").expect("a name of exactly the limit");
+        assert_eq!(format!("{hub:?}"), "Hub { members: 1, rooms: 2 }");
         assert_eq!(hub.add(&b), Err(HubError::Full { limit: 1 }));
         assert!(hub.remove(&a));
         hub.add(&b).expect("room again");
