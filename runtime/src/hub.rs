@@ -653,6 +653,43 @@ mod tests {
         assert_eq!(mailbox(&mut pb), ["all"]);
     }
 
+    /// Acknowledges every send waiting in a driverless session's mailbox, as its client
+    /// would.
+    fn acknowledge_all(parts: &mut Parts<()>) -> usize {
+        let mut n = 0;
+        while let Ok(command) = parts.app.try_recv() {
+            if let Command::Send { ack, .. } = command {
+                let _ = ack.send(Ok(()));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn a_message_every_member_acknowledged_reports_so() {
+        let hub = Hub::default();
+        let (a, mut pa) = member(1 << 20);
+        let (b, mut pb) = member(1 << 20);
+        hub.join(&a, "room").expect("join");
+        hub.join(&b, "room").expect("join");
+        let mut in_room: Vec<_> = hub.members("room").iter().map(key).collect();
+        in_room.sort_unstable();
+        let mut expected = vec![key(&a), key(&b)];
+        expected.sort_unstable();
+        assert_eq!(in_room, expected);
+        let delivery = hub.to("room").send("hi");
+        assert_eq!(
+            format!("{delivery:?}"),
+            "Delivery { recipients: 2, unresolved: 2 }"
+        );
+        assert_eq!((acknowledge_all(&mut pa), acknowledge_all(&mut pb)), (1, 1));
+        let report = delivery.await;
+        assert_eq!((report.recipients, report.acknowledged), (2, 2));
+        assert!(report.pending.is_empty() && report.failed.is_empty());
+        assert!(report.all_acknowledged());
+    }
+
     #[tokio::test]
     async fn except_leaves_out_the_sender_only() {
         let hub = Hub::default();
