@@ -31,7 +31,7 @@ pub use browserver_transport_http::ProxyBody as Body;
 use crate::{Client, Event, Options, Transport, connect};
 
 mod forward;
-pub use forward::{Forward, ForwardBody, ForwardError, forward_to};
+pub use forward::{ANSWER_TIMEOUT, Forward, ForwardBody, ForwardError, forward_to};
 
 /// A client serving HTTP through the proxy. Dropping it disconnects.
 #[derive(Debug)]

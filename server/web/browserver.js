@@ -53,6 +53,41 @@ function bytesOf(chunk) {
 
 let active = null; // the connection `request` uses
 
+/** A message's [name, value] header list as an object; repeated headers joined with ', '. */
+function headerObject(list) {
+  const out = {};
+  for (const [k, v] of list || []) out[k] = out[k] === undefined ? v : `${out[k]}, ${v}`;
+  return out;
+}
+
+/** What both forms of answer share: status, headers, `setHeader`, `writeHead`. */
+function responseHead() {
+  return {
+    statusCode: 200,
+    headers: [],
+    finished: false,
+    setHeader(name, value) {
+      this.headers = this.headers.filter(([k]) => k !== name.toLowerCase());
+      for (const v of [].concat(value)) this.headers.push([name.toLowerCase(), String(v)]);
+    },
+    writeHead(status, headers = {}) {
+      this.statusCode = status;
+      for (const [k, v] of Object.entries(headers)) this.setHeader(k, v);
+      return this;
+    },
+  };
+}
+
+/** Runs `handler`; `failed(error)` when it throws or its promise rejects. */
+function run(handler, req, res, failed) {
+  try {
+    const result = handler(req, res);
+    if (result && typeof result.then === 'function') result.then(undefined, failed);
+  } catch (e) {
+    failed(e);
+  }
+}
+
 // Stream frames (browserver_core::stream): type, flags, stream id (u32), payload. The windows
 // are the server's defaults: both sides assume the same.
 const T_HEAD = 1, T_DATA = 2, T_RESET = 3, T_CREDIT = 4;
@@ -287,8 +322,7 @@ class Connection {
 
   /** A request the proxy opened as a stream: the body streams in, the answer streams out. */
   serveStream(s, m, end) {
-    const headers = {};
-    for (const [k, v] of m.headers || []) headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
+    const headers = headerObject(m.headers);
     const body = end ? null : this.streams.body(s);
     const whole = async () => {
       if (!body) return new Uint8Array(0);
@@ -312,18 +346,7 @@ class Connection {
     const streams = this.streams;
     const head = () => ({ brow: 2, response: { status: res.statusCode, reason: '' }, headers: res.headers, body: '' });
     const res = {
-      statusCode: 200,
-      headers: [],
-      finished: false,
-      setHeader(name, value) {
-        this.headers = this.headers.filter(([k]) => k !== name.toLowerCase());
-        for (const v of [].concat(value)) this.headers.push([name.toLowerCase(), String(v)]);
-      },
-      writeHead(status, headers = {}) {
-        this.statusCode = status;
-        for (const [k, v] of Object.entries(headers)) this.setHeader(k, v);
-        return this;
-      },
+      ...responseHead(),
       /** Sends a chunk now (the headers first, if not yet); resolves when it went out. */
       write(chunk) {
         if (res.finished) return Promise.resolve(false);
@@ -348,33 +371,16 @@ class Connection {
       res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
       res.end(`handler error: ${e}`);
     };
-    try {
-      const result = this.handler(req, res);
-      if (result && typeof result.then === 'function') result.then(undefined, failed);
-    } catch (e) {
-      failed(e);
-    }
+    run(this.handler, req, res, failed);
   }
 
   serve(m) {
-    const headers = {};
-    for (const [k, v] of m.headers || []) headers[k] = headers[k] === undefined ? v : `${headers[k]}, ${v}`;
+    const headers = headerObject(m.headers);
     const bodyBytes = fromBase64(m.body);
     const req = { method: m.request.method, url: m.request.target, headers, body: decoder.decode(bodyBytes), bodyBytes };
     const chunks = [];
     const res = {
-      statusCode: 200,
-      headers: [],
-      finished: false,
-      setHeader(name, value) {
-        this.headers = this.headers.filter(([k]) => k !== name.toLowerCase());
-        for (const v of [].concat(value)) this.headers.push([name.toLowerCase(), String(v)]);
-      },
-      writeHead(status, headers = {}) {
-        this.statusCode = status;
-        for (const [k, v] of Object.entries(headers)) this.setHeader(k, v);
-        return this;
-      },
+      ...responseHead(),
       write(chunk) {
         if (!res.finished) chunks.push(bytesOf(chunk));
       },
@@ -398,12 +404,7 @@ class Connection {
       res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
       res.end(`handler error: ${e}`);
     };
-    try {
-      const result = this.handler(req, res);
-      if (result && typeof result.then === 'function') result.then(undefined, failed);
-    } catch (e) {
-      failed(e);
-    }
+    run(this.handler, req, res, failed);
   }
 
   request({ method = 'GET', host, path = '/', headers = {}, body }) {
@@ -414,9 +415,7 @@ class Connection {
       this.pending.set(id, (m) => {
         if (!m) return reject(new Error('connection closed'));
         const bytes = fromBase64(m.body);
-        const out = {};
-        for (const [k, v] of m.headers || []) out[k] = out[k] === undefined ? v : `${out[k]}, ${v}`;
-        resolve({ statusCode: m.response.status, headers: out, body: decoder.decode(bytes), bodyBytes: bytes });
+        resolve({ statusCode: m.response.status, headers: headerObject(m.headers), body: decoder.decode(bytes), bodyBytes: bytes });
       });
       this.send({
         brow: 2, id, request: { method, target: path }, headers: list, body: toBase64(bytesOf(body)),

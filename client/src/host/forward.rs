@@ -42,8 +42,12 @@ struct Inner {
     /// The URL's path without its trailing `/`, put before every request's path.
     prefix: String,
     host_header: Option<HeaderValue>,
+    answer_timeout: std::time::Duration,
     http: HttpClient<HttpConnector, Body>,
 }
+
+/// How long [`forward_to`] waits for the local server's answer head by default.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A service that answers every request by passing it to the HTTP server at `url` (e.g.
 /// `http://127.0.0.1:8080`; a path in it is put before every request's path): bodies stream
@@ -79,6 +83,7 @@ pub fn forward_to(url: &str) -> Result<Forward, ForwardError> {
             authority,
             prefix: uri.path().trim_end_matches('/').to_string(),
             host_header: None,
+            answer_timeout: ANSWER_TIMEOUT,
             http,
         }),
     })
@@ -91,15 +96,23 @@ impl Forward {
         let value = host
             .map(|h| HeaderValue::from_str(h).map_err(|_| ForwardError::InvalidUrl(h.into())))
             .transpose()?;
-        let inner = &self.inner;
         self.inner = Arc::new(Inner {
-            scheme: inner.scheme.clone(),
-            authority: inner.authority.clone(),
-            prefix: inner.prefix.clone(),
             host_header: value,
-            http: inner.http.clone(),
+            ..self.inner.copy()
         });
         Ok(self)
+    }
+
+    /// How long the local server may take to start its answer (then the visitor gets a
+    /// `504`, and the local request is dropped). [`ANSWER_TIMEOUT`] by default. A visitor that
+    /// goes away while waiting is noticed only through its request body, if it has one: this
+    /// bounds how long such a request keeps the local server busy.
+    pub fn answer_timeout(mut self, timeout: std::time::Duration) -> Forward {
+        self.inner = Arc::new(Inner {
+            answer_timeout: timeout,
+            ..self.inner.copy()
+        });
+        self
     }
 
     /// The local server's URL.
@@ -111,9 +124,26 @@ impl Forward {
     }
 }
 
+impl Inner {
+    fn copy(&self) -> Inner {
+        Inner {
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+            prefix: self.prefix.clone(),
+            host_header: self.host_header.clone(),
+            answer_timeout: self.answer_timeout,
+            http: self.http.clone(),
+        }
+    }
+}
+
 fn bad_gateway(text: String) -> Response<ForwardBody> {
+    plain(StatusCode::BAD_GATEWAY, text)
+}
+
+fn plain(status: StatusCode, text: String) -> Response<ForwardBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(text))));
-    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -154,9 +184,19 @@ impl Service<Request<Body>> for Forward {
             if let Some(host) = &inner.host_header {
                 req.headers_mut().insert(http::header::HOST, host.clone());
             }
-            let mut response = match inner.http.request(req).await {
-                Ok(r) => r,
-                Err(e) => {
+            let answer = tokio::time::timeout(inner.answer_timeout, inner.http.request(req)).await;
+            let mut response = match answer {
+                Err(_) => {
+                    return Ok(plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "Gateway Timeout: the local server at {}://{} did not answer within {:?}",
+                            inner.scheme, inner.authority, inner.answer_timeout
+                        ),
+                    ));
+                }
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
                     let why = std::error::Error::source(&e)
                         .map_or_else(|| e.to_string(), |s| s.to_string());
                     return Ok(bad_gateway(format!(
@@ -178,5 +218,54 @@ impl Service<Request<Body>> for Forward {
             }
             Ok(response.map(Either::Left))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    fn get() -> Request<Body> {
+        Request::get("/x").body(Body::empty()).expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_local_server_that_does_not_answer_in_time_is_a_504() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Accepts, reads nothing, answers nothing.
+        let held = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        let forward = forward_to(&format!("http://{addr}"))
+            .expect("url")
+            .answer_timeout(std::time::Duration::from_millis(200));
+        let r = forward.oneshot(get()).await.expect("infallible");
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_local_server_that_is_not_there_is_a_502_naming_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let forward = forward_to(&format!("http://{addr}")).expect("url");
+        assert_eq!(forward.local(), format!("http://{addr}"));
+        let r = forward.oneshot(get()).await.expect("infallible");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn only_absolute_http_urls_are_taken() {
+        for bad in ["ftp://x", "/path", "https://x", "not a url"] {
+            assert!(forward_to(bad).is_err(), "{bad}");
+        }
+        let f = forward_to("http://127.0.0.1:9/base/").expect("url");
+        assert_eq!(f.local(), "http://127.0.0.1:9/base");
+        assert!(f.host_header(Some("bad\nvalue")).is_err());
     }
 }

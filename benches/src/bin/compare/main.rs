@@ -265,20 +265,7 @@ impl Bench<'_> {
     }
 
     fn load(&self, args: &[String]) -> Result<Value, String> {
-        let out = Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(self.args.bin.join("browserver-load"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&out.stdout).map_err(|_| {
-            format!(
-                "browserver-load {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        run_load(&self.args.bin, args)
     }
 
     /// An echo run; the load tool's summary plus the server's CPU time per echoed message.
@@ -418,6 +405,24 @@ impl Bench<'_> {
             "bytes_per_session": per_session.round(),
         }))
     }
+}
+
+/// Runs `browserver-load` from `bin` on CPU 1; its JSON summary.
+fn run_load(bin: &Path, args: &[String]) -> Result<Value, String> {
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(bin.join("browserver-load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!(
+            "browserver-load {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 fn median(values: &[f64]) -> f64 {

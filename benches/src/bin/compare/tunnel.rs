@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{median, ratio, rss_kib};
+use crate::{median, ratio, rss_kib, run_load as load};
 
 /// Processes killed when dropped.
 struct Procs(Vec<Child>);
@@ -222,24 +222,6 @@ fn browserver(bin: &Path, local: SocketAddr) -> Result<Route, String> {
         addr,
         host: Some(public),
         procs,
-    })
-}
-
-/// Runs `browserver-load` on CPU 1.
-fn load(bin: &Path, args: &[String]) -> Result<Value, String> {
-    let out = Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(bin.join("browserver-load"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&out.stdout).map_err(|_| {
-        format!(
-            "browserver-load {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
     })
 }
 
