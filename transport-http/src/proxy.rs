@@ -706,15 +706,8 @@ impl Proxy {
         if let (Some(mux), served) = mux {
             let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
             let request = self.request_head(name, host, &parts);
-            if let Err(refusal) = self
-                .inner
-                .options
-                .authorizer
-                .authorize_ingress(name, &request)
-                .await
-            {
-                let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-                return plain(status, &refusal.reason).map(ProxyBody::from);
+            if let Err(refused) = self.authorize_ingress(name, &request).await {
+                return refused.map(ProxyBody::from);
             }
             return self
                 .ingress_stream(&mux, request, body, upgrade, &served)
@@ -723,6 +716,23 @@ impl Proxy {
         self.ingress_buffered(name, host, parts, body)
             .await
             .map(ProxyBody::from)
+    }
+
+    /// The authorizer's verdict on a visitor's request to `name`; a refusal as the response.
+    async fn authorize_ingress(
+        &self,
+        name: &str,
+        request: &Message,
+    ) -> Result<(), Response<Full<Bytes>>> {
+        self.inner
+            .options
+            .authorizer
+            .authorize_ingress(name, request)
+            .await
+            .map_err(|refusal| {
+                let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
+                plain(status, &refusal.reason)
+            })
     }
 
     /// The request's head as the client gets it: forwardable headers, `x-forwarded-*`, and
@@ -934,15 +944,8 @@ impl Proxy {
         };
         let mut request = self.request_head(name, host, &parts);
         request.body = body;
-        if let Err(refusal) = self
-            .inner
-            .options
-            .authorizer
-            .authorize_ingress(name, &request)
-            .await
-        {
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::FORBIDDEN);
-            return plain(status, &refusal.reason);
+        if let Err(refused) = self.authorize_ingress(name, &request).await {
+            return refused;
         }
         match self.forward(name, request, Some(held)).await {
             Ok(answer) => to_http(answer),

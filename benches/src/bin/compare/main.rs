@@ -126,7 +126,8 @@ fn spawn_server(args: &Args, kind: Kind) -> Result<Server, String> {
             cmd
         }
     };
-    let mut child = Command::new("taskset")
+    let mut command = Command::new("taskset");
+    command
         .args(["-c", "0"])
         .args(&cmd)
         .env("NODE_PATH", args.peers.clone().unwrap_or_default())
@@ -138,23 +139,8 @@ fn spawn_server(args: &Args, kind: Kind) -> Result<Server, String> {
         .env("BROWSERVER_SESSION_RATE", "0")
         .env("BROWSERVER_MAX_CONNECTIONS_PER_ADDRESS", "0")
         .env("BROWSERVER_MAX_CONNECTIONS", "1000000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| format!("{cmd:?} did not start"))?;
+        .stdin(Stdio::null());
+    let (child, addr) = tunnel::spawn_reading(command, tunnel::listening)?;
     Ok(Server { kind, child, addr })
 }
 

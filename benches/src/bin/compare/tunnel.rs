@@ -58,8 +58,9 @@ fn pinned(cmd: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Spawns and returns the first line of stdout that `pick` accepts (what it maps it to).
-fn spawn_reading(
+/// Spawns and returns the first line of stdout that `pick` accepts (what it maps it to),
+/// within 30 s.
+pub(crate) fn spawn_reading(
     mut cmd: Command,
     pick: impl Fn(&str) -> Option<String> + Send + 'static,
 ) -> Result<(Child, String), String> {
@@ -94,7 +95,7 @@ fn wait_port(addr: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-fn listening(line: &str) -> Option<String> {
+pub(crate) fn listening(line: &str) -> Option<String> {
     line.strip_prefix("listening on ")
         .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
 }
