@@ -4,6 +4,7 @@
 //! back, and runs its one timer.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use browserver_transport_bc::client::{
@@ -22,7 +23,58 @@ use tokio::task::AbortHandle;
 
 use crate::{Command, Ended, Link, SendError, Tracker, Transport};
 
-type Http = HttpClient<HttpConnector, Full<Bytes>>;
+/// The HTTP client of one session: pooled connections (TLS for `https://`), and the
+/// options' extra headers on every request.
+#[derive(Clone)]
+struct Http {
+    client: HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    headers: Arc<http::HeaderMap>,
+}
+
+impl Http {
+    fn new(link: &mut Link, base: &str) -> Result<Http, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        // TLS is set up (the system's roots are read) only for an https:// base.
+        let tls = if base.starts_with("https://") {
+            link.tls()?
+        } else {
+            let none = browserver_transport_http::tls::Roots::None;
+            browserver_transport_http::tls::client_config(none, &[])?
+        };
+        let connector = builder
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &link.options.headers {
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) else {
+                return Err(format!("invalid header {k:?}"));
+            };
+            headers.append(name, value);
+        }
+        Ok(Http {
+            client: HttpClient::builder(TokioExecutor::new()).build(connector),
+            headers: Arc::new(headers),
+        })
+    }
+
+    fn request(
+        &self,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        for (k, v) in self.headers.iter() {
+            req.headers_mut().append(k, v.clone());
+        }
+        self.client.request(req)
+    }
+}
 
 /// The test channel's deadline (Closure's request watchdog: 45 s).
 const WATCHDOG: Duration = Duration::from_secs(45);
@@ -61,9 +113,10 @@ async fn get_text(http: &Http, url: &str) -> Result<(u16, String), String> {
 /// Runs one BrowserChannel session from the test channel to its end.
 pub(crate) async fn run(link: &mut Link, base: &str) -> Ended {
     let base = base.trim_end_matches('/').to_string();
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let http: Http = HttpClient::builder(TokioExecutor::new()).build(connector);
+    let http = match Http::new(link, &base) {
+        Ok(http) => http,
+        Err(e) => return Ended::Failed(format!("Request failed: {e}")),
+    };
     let params = link.common_params();
     // Test channel, phase 1: the host prefix.
     let mut p = params.clone();

@@ -43,6 +43,8 @@ pub struct Host {
     wake: Arc<tokio::sync::Notify>,
     /// Set (under the `pending` lock) once the connection is over.
     ended: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the connection ended for good (no reconnect follows), once it has.
+    end_reason: Arc<Mutex<Option<browserver_core::CloseReason>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,10 +80,14 @@ impl Host {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, FetchError> {
         let (parts, body) = request.into_parts();
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/".to_string(), |p| p.to_string());
+        // An https:// URL travels whole (absolute form): the proxy speaks TLS to it.
+        let target = match parts.uri.scheme_str() {
+            Some("https") => parts.uri.to_string(),
+            _ => parts
+                .uri
+                .path_and_query()
+                .map_or("/".to_string(), |p| p.to_string()),
+        };
         let mut headers: Vec<(String, Vec<u8>)> = parts
             .headers
             .iter()
@@ -135,6 +141,12 @@ impl Host {
     /// client once (re)connected (a reconnect may bring a new name).
     pub fn hostnames(&self) -> watch::Receiver<Option<String>> {
         self.hostname.clone()
+    }
+
+    /// Why the connection ended for good — a refusal (`refused by the server (HTTP 403): …`),
+    /// a stop — once it has; `None` while it is up or reconnecting.
+    pub fn end_reason(&self) -> Option<browserver_core::CloseReason> {
+        lock(&self.end_reason).clone()
     }
 
     /// Waits until the proxy has told this client its hostname (`<id>.<domain>`); `None` if
@@ -215,12 +227,14 @@ where
     let client = std::sync::Arc::new(connect(url, options));
     let (hostname_tx, hostname) = watch::channel(None);
     let host_client = client.clone();
-    let pending = Arc::new(Mutex::new(Requests::new(1024)));
+    let pending = Arc::new(Mutex::new(Requests::<Waiter>::new(1024)));
     let answers = pending.clone();
     let wake = Arc::new(tokio::sync::Notify::new());
     let woken = wake.clone();
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let over = ended.clone();
+    let end_reason = Arc::new(Mutex::new(None));
+    let final_reason = end_reason.clone();
     let task = tokio::spawn(async move {
         // The stream task of the current session, and the streams the proxy opens on it.
         let mut mux: Option<Mux> = None;
@@ -267,7 +281,13 @@ where
                     incoming = Some(rx);
                     continue;
                 }
-                Event::Close { .. } => {
+                Event::Close {
+                    reason,
+                    reconnecting,
+                } => {
+                    if !reconnecting {
+                        *lock(&final_reason) = Some(reason);
+                    }
                     let _ = hostname_tx.send(None);
                     if let Some(old) = mux.take() {
                         old.close();
@@ -338,12 +358,13 @@ where
         pending,
         wake,
         ended,
+        end_reason,
         task,
     }
 }
 
-fn lock(pending: &Mutex<Requests<Waiter>>) -> std::sync::MutexGuard<'_, Requests<Waiter>> {
-    pending.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

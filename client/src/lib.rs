@@ -42,6 +42,7 @@ mod ws;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -93,6 +94,23 @@ pub struct Options {
     pub extra_params: Vec<(String, String)>,
     /// Use the server's host prefix (BrowserChannel "secondary domains"). Default false.
     pub use_host_prefix: bool,
+    /// Extra headers on every request to the server (the WebSocket handshake, every
+    /// BrowserChannel request): an `authorization` header for a reserved name, say.
+    pub headers: Vec<(String, String)>,
+    /// TLS for `https://` and `wss://` servers. Default: the operating system's certificate
+    /// authorities ([`tls_config`] builds one that also trusts a private CA).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS configuration trusting the operating system's certificate authorities plus those in
+/// the PEM file `ca` (a private CA, a self-signed certificate), for [`Options::tls`].
+pub fn tls_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use browserver_transport_http::tls;
+    let extra = match ca {
+        Some(path) => tls::read_certificates(path)?,
+        None => Vec::new(),
+    };
+    tls::client_config(tls::Roots::System, &extra)
 }
 
 impl Default for Options {
@@ -109,6 +127,8 @@ impl Default for Options {
             affinity_param: "a".into(),
             extra_params: Vec::new(),
             use_host_prefix: false,
+            headers: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -267,6 +287,8 @@ pub(crate) enum Ended {
     Closed(CloseReason),
     /// The connection could not be established (the transport may be unavailable).
     Failed(String),
+    /// The server refused this client (401/403): do not retry.
+    Refused(String),
 }
 
 /// What both transport drivers keep around their client machine: the pending
@@ -332,6 +354,14 @@ impl Tracker {
             ClientEvent::OpenFailed(e) => {
                 self.ended.get_or_insert(Ended::Failed(e));
             }
+            ClientEvent::Refused { status, reason } => {
+                let why = if reason.is_empty() {
+                    format!("refused by the server (HTTP {status})")
+                } else {
+                    format!("refused by the server (HTTP {status}): {reason}")
+                };
+                self.ended.get_or_insert(Ended::Refused(why));
+            }
             ClientEvent::Closed(CloseReason::Stopped) => {
                 link.emit(Event::Error("Stopped by server".into()));
                 self.ended.get_or_insert(Ended::Stopped);
@@ -364,11 +394,23 @@ pub(crate) struct Link {
     /// The previous BrowserChannel session (`OSID`, `OAID`).
     pub(crate) previous: Option<(String, Option<u64>)>,
     pub(crate) affinity: Option<String>,
+    /// The TLS configuration, made when first needed.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Link {
     pub(crate) fn emit(&self, e: Event) {
         let _ = self.events.send(e);
+    }
+
+    /// The TLS configuration for `https://`/`wss://`: the options' own, or the system's roots.
+    pub(crate) fn tls(&mut self) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(c) = self.tls.clone().or_else(|| self.options.tls.clone()) {
+            return Ok(c);
+        }
+        let config = tls_config(None)?;
+        self.tls = Some(config.clone());
+        Ok(config)
     }
 
     /// Query parameters common to every request.
@@ -414,6 +456,7 @@ async fn run(
         queued: Vec::new(),
         previous: None,
         affinity,
+        tls: None,
     };
     let mut attempt: u32 = 0;
     let mut ws_works = link.options.transport != Transport::BrowserChannel;
@@ -434,6 +477,10 @@ async fn run(
         let (reason, may_reconnect, failed_attempt) = match ended {
             Ended::ByApplication => (CloseReason::Closed(None), false, false),
             Ended::Stopped => (CloseReason::Stopped, false, false),
+            Ended::Refused(why) => {
+                link.emit(Event::Error(why.clone()));
+                (CloseReason::Protocol(why), false, false)
+            }
             Ended::Closed(r) => (r, true, false),
             Ended::Failed(e) => {
                 if transport == Transport::WebSocket

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use browserver_transport_ws::client::{ClientConfig, ClientInput, ClientMachine, ClientTransmit};
@@ -22,27 +23,63 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long a closing client waits for the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-type Connecting = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Ws, OpenError>> + Send>>;
 
-/// Opens a connection offering session mode. No timeout here: the machine's deadline
-/// abandons it.
-async fn open(url: String) -> Result<Ws, String> {
-    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+/// Why a connection attempt failed.
+enum OpenError {
+    /// The server refused the handshake (401/403) with this reason.
+    Refused(u16, String),
+    /// Anything else (it may pass).
+    Failed(String),
+}
+
+/// Opens a connection offering session mode, with the extra `headers` and, for `wss://`,
+/// `tls`. No timeout here: the machine's deadline abandons it.
+async fn open(
+    url: String,
+    headers: Vec<(String, String)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Ws, OpenError> {
+    let failed = |e: String| OpenError::Failed(e);
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| failed(e.to_string()))?;
     let value = SUBPROTOCOL
         .parse()
-        .map_err(|_| "bad subprotocol".to_string())?;
+        .map_err(|_| failed("bad subprotocol".to_string()))?;
     req.headers_mut().insert("sec-websocket-protocol", value);
+    for (k, v) in &headers {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) else {
+            return Err(failed(format!("invalid header {k:?}")));
+        };
+        req.headers_mut().append(name, value);
+    }
     // Without TCP_NODELAY, Nagle's algorithm holds small frames behind delayed ACKs
     // (~40 ms a round trip).
-    let (ws, response) = tokio_tungstenite::connect_async_with_config(req, None, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let (ws, response) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r)
+                    if matches!(r.status().as_u16(), 401 | 403) =>
+                {
+                    let body = r.body().as_deref().unwrap_or_default();
+                    let reason = String::from_utf8_lossy(body);
+                    let reason = reason.trim().lines().next().unwrap_or("").trim();
+                    OpenError::Refused(r.status().as_u16(), reason.chars().take(200).collect())
+                }
+                e => failed(e.to_string()),
+            })?;
     if response
         .headers()
         .get("sec-websocket-protocol")
         .is_none_or(|v| v != SUBPROTOCOL)
     {
-        return Err("the server does not offer session mode".into());
+        return Err(failed("the server does not offer session mode".into()));
     }
     Ok(ws)
 }
@@ -62,6 +99,15 @@ fn with_query(url: &str, params: &[(String, String)]) -> String {
 /// Runs one session-mode session from its first connection to its end.
 pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
     let params = link.common_params();
+    let headers = link.options.headers.clone();
+    let tls = if url.starts_with("wss://") {
+        match link.tls() {
+            Ok(tls) => Some(tls),
+            Err(e) => return Ended::Failed(format!("TLS: {e}")),
+        }
+    } else {
+        None
+    };
     let now = Instant::now();
     let mut machine = ClientMachine::new(ClientConfig::default(), now);
     let mut tracker = Tracker::new(Transport::WebSocket);
@@ -83,7 +129,11 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
                     ws = None;
                     let mut all = params.clone();
                     all.extend(extra);
-                    connecting = Some(Box::pin(open(with_query(url, &all))));
+                    connecting = Some(Box::pin(open(
+                        with_query(url, &all),
+                        headers.clone(),
+                        tls.clone(),
+                    )));
                 }
                 ClientTransmit::Frame(message) => {
                     if let Some(w) = ws.as_mut()
@@ -150,7 +200,10 @@ pub(crate) async fn run(link: &mut Link, url: &str) -> Ended {
                         ws = Some(w);
                         ClientInput::Connected
                     }
-                    Err(e) => ClientInput::Lost(e),
+                    Err(OpenError::Failed(e)) => ClientInput::Lost(e),
+                    Err(OpenError::Refused(status, reason)) => {
+                        ClientInput::Refused { status, reason }
+                    }
                 };
                 machine.handle_input(Instant::now(), input);
             }

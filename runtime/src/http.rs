@@ -123,12 +123,22 @@ impl Drop for QuotaSlot {
 }
 
 /// The answer to a creation the quota refused: status and `Retry-After` seconds (429 for the
-/// address's limits, 503 when the table is full).
+/// address's limits, 503 when the table is full). Counted in `browserver_limit_hits_total`.
 pub fn quota_refusal(e: &QuotaError) -> (u16, u64) {
+    use crate::metrics::{Limit, limit_hit};
     match e {
-        QuotaError::TooManySessions { .. } => (429, 5),
-        QuotaError::TooFast { retry_after } => (429, retry_after.as_secs().max(1)),
-        QuotaError::TableFull => (503, 5),
+        QuotaError::TooManySessions { .. } => {
+            limit_hit(Limit::MaxSessionsPerAddress);
+            (429, 5)
+        }
+        QuotaError::TooFast { retry_after } => {
+            limit_hit(Limit::SessionRate);
+            (429, retry_after.as_secs().max(1))
+        }
+        QuotaError::TableFull => {
+            limit_hit(Limit::QuotaAddresses);
+            (503, 5)
+        }
     }
 }
 

@@ -42,6 +42,7 @@ pub mod http;
 pub mod hub;
 pub mod machine;
 pub mod message;
+pub mod metrics;
 #[cfg(feature = "serve")]
 mod serve;
 pub mod session;

@@ -51,6 +51,14 @@ pub enum ClientEvent {
     /// The session could not be opened for a reason that may pass (network, bad answer, no
     /// such transport); a `Closed` follows.
     OpenFailed(String),
+    /// The server refused to open the session (401 or 403 to the connecting request: a
+    /// missing or wrong credential). Not worth retrying; a `Closed` follows.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's reason (its answer's body, shortened).
+        reason: String,
+    },
     /// The session closed.
     Closed(CloseReason),
 }

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use browserver_core::quota::AddressKey;
+use browserver_runtime::metrics::{Limit, limit_hit};
 use browserver_transport_http::{BodyError, Budget, Reservation};
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
@@ -110,10 +111,12 @@ impl Connections {
         let mut table = self.table();
         let n = table.get(&key).copied().unwrap_or(0);
         if self.max_per_address > 0 && n >= self.max_per_address {
+            limit_hit(Limit::MaxConnectionsPerAddress);
             return Err("too many connections from this address");
         }
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
+            limit_hit(Limit::MaxConnections);
             return Err("too many connections");
         }
         table.insert(key, n + 1);

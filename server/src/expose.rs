@@ -20,6 +20,15 @@ pub struct ExposeConfig {
     pub host_header: Option<String>,
     /// Force a transport (`None`: chosen by the server URL's scheme).
     pub transport: Option<Transport>,
+    /// A certificate authority (PEM) to trust for an `https://`/`wss://` server, besides the
+    /// system's.
+    pub ca: Option<std::path::PathBuf>,
+    /// A reserved name to ask for (the server's `--tokens`).
+    pub name: Option<String>,
+    /// Its token, sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Print JSON objects (one per line) instead of text lines.
+    pub json: bool,
 }
 
 /// Why `expose` cannot run or stopped.
@@ -29,11 +38,14 @@ pub enum ExposeError {
     #[error("invalid local URL: {0}")]
     Local(#[from] host::ForwardError),
     /// The server URL is not usable.
-    #[error("invalid server URL {0:?}: give ws://HOST:PORT or http://HOST:PORT")]
+    #[error("invalid server URL {0:?}: give ws://, wss://, http:// or https://HOST:PORT")]
     Server(String),
-    /// The server ended the connection for good.
-    #[error("the server ended the connection")]
-    Ended,
+    /// The `--ca` file is not usable.
+    #[error("--ca: {0}")]
+    Ca(String),
+    /// The server ended the connection for good (refused it, or stopped it).
+    #[error("{0}")]
+    Ended(String),
 }
 
 /// Where to connect for `server`, and how: `ws://` → WebSocket (path `/ws` unless given);
@@ -84,24 +96,50 @@ pub async fn expose(config: ExposeConfig) -> Result<(), ExposeError> {
         }
         _ => url,
     };
-    let options = Options {
+    let tls = match (
+        &config.ca,
+        url.starts_with("https://") || url.starts_with("wss://"),
+    ) {
+        (Some(ca), _) => Some(browserver_client::tls_config(Some(ca)).map_err(ExposeError::Ca)?),
+        (None, true) => Some(browserver_client::tls_config(None).map_err(ExposeError::Ca)?),
+        (None, false) => None,
+    };
+    let mut options = Options {
         transport: config.transport.unwrap_or(transport),
+        tls,
         ..Options::default()
     };
+    if let Some(name) = &config.name {
+        options.extra_params.push(("name".into(), name.clone()));
+    }
+    if let Some(token) = &config.token {
+        options
+            .headers
+            .push(("authorization".into(), format!("Bearer {token}")));
+    }
     let out = lines();
-    let h = host::serve(&url, options, logged(forward, out.clone()));
+    let json = config.json;
+    let h = host::serve(&url, options, logged(forward, out.clone(), json));
     let mut names = h.hostnames();
     loop {
         if let Some(hostname) = names.borrow_and_update().clone() {
-            let _ = out
-                .send(format!(
-                    "forwarding {} -> {local}\n",
-                    public_url(&hostname, &scheme, port)
-                ))
-                .await;
+            let public = public_url(&hostname, &scheme, port);
+            let line = if json {
+                line_json(
+                    &format!("forwarding {public} -> {local}"),
+                    serde_json::json!({ "public": public, "local": local.to_string() }),
+                )
+            } else {
+                format!("forwarding {public} -> {local}\n")
+            };
+            let _ = out.send(line).await;
         }
         if names.changed().await.is_err() {
-            return Err(ExposeError::Ended);
+            let why = h.end_reason().map_or_else(
+                || "the server ended the connection".to_string(),
+                |r| r.to_string(),
+            );
+            return Err(ExposeError::Ended(why));
         }
     }
 }
@@ -134,6 +172,7 @@ fn lines() -> tokio::sync::mpsc::Sender<String> {
 fn logged(
     forward: Forward,
     lines: tokio::sync::mpsc::Sender<String>,
+    json: bool,
 ) -> impl Service<
     http::Request<host::Body>,
     Response = http::Response<host::ForwardBody>,
@@ -146,18 +185,38 @@ fn logged(
         let (forward, lines) = (forward.clone(), lines.clone());
         async move {
             let started = Instant::now();
-            let line = format!("{} {}", req.method(), req.uri());
+            let (method, uri) = (req.method().to_string(), req.uri().to_string());
             let response = forward.oneshot(req).await?;
-            let _ = lines
-                .send(format!(
-                    "{line} -> {} ({} ms)\n",
-                    response.status().as_u16(),
-                    started.elapsed().as_millis()
-                ))
-                .await;
+            let (status, ms) = (response.status().as_u16(), started.elapsed().as_millis());
+            let text = format!("{method} {uri} -> {status} ({ms} ms)");
+            let line = if json {
+                line_json(
+                    &text,
+                    serde_json::json!({
+                        "method": method, "path": uri, "status": status, "duration_ms": ms as u64,
+                    }),
+                )
+            } else {
+                format!("{text}\n")
+            };
+            let _ = lines.send(line).await;
             Ok(response)
         }
     })
+}
+
+/// One JSON object on one line: the message and `fields`, with a timestamp and a level as
+/// the log lines have them.
+fn line_json(message: &str, fields: serde_json::Value) -> String {
+    let mut object = serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "level": "INFO",
+        "message": message,
+    });
+    if let (Some(o), serde_json::Value::Object(f)) = (object.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    format!("{object}\n")
 }
 
 #[cfg(test)]

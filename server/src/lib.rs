@@ -30,8 +30,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod admin;
+pub mod config_file;
 pub mod conn;
 pub mod expose;
+pub mod inspector;
+pub mod names;
+pub mod prometheus;
+pub mod tls;
 
 pub use conn::Limits;
 
@@ -76,6 +81,9 @@ pub struct Config {
     /// Egress destinations allowed although their addresses are refused by default
     /// (`host` or `host:port`); with `EgressMode::AllowList`, the only ones.
     pub egress_allow: Vec<String>,
+    /// Certificate authorities egress trusts for `https://` targets besides the compiled-in
+    /// web roots (default: none).
+    pub egress_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Per-request authorization of proxied requests, both directions (default: allow all).
     pub authorizer: Arc<dyn browserver_transport_http::Authorizer>,
     /// `Access-Control-Allow-Origin` on BrowserChannel responses, for pages served elsewhere
@@ -98,6 +106,13 @@ pub struct Config {
     /// proxy holds waiting for their clients (default 256 MiB each); past either → 503 (400
     /// on BrowserChannel).
     pub max_in_flight_body_bytes: usize,
+    /// Serve HTTPS and WSS with this certificate (default: none, plain HTTP). [`run`] presents
+    /// whatever it holds at each handshake, so [`tls::Certificate::reload`] takes effect for
+    /// new connections without touching open ones.
+    pub tls: Option<Arc<tls::Certificate>>,
+    /// Requests the inspector keeps per connected client, for `/_browserver/inspect` (default
+    /// 50; 0: the inspector is off).
+    pub inspector_requests: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -114,6 +129,7 @@ impl std::fmt::Debug for Config {
             .field("egress_allow", &self.egress_allow)
             .field("limits", &self.limits)
             .field("quota", &self.quota)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +149,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             egress: browserver_transport_http::EgressMode::Public,
             egress_allow: Vec::new(),
+            egress_ca: Vec::new(),
             authorizer: Arc::new(browserver_transport_http::AllowAll),
             cors: None,
             authenticator: None,
@@ -141,6 +158,8 @@ impl Default for Config {
             max_sessions: 100_000,
             max_buffered_bytes: None,
             max_in_flight_body_bytes: 256 << 20,
+            tls: None,
+            inspector_requests: 50,
         }
     }
 }
@@ -151,6 +170,12 @@ pub enum StartError {
     /// The host pattern is invalid.
     #[error(transparent)]
     Pattern(#[from] browserver_transport_http::PatternError),
+    /// The TLS certificate cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// An egress certificate authority cannot be used.
+    #[error("egress CA: {0}")]
+    EgressCa(String),
 }
 
 /// A session as a proxy channel. On BrowserChannel every message travels as a JSON string;
@@ -159,6 +184,7 @@ struct SessionChannel(Session);
 
 /// Sends `text` the way the client's transport carries text.
 fn send_str(session: &Session, text: String) -> browserver_runtime::Ack {
+    browserver_runtime::metrics::message(transport_name(session), "out", text.len());
     if session.transport() == Transport::BrowserChannel {
         session.send_json(&text)
     } else {
@@ -169,7 +195,12 @@ fn send_str(session: &Session, text: String) -> browserver_runtime::Ack {
 fn delivery(ack: browserver_runtime::Ack) -> Delivery {
     Box::pin(async move {
         ack.await.map_err(|e| match e {
-            SendError::BufferFull { .. } => Undelivered::Full,
+            SendError::BufferFull { .. } => {
+                browserver_runtime::metrics::limit_hit(
+                    browserver_runtime::metrics::Limit::MaxBufferedBytes,
+                );
+                Undelivered::Full
+            }
             _ => Undelivered::Closed,
         })
     })
@@ -181,6 +212,7 @@ impl Channel for SessionChannel {
     }
 
     fn send_frame(&self, frame: Bytes) -> Delivery {
+        browserver_runtime::metrics::message(transport_name(&self.0), "out", frame.len());
         delivery(match self.0.transport() {
             // BrowserChannel carries JSON only: the frame travels base64 in an object
             // (`{"f": …}`; the client sends it back the same way, or as a map).
@@ -216,25 +248,38 @@ fn transport_name(session: &Session) -> &'static str {
 
 /// One handler for every session, whatever its transport: register it with the proxy (or
 /// echo), then pass its messages on until it closes.
-async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
+async fn serve_session(
+    proxy: Proxy,
+    inspector: Arc<inspector::Inspector>,
+    mode: Mode,
+    session: Session,
+) {
+    let transport = transport_name(&session);
+    let _open = Gauge::up(browserver_runtime::metrics::SESSIONS, transport);
     let wire = match (session.transport(), session.query_param("brow")) {
         (Transport::BrowserChannel | Transport::WebSocketSession, Some("3")) => Wire::Streams,
         (Transport::BrowserChannel, Some("2")) | (Transport::WebSocketSession, _) => Wire::Json,
         _ => Wire::Text,
     };
-    let transport = transport_name(&session);
     let channel = Arc::new(SessionChannel(session.clone()));
     let Some(client) = register(&proxy, mode, session.name(), channel, wire, transport) else {
         session.close();
         return;
     };
     log_connected(client.as_ref(), transport, session.address());
+    let _registered = client
+        .as_ref()
+        .map(|_| Gauge::up(browserver_runtime::metrics::CLIENTS, transport));
+    if let Some(c) = &client {
+        inspector.connected(&c.name);
+    }
     if let Some(c) = &client
         && wire != Wire::Text
     {
         drop(send_str(&session, hello(&c.name, &c.hostname)));
     }
     while let Some(m) = session.recv().await {
+        browserver_runtime::metrics::message(transport, "in", message_len(&m));
         match (&client, m) {
             (None, Message::Map(map)) => drop(session.send_json(&map)),
             (None, m) => drop(session.send(m)),
@@ -266,8 +311,36 @@ async fn serve_session(proxy: Proxy, mode: Mode, session: Session) {
     let reason = session.closed().await;
     if let Some(c) = &client {
         proxy.disconnect(c, &reason);
+        inspector.disconnected(&c.name);
     }
     log_disconnected(client.as_ref(), &reason);
+}
+
+/// A gauge raised by one for as long as this lives.
+struct Gauge(&'static str, &'static str);
+
+impl Gauge {
+    fn up(name: &'static str, transport: &'static str) -> Gauge {
+        metrics::gauge!(name, "transport" => transport).increment(1.0);
+        Gauge(name, transport)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0, "transport" => self.1).decrement(1.0);
+    }
+}
+
+/// A received message's size, for the message metrics.
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        Message::Map(map) => map.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        #[allow(unreachable_patterns)]
+        _ => 0,
+    }
 }
 
 /// The stream frame in a BrowserChannel JSON message `{"f": "<base64>"}`.
@@ -318,11 +391,17 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The body of browserver's responses.
-pub type Body = Either<browserver_transport_bc::ResponseBody, ProxyBody>;
+/// The body of browserver's responses (a proxied answer is recorded as it is written:
+/// [`inspector`]).
+pub type Body = Either<browserver_transport_bc::ResponseBody, inspector::Recorded<ProxyBody>>;
+
+/// A response body that is not a proxied answer.
+fn unrecorded(body: ProxyBody) -> Body {
+    Either::Right(inspector::Recorded::unrecorded(body))
+}
 
 fn page(status: u16, content_type: &'static str, body: String) -> http::Response<Body> {
-    let mut r = http::Response::new(Either::Right(ProxyBody::from(Full::new(Bytes::from(body)))));
+    let mut r = http::Response::new(unrecorded(ProxyBody::from(Full::new(Bytes::from(body)))));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -330,6 +409,10 @@ fn page(status: u16, content_type: &'static str, body: String) -> http::Response
     );
     r
 }
+
+/// The request inspector, served at `/_browserver/inspect` (its data comes from the admin
+/// API, which asks for the admin token).
+const INSPECTOR_PAGE: &str = include_str!("../web/inspect.html");
 
 /// The demo page served at `/` by the proxy: the tab becomes a server.
 const DEMO_PAGE: &str = include_str!("../web/index.html");
@@ -385,6 +468,8 @@ struct Shared {
     /// This server's own listening address (a `Host` naming it is local, for the admin
     /// check).
     local: Option<SocketAddr>,
+    /// The proxied requests' history, per client.
+    inspector: Arc<inspector::Inspector>,
 }
 
 impl Browserver {
@@ -400,16 +485,27 @@ impl Browserver {
         local: Option<SocketAddr>,
     ) -> Result<Browserver, StartError> {
         let pattern = HostPattern::parse(&config.host_pattern)?;
+        let egress_tls = browserver_transport_http::tls::client_config(
+            browserver_transport_http::tls::Roots::WebPki,
+            &config.egress_ca,
+        )
+        .map_err(StartError::EgressCa)?;
         let proxy_options = ProxyOptions {
             request_timeout: config.request_timeout,
             egress: browserver_transport_http::EgressPolicy {
                 mode: config.egress,
                 allow: config.egress_allow.clone(),
+                tls: Some(egress_tls),
                 ..Default::default()
             },
             authorizer: config.authorizer.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             max_in_flight_body_bytes: config.max_in_flight_body_bytes,
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             ..ProxyOptions::default()
         };
         // One channel message carries one HTTP message: a body of up to the proxy's limit, in
@@ -462,11 +558,18 @@ impl Browserver {
             }),
             ..Default::default()
         });
+        let inspector = Arc::new(inspector::Inspector::new(config.inspector_requests));
         for mut sessions in [bc_sessions, ws_sessions] {
             let proxy = proxy.clone();
+            let inspector = inspector.clone();
             tokio::spawn(async move {
                 while let Some(session) = sessions.accept().await {
-                    tokio::spawn(serve_session(proxy.clone(), mode, session));
+                    tokio::spawn(serve_session(
+                        proxy.clone(),
+                        inspector.clone(),
+                        mode,
+                        session,
+                    ));
                 }
             });
         }
@@ -478,6 +581,7 @@ impl Browserver {
                 config,
                 mode,
                 local,
+                inspector,
             }),
         })
     }
@@ -548,39 +652,29 @@ impl Browserver {
             &shared.config,
             shared.mode,
         );
-        let started = std::time::Instant::now();
         // The handlers' futures are boxed: hyper keeps room for this function's future on
         // every connection, in use or not, so it is kept small (a hanging back channel's
         // connection would otherwise carry several KiB of it).
-        let req = if mode == Mode::Proxy {
-            let line = format!("{} {}", req.method(), req.uri().path());
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            match Box::pin(proxy.handle(req)).await {
-                Ok(response) => {
-                    tracing::info!(host = %host, request = %line, status = response.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "proxied");
-                    return Ok(response.map(Either::Right));
-                }
-                Err(req) => req,
-            }
-        } else {
-            req
-        };
+        if mode == Mode::Proxy
+            && let Some(name) = proxy.client_of(&req)
+        {
+            return Ok(Box::pin(self.proxied(name, req)).await);
+        }
         let path = req.uri().path();
         if path == config.ws_path {
             return Ok(Box::pin(ws.handle(req))
                 .await
-                .map(|b| Either::Right(ProxyBody::from(b))));
+                .map(|b| unrecorded(ProxyBody::from(b))));
         }
         if bc.owns(path) {
             return Ok(Box::pin(bc.handle(req)).await.map(Either::Left));
         }
         match path {
             "/_browserver/clients" => Ok(self.clients(&req)),
+            "/_browserver/inspect" => {
+                Ok(page(200, "text/html; charset=utf-8", INSPECTOR_PAGE.into()))
+            }
+            "/_browserver/api/requests" => Ok(self.requests(&req)),
             "/browserver.js" => {
                 let mut r = page(200, "application/javascript", BROWSERVER_JS.into());
                 if let Some(origin) = config
@@ -597,27 +691,93 @@ impl Browserver {
         }
     }
 
-    /// The connected clients, for those the admin check admits.
-    fn clients<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
+    /// A request for client `name`: proxied, and recorded (log line, metrics, inspector) once
+    /// its answer is written.
+    async fn proxied<B>(&self, name: String, req: http::Request<B>) -> http::Response<Body>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (parts, body) = req.into_parts();
+        let mut record = inspector::Record::start(
+            self.shared.inspector.clone(),
+            name,
+            &parts,
+            bytes_in.clone(),
+        );
+        let req =
+            http::Request::from_parts(parts, inspector::Counted::new(Box::pin(body), bytes_in));
+        let response = match self.shared.proxy.handle(req).await {
+            Ok(response) => response,
+            // Not reached: `client_of` said the proxy takes it.
+            Err(_) => return page(500, "text/plain", "Internal Server Error".into()),
+        };
+        let (parts, body) = response.into_parts();
+        record.answered(&parts);
+        http::Response::from_parts(parts, Either::Right(inspector::Recorded::new(body, record)))
+    }
+
+    /// Whether `req` may read the admin surface; the refusal to send if not.
+    fn admin_refusal<B>(&self, req: &http::Request<B>) -> Option<http::Response<Body>> {
         let shared = &*self.shared;
         let peer = client_addr(req.extensions());
         let trusted = peer.is_some_and(|p| shared.proxy.is_trusted_proxy(p.ip()));
-        if let Err((status, why)) = admin::authorize(
+        let (status, why) = admin::authorize(
             req.headers(),
             peer,
             trusted,
             shared.local,
             shared.config.admin_token.as_deref(),
-        ) {
-            let mut r = page(status, "text/plain", why.into());
-            if status == 401 {
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-            }
-            return r;
+        )
+        .err()?;
+        let mut r = page(status, "text/plain", why.into());
+        if status == 401 {
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
         }
+        Some(r)
+    }
+
+    /// The inspector's API: `?client=NAME&since=SEQ` → that client's last requests after
+    /// `since`, as JSON (admin only).
+    fn requests<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
+        if let Some(refusal) = self.admin_refusal(req) {
+            return refusal;
+        }
+        let query = form_pairs(req.uri().query().unwrap_or(""));
+        let param = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(client) = param("client") else {
+            return page(400, "text/plain", "Bad Request: ?client=NAME".into());
+        };
+        let since = param("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let entries = self.shared.inspector.requests(client, since);
+        let mut r = page(
+            200,
+            "application/json",
+            serde_json::to_string(&entries).unwrap_or_default(),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        r
+    }
+
+    /// The connected clients, for those the admin check admits.
+    fn clients<B>(&self, req: &http::Request<B>) -> http::Response<Body> {
+        if let Some(refusal) = self.admin_refusal(req) {
+            return refusal;
+        }
+        let shared = &*self.shared;
         let body = serde_json::to_string_pretty(&shared.proxy.list()).unwrap_or_default();
         page(200, "application/json", body)
     }
@@ -684,6 +844,7 @@ pub async fn run(
     let local = listener.local_addr().ok();
     let limits = config.limits.clone();
     let read_budget = browserver_transport_http::Budget::new(config.max_in_flight_body_bytes);
+    let acceptor = config.tls.as_ref().map(|c| c.acceptor()).transpose()?;
     let browserver = Browserver::build(config, mode, local)?;
     let max_connections = match conn::file_limit() {
         Some(files) => {
@@ -725,7 +886,28 @@ pub async fn run(
                 }
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(stream, peer, slot, server.clone()));
+            let server = server.clone();
+            let activity = conn::Activity::new();
+            let io = conn::Tracked::new(stream, activity.clone(), slot);
+            match &acceptor {
+                None => {
+                    tokio::spawn(serve_connection(io, peer, activity, server));
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(io);
+                    let timeout = server.limits.header_read_timeout;
+                    tokio::spawn(async move {
+                        // The handshake counts as part of the request head: same deadline.
+                        match tokio::time::timeout(timeout, handshake).await {
+                            Ok(Ok(tls)) => serve_connection(tls, peer, activity, server).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
         }
     };
     tokio::select! {
@@ -785,15 +967,16 @@ fn log_disconnected(client: Option<&Connected>, reason: &browserver_core::CloseR
 
 /// Serves one accepted connection under the limits: header-read timeout, idle timeout, body
 /// minimum rate; its slot is held by the socket (upgraded connections included).
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<I>(
+    io: I,
     peer: SocketAddr,
-    slot: conn::Slot,
+    activity: Arc<conn::Activity>,
     server: Arc<Server>,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let limits = server.limits.clone();
-    let activity = conn::Activity::new();
-    let io = TokioIo::new(conn::Tracked::new(stream, activity.clone(), slot));
+    let io = TokioIo::new(io);
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let server = server.clone();
@@ -829,6 +1012,7 @@ async fn serve_connection(
             _ = tokio::time::sleep(check) => {
                 if activity.is_idle(limits.idle_timeout) {
                     tracing::debug!(%peer, "closing an idle connection");
+                    browserver_runtime::metrics::limit_hit(browserver_runtime::metrics::Limit::IdleTimeout);
                     return;
                 }
             }

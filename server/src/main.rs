@@ -167,8 +167,76 @@ struct Cli {
     /// connecting to this server).
     #[arg(long, env = "BROWSERVER_CORS", global = true)]
     cors: Option<String>,
+    /// Read settings from this TOML file: keys are the long flag names (`listen = "…"`);
+    /// flags and environment variables override it; an unknown key is an error.
+    #[arg(
+        long,
+        env = "BROWSERVER_CONFIG",
+        value_name = "FILE.toml",
+        global = true
+    )]
+    config: Option<std::path::PathBuf>,
+    /// `text` (coloured only on a terminal) or `json` (one JSON object per line, every line
+    /// this process writes).
+    #[arg(
+        long,
+        env = "BROWSERVER_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    /// Serve HTTPS and WSS on --listen with this certificate chain (PEM, leaf first);
+    /// reloaded with --tls-key on SIGHUP.
+    #[arg(
+        long,
+        env = "BROWSERVER_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key",
+        global = true
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "BROWSERVER_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert",
+        global = true
+    )]
+    tls_key: Option<std::path::PathBuf>,
+    /// Reserved names: a TOML file with a `[names]` table (`alice = "TOKEN"`); a client
+    /// presenting a name's token gets that name. Reloaded on SIGHUP.
+    #[arg(long, env = "BROWSERVER_TOKENS", value_name = "FILE", global = true)]
+    tokens: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a separate listener; keep it private).
+    #[arg(
+        long,
+        env = "BROWSERVER_METRICS_LISTEN",
+        value_name = "ADDR",
+        global = true
+    )]
+    metrics_listen: Option<SocketAddr>,
+    /// Extra certificate authorities (PEM) egress trusts for https:// targets, besides the
+    /// built-in web roots.
+    #[arg(long, env = "BROWSERVER_EGRESS_CA", value_name = "PEM", global = true)]
+    egress_ca: Option<std::path::PathBuf>,
+    /// Requests the inspector (/_browserver/inspect) keeps per connected client (0: off).
+    #[arg(
+        long,
+        env = "BROWSERVER_INSPECTOR_REQUESTS",
+        default_value_t = 50,
+        global = true
+    )]
+    inspector_requests: usize,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +262,16 @@ enum Command {
         /// `browserchannel` (through proxies that refuse WebSocket).
         #[arg(long, default_value = "auto")]
         transport: ExposeTransport,
+        /// Trust this certificate authority (PEM) for an https:// or wss:// server, besides
+        /// the system's.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<std::path::PathBuf>,
+        /// Ask for this reserved name (the server's --tokens file); needs --token.
+        #[arg(long, requires = "token")]
+        name: Option<String>,
+        /// The reserved name's token (prefer the environment variable: a flag shows in `ps`).
+        #[arg(long, env = "BROWSERVER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -207,17 +285,23 @@ enum ExposeTransport {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(Parsed::Clap(e)) => e.exit(),
+        Err(Parsed::File(why, format)) => {
+            return fail(format, &format!("browserver: {why}"));
+        }
+    };
+    init_logs(cli.log_format);
+    let format = cli.log_format;
     if let Some(Command::Expose {
         local,
         server,
         host_header,
         transport,
+        ca,
+        name,
+        token,
     }) = cli.command
     {
         let config = browserver_server::expose::ExposeConfig {
@@ -231,6 +315,10 @@ async fn main() -> std::process::ExitCode {
                     Some(browserver_client::Transport::BrowserChannel)
                 }
             },
+            ca,
+            name,
+            token,
+            json: format == LogFormat::Json,
         };
         let result = tokio::select! {
             r = browserver_server::expose::expose(config) => r,
@@ -238,22 +326,75 @@ async fn main() -> std::process::ExitCode {
         };
         return match result {
             Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("browserver expose: {e}");
-                std::process::ExitCode::FAILURE
-            }
+            Err(e) => fail(format, &format!("browserver expose: {e}")),
         };
+    }
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => match browserver_server::tls::Certificate::load(cert, key) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format, &format!("browserver: --tls-cert/--tls-key: {e}")),
+        },
+        _ => None,
+    };
+    let names = match &cli.tokens {
+        Some(path) => match browserver_server::names::ReservedNames::load(path) {
+            Ok(n) => Some(n),
+            Err(e) => return fail(format, &format!("browserver: --tokens: {e}")),
+        },
+        None => None,
+    };
+    let egress_ca = match &cli.egress_ca {
+        Some(path) => match browserver_transport_http::tls::read_certificates(path) {
+            Ok(certs) => certs,
+            Err(e) => return fail(format, &format!("browserver: --egress-ca: {e}")),
+        },
+        None => Vec::new(),
+    };
+    if let Some(addr) = cli.metrics_listen {
+        let handle = match browserver_server::prometheus::install() {
+            Ok(h) => h,
+            Err(e) => return fail(format, &format!("browserver: metrics: {e}")),
+        };
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(browserver_server::prometheus::serve(l, handle));
+            }
+            Err(e) => {
+                return fail(
+                    format,
+                    &format!("browserver: cannot listen on {addr} for metrics: {e}"),
+                );
+            }
+        }
     }
     let listener = match tokio::net::TcpListener::bind(cli.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("browserver: cannot listen on {}: {e}", cli.listen);
-            return std::process::ExitCode::FAILURE;
+            return fail(
+                format,
+                &format!("browserver: cannot listen on {}: {e}", cli.listen),
+            );
         }
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if let Ok(addr) = listener.local_addr() {
-        println!("listening on {addr}");
+        // The first line, whatever the log level: tests and scripts read the address here.
+        match format {
+            LogFormat::Text => println!("listening on {addr}"),
+            LogFormat::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                    "level": "INFO",
+                    "message": format!("listening on {addr}"),
+                    "address": addr.to_string(),
+                    "scheme": scheme,
+                })
+            ),
+        }
     }
+    #[cfg(unix)]
+    reload_on_hangup(tls.clone(), names.clone());
     let config = Config {
         host_pattern: cli.host_pattern,
         channel_base: cli.channel_base,
@@ -267,6 +408,7 @@ async fn main() -> std::process::ExitCode {
         allowed_origins: cli.allowed_origins,
         egress: cli.egress,
         egress_allow: cli.egress_allow,
+        egress_ca,
         limits: browserver_server::Limits {
             header_read_timeout: cli.header_read_timeout,
             idle_timeout: cli.idle_timeout,
@@ -285,6 +427,12 @@ async fn main() -> std::process::ExitCode {
         max_buffered_bytes: cli.max_buffered_bytes,
         max_in_flight_body_bytes: cli.max_in_flight_body_bytes,
         cors: cli.cors,
+        tls,
+        authenticator: names.map(|n| {
+            let a: std::sync::Arc<dyn browserver_transport_http::Authenticator> = n;
+            a
+        }),
+        inspector_requests: cli.inspector_requests,
         ..Config::default()
     };
     let mode = match cli.command {
@@ -293,17 +441,116 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Expose { .. }) => return std::process::ExitCode::FAILURE,
     };
     tracing::info!(
-        "browserver ({mode:?}) on http://{}: BrowserChannel {}, WebSocket {}, clients at {}",
+        mode = ?mode,
+        listen = %cli.listen,
+        scheme,
+        channel = %config.channel_base,
+        websocket = %config.ws_path,
+        clients = %config.host_pattern,
+        "browserver ({mode:?}) on {scheme}://{}: BrowserChannel {}, WebSocket {}, clients at {}",
         cli.listen,
         config.channel_base,
         config.ws_path,
         config.host_pattern
     );
     if let Err(e) = run(listener, config, mode, shutdown_signal()).await {
-        eprintln!("browserver: {e}");
-        return std::process::ExitCode::FAILURE;
+        return fail(format, &format!("browserver: {e}"));
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Why the command line could not be parsed.
+enum Parsed {
+    /// Clap's own error (usage, `--help`, `--version`): clap prints it.
+    Clap(clap::Error),
+    /// The config file is unusable, and the log format to say it in.
+    File(String, LogFormat),
+}
+
+/// The command line, with `--config`'s settings under it.
+fn parse() -> Result<Cli, Parsed> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = Cli::command();
+    let matches = command
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(Parsed::Clap)?;
+    let first = Cli::from_arg_matches(&matches).map_err(Parsed::Clap)?;
+    let Some(file) = &first.config else {
+        return Ok(first);
+    };
+    let merged = browserver_server::config_file::merge(&command, &matches, &args, file)
+        .map_err(|why| Parsed::File(why, first.log_format))?;
+    let matches = command.try_get_matches_from(merged).map_err(Parsed::Clap)?;
+    Cli::from_arg_matches(&matches).map_err(Parsed::Clap)
+}
+
+/// Logs to stdout: text (colour only on a terminal) or one JSON object per line.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// Reports a fatal error (on stderr; a JSON object under `--log-format json`) and fails.
+fn fail(format: LogFormat, message: &str) -> std::process::ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("{message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "ERROR",
+                "message": message,
+            })
+        ),
+    }
+    std::process::ExitCode::FAILURE
+}
+
+/// SIGHUP: read the certificate and the reserved names again (each keeps its old contents
+/// if the new ones are unusable). Open connections and sessions are not touched.
+#[cfg(unix)]
+fn reload_on_hangup(
+    tls: Option<std::sync::Arc<browserver_server::tls::Certificate>>,
+    names: Option<std::sync::Arc<browserver_server::names::ReservedNames>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: no reloading");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("reloaded the TLS certificate"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate not reloaded; the old one stays")
+                    }
+                }
+            }
+            if let Some(names) = &names {
+                match names.reload() {
+                    Ok(n) => tracing::info!(names = n, "reloaded the reserved names"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reserved names not reloaded; the old ones stay")
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`).

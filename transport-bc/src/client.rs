@@ -139,6 +139,8 @@ enum Failure {
     Transient(String),
     /// HTTP 400 with `Unknown SID`: the session is gone.
     UnknownSession,
+    /// 401 or 403: the server refuses this client (with its reason); fatal.
+    Refused(u16, String),
     /// Any other non-200 status: fatal.
     Status(u16),
 }
@@ -148,6 +150,10 @@ impl Failure {
         match self {
             Failure::Transient(e) => format!("Request failed: {e}"),
             Failure::UnknownSession => "Unknown session ID".into(),
+            Failure::Refused(s, why) if why.is_empty() => {
+                format!("refused by the server (HTTP {s})")
+            }
+            Failure::Refused(s, why) => format!("refused by the server (HTTP {s}): {why}"),
             Failure::Status(s) => format!("Request failed (HTTP {s})"),
         }
     }
@@ -158,8 +164,20 @@ fn classify(status: u16, body: &[u8]) -> Result<(), Failure> {
     match status {
         200 => Ok(()),
         400 if body.find("Unknown SID").is_some_and(|i| i > 0) => Err(Failure::UnknownSession),
+        401 | 403 => Err(Failure::Refused(status, short_reason(&body))),
         s => Err(Failure::Status(s)),
     }
+}
+
+/// A refusal's body as a one-line reason: the heading of the server's error page (or the
+/// first line of a plain body), at most 200 characters.
+fn short_reason(body: &str) -> String {
+    let inner = match (body.find("<h1>"), body.find("</h1>")) {
+        (Some(start), Some(end)) if start + 4 <= end => &body[start + 4..end],
+        _ => body,
+    };
+    let line = inner.trim().lines().next().unwrap_or("").trim();
+    line.chars().take(200).collect()
 }
 
 #[derive(Debug)]
@@ -651,6 +669,15 @@ impl ClientMachine {
         match kind {
             Kind::Create { .. } => match failure {
                 Failure::Transient(_) => self.open_failed(now, failure.describe()),
+                Failure::Refused(status, ref reason) => {
+                    self.events.push_back(ClientEvent::Refused {
+                        status,
+                        reason: reason.clone(),
+                    });
+                    let _ = self
+                        .core
+                        .close(now, CloseReason::Protocol(failure.describe()));
+                }
                 _ => {
                     let _ = self
                         .core
@@ -957,6 +984,38 @@ mod tests {
                 ))),
                 "{body}: {events:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_refused_creating_request_ends_the_session_with_the_servers_reason() {
+        let t0 = Instant::now();
+        for (status, body, reason) in [
+            (
+                403,
+                codec::error_body("wrong token for alice"),
+                "wrong token for alice",
+            ),
+            (
+                401,
+                "a token is required\nmore".to_string(),
+                "a token is required",
+            ),
+        ] {
+            let mut m = ClientMachine::new(ClientConfig::default(), t0);
+            m.open(t0);
+            let create = requests(&mut m).remove(0);
+            answer(&mut m, t0, &create, status, &body);
+            let events = events(&mut m);
+            assert!(
+                events.contains(&ClientEvent::Refused {
+                    status,
+                    reason: reason.into()
+                }),
+                "{events:?}"
+            );
+            assert!(m.is_closed());
+            assert!(requests(&mut m).is_empty(), "not retried");
         }
     }
 

@@ -503,6 +503,9 @@ impl BrowserChannel {
         let (id, link) = match created {
             Ok(created) => created,
             Err(browserver_core::RegistryError::Full { .. }) => {
+                browserver_runtime::metrics::limit_hit(
+                    browserver_runtime::metrics::Limit::MaxSessions,
+                );
                 let mut r = error_response(503, "Too many sessions", headers);
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("5"));

@@ -60,6 +60,10 @@ pub struct EgressPolicy {
     pub max_response_bytes: usize,
     /// Egress requests one client may have in flight at once; more → 429. 8.
     pub max_concurrent_per_client: usize,
+    /// TLS for `https://` targets. Default: the compiled-in web roots
+    /// ([`crate::tls::Roots::WebPki`]); add a private CA with [`crate::tls::client_config`].
+    /// `None`: `https://` targets are refused (502).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for EgressPolicy {
@@ -70,6 +74,7 @@ impl Default for EgressPolicy {
             timeout: Duration::from_secs(30),
             max_response_bytes: 16 << 20,
             max_concurrent_per_client: 8,
+            tls: crate::tls::client_config(crate::tls::Roots::WebPki, &[]).ok(),
         }
     }
 }
@@ -136,42 +141,56 @@ impl EgressPolicy {
         })
     }
 
-    /// Performs `request` (its `Host` header names the target; plain HTTP) and returns the
-    /// response, or an error response saying why not: 400 a malformed request (a second
-    /// `Host`, a target that is not a path), 403 refused by the policy, 502 the target
-    /// failed, 503 the proxy holds too many bodies, 504 the target did not answer in time.
+    /// Performs `request` and returns the response, or an error response saying why not:
+    /// 400 a malformed request (a second `Host`, a target that is neither a path nor an
+    /// absolute `http://`/`https://` URL), 403 refused by the policy, 502 the target failed
+    /// (its certificate included), 503 the proxy holds too many bodies, 504 the target did
+    /// not answer in time. A path target goes over plain HTTP to the host its `Host` header
+    /// names; an absolute target (`https://example.com/x`) names scheme and host itself.
+    /// The policy is applied to the addresses the host resolves to, whatever the scheme.
     /// Hop-by-hop, framing and forwarding headers are dropped both ways.
     pub async fn perform(&self, request: Message, budget: &Budget) -> Message {
         if self.mode == EgressMode::Off {
+            browserver_runtime::metrics::egress_refused("off");
             return Message::text_response(403, "egress is disabled on this proxy");
         }
         let Head::Request { method, target } = &request.head else {
             return Message::text_response(400, "not a request");
         };
-        if !target.starts_with('/') {
-            return Message::text_response(400, "the request target must be a path");
-        }
         if host_count(&request.headers) > 1 {
             return Message::text_response(400, "more than one Host header");
         }
-        let host_header = request
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_else(|| "localhost".into());
-        let authority: http::uri::Authority = match host_header.parse() {
-            Ok(a) => a,
-            Err(_) => return Message::text_response(400, "invalid Host header"),
+        let (https, authority, path) = if target.starts_with('/') {
+            let host_header = request
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| "localhost".into());
+            match host_header.parse::<http::uri::Authority>() {
+                Ok(a) => (false, a, target.clone()),
+                Err(_) => return Message::text_response(400, "invalid Host header"),
+            }
+        } else {
+            match absolute_target(target) {
+                Some(parts) => parts,
+                None => {
+                    return Message::text_response(
+                        400,
+                        "the request target must be a path or an http:// or https:// URL",
+                    );
+                }
+            }
         };
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let listed = self.allowed_by_list(&host, port);
         if self.mode == EgressMode::AllowList && !listed {
+            browserver_runtime::metrics::egress_refused("allow_list");
             return Message::text_response(
                 403,
                 &format!("egress to {host} is not on the proxy's allow list"),
@@ -192,6 +211,7 @@ impl EgressPolicy {
         // Every address the name resolves to must pass (a name that also resolves to a
         // private address is refused), and the connection goes to one that was checked.
         if !listed && addrs.iter().any(|a| is_refused_address(a.ip())) {
+            browserver_runtime::metrics::egress_refused("address");
             return Message::text_response(
                 403,
                 &format!("egress to {host} is refused by the proxy's policy"),
@@ -202,7 +222,7 @@ impl EgressPolicy {
         };
         let mut builder = http::Request::builder()
             .method(method.as_str())
-            .uri(target.as_str())
+            .uri(path.as_str())
             .header(http::header::HOST, authority.as_str());
         for (k, v) in forwardable(&request.headers) {
             if k != "host" {
@@ -212,7 +232,18 @@ impl EgressPolicy {
         let Ok(req) = builder.body(Full::new(request.body.clone())) else {
             return Message::text_response(400, "the request cannot be sent as HTTP");
         };
-        match tokio::time::timeout(self.timeout, self.send(addr, req, budget)).await {
+        let tls = if https {
+            let Some(config) = self.tls.clone() else {
+                return Message::text_response(502, "egress over https is not configured");
+            };
+            let Ok(name) = rustls::pki_types::ServerName::try_from(host.clone()) else {
+                return Message::text_response(400, "invalid host name for TLS");
+            };
+            Some((config, name))
+        } else {
+            None
+        };
+        match tokio::time::timeout(self.timeout, self.send(addr, tls, req, budget)).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => Message::text_response(502, &format!("{host}: {e}")),
             Err(_) => Message::text_response(504, &format!("{host} did not answer in time")),
@@ -222,6 +253,10 @@ impl EgressPolicy {
     async fn send(
         &self,
         addr: SocketAddr,
+        tls: Option<(
+            std::sync::Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        )>,
         req: http::Request<Full<Bytes>>,
         budget: &Budget,
     ) -> Result<Message, String> {
@@ -229,10 +264,26 @@ impl EgressPolicy {
             .await
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
+        let mut sender = match tls {
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                sender
+            }
+            Some((config, name)) => {
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
         let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
         // The reservation ends once the answer is encoded for the client's channel, whose
@@ -248,9 +299,49 @@ impl EgressPolicy {
     }
 }
 
+/// An absolute-form target (`https://host[:port]/path?query`): whether it is https, its
+/// authority, and its path and query. `None` for anything else (other schemes, user info).
+fn absolute_target(target: &str) -> Option<(bool, http::uri::Authority, String)> {
+    let uri: http::Uri = target.parse().ok()?;
+    let https = match uri.scheme_str()? {
+        "http" => false,
+        "https" => true,
+        _ => return None,
+    };
+    let authority = uri.authority()?.clone();
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
+    Some((https, authority, path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absolute_targets_name_scheme_host_and_path_and_nothing_else_passes() {
+        let (https, authority, path) = absolute_target("https://example.com/a?b=1").expect("ok");
+        assert!(https);
+        assert_eq!(
+            (authority.as_str(), path.as_str()),
+            ("example.com", "/a?b=1")
+        );
+        let (https, authority, path) = absolute_target("http://[::1]:8080").expect("ok");
+        assert!(!https);
+        assert_eq!((authority.as_str(), path.as_str()), ("[::1]:8080", "/"));
+        for bad in [
+            "ftp://example.com/",
+            "https://user@example.com/",
+            "example.com/x",
+            "*",
+        ] {
+            assert!(absolute_target(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn addresses_that_are_not_globally_reachable_are_refused() {
@@ -474,14 +565,22 @@ mod tests {
             status(EgressPolicy::default().perform(two_hosts, &budget).await),
             400
         );
-        let mut absolute = request("a.example");
-        absolute.head = Head::Request {
-            method: "GET".into(),
-            target: "http://127.0.0.1/".into(),
-        };
-        assert_eq!(
-            status(EgressPolicy::default().perform(absolute, &budget).await),
-            400
-        );
+        // An absolute target names its host itself, and the policy applies to it.
+        for (target, expected) in [
+            ("http://127.0.0.1/", 403),
+            ("https://127.0.0.1:8443/x", 403),
+            ("ftp://a.example/", 400),
+        ] {
+            let mut absolute = request("a.example");
+            absolute.head = Head::Request {
+                method: "GET".into(),
+                target: target.into(),
+            };
+            assert_eq!(
+                status(EgressPolicy::default().perform(absolute, &budget).await),
+                expected,
+                "{target}"
+            );
+        }
     }
 }

@@ -32,6 +32,7 @@ mod hooks;
 pub mod host;
 pub mod message;
 mod proxy;
+pub mod tls;
 
 pub use body::{BodyAborted, ProxyBody};
 pub use browserver_runtime::{ClientAddr, client_addr};

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use tokio::sync::{Semaphore, oneshot};
 
 use browserver_core::stream::{ResetCode, Side};
+use browserver_runtime::metrics::{self, Limit};
 use browserver_runtime::streams::{self, FrameAck, FrameSink, Mux, MuxConfig, Reset};
 
 use crate::body::ProxyBody;
@@ -261,6 +262,22 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// The host a request names: its `Host` header, or its URI's authority.
+fn request_host<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// `response`, counted as a hit of `limit`.
+fn limited(limit: Limit, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    metrics::limit_hit(limit);
+    response
+}
+
 fn gateway_timeout(why: &str) -> Response<Full<Bytes>> {
     plain(
         StatusCode::GATEWAY_TIMEOUT,
@@ -417,6 +434,7 @@ impl Proxy {
                     _ => return,
                 };
                 let Ok(permit) = egress.try_acquire_owned() else {
+                    metrics::limit_hit(Limit::MaxEgressPerClient);
                     let mut refusal = Message::text_response(
                         StatusCode::TOO_MANY_REQUESTS.as_u16(),
                         "too many requests of this client in flight",
@@ -611,9 +629,10 @@ impl Proxy {
                 self.forget_request(name, key, rid);
                 Err(gateway_timeout("the client disconnected"))
             }
-            Err(Waited::Unanswered(Unanswered::TimedOut)) => {
-                Err(gateway_timeout("the client did not answer in time"))
-            }
+            Err(Waited::Unanswered(Unanswered::TimedOut)) => Err(limited(
+                Limit::RequestTimeout,
+                gateway_timeout("the client did not answer in time"),
+            )),
         }
     }
 
@@ -643,13 +662,7 @@ impl Proxy {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
+        let host = request_host(&req);
         let Some(name) = self.inner.pattern.client_id(&host) else {
             return Err(req);
         };
@@ -663,19 +676,16 @@ impl Proxy {
         Ok(self.ingress(&name, &host, req).await)
     }
 
+    /// The client name `req` is for (its `Host` matches the pattern), connected or not:
+    /// whether [`handle`](Self::handle) takes it.
+    pub fn client_of<B>(&self, req: &Request<B>) -> Option<String> {
+        self.inner.pattern.client_id(&request_host(req))
+    }
+
     /// Whether `req` is for a connected client that speaks streams: its body will pass
     /// through (bounded by the stream's window), not be held whole.
     pub fn streams_to<B>(&self, req: &Request<B>) -> bool {
-        let host = req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        self.inner
-            .pattern
-            .client_id(&host)
+        self.client_of(req)
             .is_some_and(|name| self.clients().get(&name).is_some_and(|c| c.mux.is_some()))
     }
 
@@ -838,23 +848,33 @@ impl Proxy {
             Err(Reset(code)) => {
                 let failed = *failure.lock().unwrap_or_else(|e| e.into_inner());
                 return match (failed, code) {
-                    (Some(BodyFailure::TooSlow), _) => plain(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "Request Timeout: the body arrived too slowly",
+                    (Some(BodyFailure::TooSlow), _) => limited(
+                        Limit::BodyMinRate,
+                        plain(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "Request Timeout: the body arrived too slowly",
+                        ),
                     ),
-                    (Some(BodyFailure::Busy), _) => plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Service Unavailable: the proxy holds too many request bodies",
+                    (Some(BodyFailure::Busy), _) => limited(
+                        Limit::MaxInFlightBodyBytes,
+                        plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Service Unavailable: the proxy holds too many request bodies",
+                        ),
                     ),
                     (Some(BodyFailure::Unreadable), _) => {
                         plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body")
                     }
                     (None, code) => match code {
-                        ResetCode::TimedOut => gateway_timeout("the client did not answer in time"),
+                        ResetCode::TimedOut => limited(
+                            Limit::RequestTimeout,
+                            gateway_timeout("the client did not answer in time"),
+                        ),
                         ResetCode::SessionClosed => gateway_timeout("the client disconnected"),
-                        ResetCode::TooLarge => {
-                            plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large")
-                        }
+                        ResetCode::TooLarge => limited(
+                            Limit::MaxBodyBytes,
+                            plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+                        ),
                         ResetCode::Refused => too_many_pending(),
                         _ => plain(
                             StatusCode::BAD_GATEWAY,
@@ -921,9 +941,13 @@ impl Proxy {
         {
             Ok(read) => read,
             Err(BodyError::TooLarge { .. }) => {
-                return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                return limited(
+                    Limit::MaxBodyBytes,
+                    plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+                );
             }
             Err(BodyError::Busy) => {
+                metrics::limit_hit(Limit::MaxInFlightBodyBytes);
                 let mut r = plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: the proxy holds too many request bodies",
@@ -933,9 +957,12 @@ impl Proxy {
                 return r;
             }
             Err(BodyError::TooSlow) => {
-                return plain(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request Timeout: the body arrived too slowly",
+                return limited(
+                    Limit::BodyMinRate,
+                    plain(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout: the body arrived too slowly",
+                    ),
                 );
             }
             Err(BodyError::Unreadable(_)) => {
@@ -1134,6 +1161,7 @@ async fn run_deadlines(inner: std::sync::Weak<Inner>, wake: Arc<tokio::sync::Not
 }
 
 fn too_many_pending() -> Response<Full<Bytes>> {
+    metrics::limit_hit(Limit::MaxPendingPerClient);
     let mut r = plain(
         StatusCode::SERVICE_UNAVAILABLE,
         "Too many pending requests for this client",

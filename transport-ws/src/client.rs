@@ -55,6 +55,13 @@ pub enum ClientInput {
     Frame(WsMessage),
     /// The connection, or the attempt to make it, failed or ended without a close frame.
     Lost(String),
+    /// The server answered the handshake with 401 or 403: the session is refused.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The answer's body (the server's reason).
+        reason: String,
+    },
 }
 
 /// What the I/O side is asked to do.
@@ -171,6 +178,12 @@ impl ClientMachine {
             (Conn::Open { path }, ClientInput::Frame(m)) => self.frame(now, path, m),
             (Conn::Connecting { .. } | Conn::Open { .. }, ClientInput::Lost(why)) => {
                 self.lost(now, why);
+            }
+            (Conn::Connecting { .. }, ClientInput::Refused { status, reason }) => {
+                let why = refused(status, &reason);
+                self.events
+                    .push_back(ClientEvent::Refused { status, reason });
+                let _ = self.core.close(now, CloseReason::Protocol(why));
             }
             // Late news of a connection already given up.
             _ => {}
@@ -406,6 +419,15 @@ fn is_binary(data: &[u8]) -> bool {
         .is_some_and(|b| *b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
 }
 
+/// How a refusal reads in the close reason.
+fn refused(status: u16, reason: &str) -> String {
+    if reason.is_empty() {
+        format!("refused by the server (HTTP {status})")
+    } else {
+        format!("refused by the server (HTTP {status}): {reason}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,6 +598,34 @@ mod tests {
         let events = events(&mut m);
         assert_eq!(events[0], ClientEvent::OpenFailed("refused".into()));
         assert!(m.is_closed());
+    }
+
+    #[test]
+    fn a_refused_handshake_ends_the_session_with_the_servers_reason() {
+        let t0 = Instant::now();
+        let mut m = ClientMachine::new(ClientConfig::default(), t0);
+        m.open(t0);
+        let _ = transmits(&mut m);
+        m.handle_input(
+            t0,
+            ClientInput::Refused {
+                status: 403,
+                reason: "wrong token".into(),
+            },
+        );
+        let events = events(&mut m);
+        assert_eq!(
+            events[0],
+            ClientEvent::Refused {
+                status: 403,
+                reason: "wrong token".into()
+            }
+        );
+        assert!(events.contains(&ClientEvent::Closed(CloseReason::Protocol(
+            "refused by the server (HTTP 403): wrong token".into()
+        ))));
+        assert!(m.is_closed());
+        assert_eq!(m.poll_timeout(), None, "no retry");
     }
 
     #[test]

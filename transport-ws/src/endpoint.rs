@@ -450,6 +450,9 @@ impl WsEndpoint {
         let (id, entry) = match created {
             Ok(created) => created,
             Err(browserver_core::RegistryError::Full { .. }) => {
+                browserver_runtime::metrics::limit_hit(
+                    browserver_runtime::metrics::Limit::MaxSessions,
+                );
                 return Err(Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many sessions".into(),
