@@ -49,9 +49,9 @@ const BROWSERVER_BIN =
 
 /** Starts `browserver` on `addr` (default 127.0.0.1:0); resolves to { addr, port, stop }.
  * `stop()` resolves once the process has exited. */
-function startBrowserver(addr = '127.0.0.1:0') {
+function startBrowserver(addr = '127.0.0.1:0', args = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BROWSERVER_BIN, ['--listen', addr], {
+    const child = spawn(BROWSERVER_BIN, ['--listen', addr, ...args], {
       stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' },
     });
     const exited = new Promise((done) => child.once('exit', done));

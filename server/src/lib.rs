@@ -672,7 +672,15 @@ impl Browserver {
         match path {
             "/_browserver/clients" => Ok(self.clients(&req)),
             "/_browserver/inspect" => {
-                Ok(page(200, "text/html; charset=utf-8", INSPECTOR_PAGE.into()))
+                let mut r = page(200, "text/html; charset=utf-8", INSPECTOR_PAGE.into());
+                // It shows what visitors sent: nothing else may run in it or frame it.
+                r.headers_mut().insert(
+                    http::header::CONTENT_SECURITY_POLICY,
+                    http::HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+                    ),
+                );
+                Ok(r)
             }
             "/_browserver/api/requests" => Ok(self.requests(&req)),
             "/browserver.js" => {
