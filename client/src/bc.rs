@@ -44,8 +44,11 @@ impl Http {
             let none = browserver_transport_http::tls::Roots::None;
             browserver_transport_http::tls::client_config(none, &[])?
         };
+        // hyper-rustls sets ALPN itself (from `enable_http1`) and refuses a preset one.
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols.clear();
         let connector = builder
-            .with_tls_config((*tls).clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
