@@ -14,6 +14,17 @@
 //! | `browserver_proxied_bytes_total` | counter | `direction` (`in`: request bodies, `out`: answers) |
 //! | `browserver_egress_refusals_total` | counter | `reason` (`off`, `allow_list`, `address`) |
 //! | `browserver_limit_hits_total` | counter | `limit`: a [`Limit`] |
+//!
+//! ```
+//! use browserver_runtime::metrics::{self, Limit};
+//!
+//! // An embedding application counts its own refusals under the same names…
+//! metrics::limit_hit(Limit::MaxConnections);
+//! // …and, with a recorder installed (e.g. `metrics-exporter-prometheus`), registers
+//! // every series so that a scrape shows it at zero before it first moves.
+//! metrics::describe();
+//! assert_eq!(Limit::SessionRate.as_str(), "session_rate");
+//! ```
 
 /// `browserver_sessions`.
 pub const SESSIONS: &str = "browserver_sessions";

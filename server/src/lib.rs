@@ -338,7 +338,6 @@ fn message_len(m: &Message) -> usize {
         Message::Text(t) => t.len(),
         Message::Binary(b) => b.len(),
         Message::Map(map) => map.iter().map(|(k, v)| k.len() + v.len()).sum(),
-        #[allow(unreachable_patterns)]
         _ => 0,
     }
 }

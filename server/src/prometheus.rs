@@ -28,15 +28,24 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Serves `GET /metrics` on `listener` for ever (other paths: 404).
+/// Connections the metrics listener serves at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics` on `listener` for ever (other paths: 404): at most
+/// [`MAX_CONNECTIONS`] at once, each for at most a minute, a request head within 10 s.
 pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let handle = handle.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
                 let handle = handle.clone();
                 async move {

@@ -886,3 +886,55 @@ async fn the_config_file_sets_flags_the_command_line_overrides_and_unknown_keys_
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-sessions"));
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_cut_at_the_header_read_timeout() {
+    let pki = Pki::new("slow-tls");
+    let (cert, key, _) = pki.leaf("server", &["localhost"]);
+    let s = Server::start(&[
+        "--tls-cert",
+        path_str(&cert),
+        "--tls-key",
+        path_str(&key),
+        "--header-read-timeout",
+        "1s",
+    ])
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut silent = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    // Half a ClientHello record header, then nothing.
+    silent.write_all(&[0x16, 0x03]).await.expect("write");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("closed by the server in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Garbage instead of TLS is dropped at once, and the server keeps serving.
+    let mut garbage = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let n = tokio::time::timeout(WAIT, garbage.read(&mut buf))
+        .await
+        .expect("in time")
+        .unwrap_or(0);
+    assert!(n == 0 || buf[0] == 0x15, "no HTTP answer over a TLS port");
+    let (r, _) = https_get(
+        s.addr,
+        pki.client_config(),
+        "localhost",
+        "localhost",
+        "/nothing",
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    s.assert_healthy();
+}
