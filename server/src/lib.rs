@@ -377,10 +377,16 @@ fn admit(
         address: client_addr(&parts.extensions),
     };
     Box::pin(async move {
-        authenticator
-            .authenticate(&client)
-            .await
-            .map_err(|r| (r.status, r.reason))
+        authenticator.authenticate(&client).await.map_err(|r| {
+            tracing::info!(
+                transport,
+                address = ?client.address,
+                status = r.status,
+                reason = %r.reason,
+                "refused a connecting client"
+            );
+            (r.status, r.reason)
+        })
     })
 }
 
