@@ -1,7 +1,7 @@
 //! What browserver counts, through the [`metrics`] facade: every crate records here, and an
 //! application (the `browserver` binary: `--metrics-listen`) installs a recorder to export
-//! them — the Prometheus text format in the binary. Without a recorder, recording costs a
-//! few atomic loads and nothing is kept.
+//! them — the Prometheus text format in the binary — then calls [`enable`]. Until then
+//! nothing is recorded, and recording costs one atomic load.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -18,11 +18,11 @@
 //! ```
 //! use browserver_runtime::metrics::{self, Limit};
 //!
-//! // An embedding application counts its own refusals under the same names…
+//! // With a recorder installed (e.g. `metrics-exporter-prometheus`'s): register every
+//! // series, so that a scrape shows each at zero before it first moves, and start recording.
+//! metrics::enable();
+//! // An embedding application may count its own refusals under the same names.
 //! metrics::limit_hit(Limit::MaxConnections);
-//! // …and, with a recorder installed (e.g. `metrics-exporter-prometheus`), registers
-//! // every series so that a scrape shows it at zero before it first moves.
-//! metrics::describe();
 //! assert_eq!(Limit::SessionRate.as_str(), "session_rate");
 //! ```
 
@@ -100,34 +100,73 @@ impl Limit {
     }
 }
 
+/// The handles of the series recorded on every message and request, registered once by
+/// [`enable`]: recording is then an atomic add, with no lookup or allocation.
+struct Handles {
+    /// `[transport][direction]`: websocket/browserchannel × in/out.
+    messages: [[metrics::Counter; 2]; 2],
+    message_bytes: [[metrics::Counter; 2]; 2],
+    proxied_bytes: [metrics::Counter; 2],
+    duration: metrics::Histogram,
+}
+
+static HANDLES: std::sync::OnceLock<Handles> = std::sync::OnceLock::new();
+
+const TRANSPORTS: [&str; 2] = ["websocket", "browserchannel"];
+const DIRECTIONS: [&str; 2] = ["in", "out"];
+
+fn index(names: &[&str; 2], name: &str) -> usize {
+    usize::from(names[1] == name)
+}
+
 /// Counts one hit of `limit`.
 pub fn limit_hit(limit: Limit) {
-    metrics::counter!(LIMIT_HITS, "limit" => limit.as_str()).increment(1);
+    if HANDLES.get().is_some() {
+        metrics::counter!(LIMIT_HITS, "limit" => limit.as_str()).increment(1);
+    }
 }
 
 /// Counts one egress request refused (`off`, `allow_list` or `address`).
 pub fn egress_refused(reason: &'static str) {
-    metrics::counter!(EGRESS_REFUSALS, "reason" => reason).increment(1);
+    if HANDLES.get().is_some() {
+        metrics::counter!(EGRESS_REFUSALS, "reason" => reason).increment(1);
+    }
 }
 
-/// Counts one message of `bytes` on a session of `transport`, `in` (from the peer) or `out`.
+/// Counts one message of `bytes` on a session of `transport` (`websocket` or
+/// `browserchannel`), `in` (from the peer) or `out`.
 pub fn message(transport: &'static str, direction: &'static str, bytes: usize) {
-    metrics::counter!(MESSAGES, "transport" => transport, "direction" => direction).increment(1);
-    metrics::counter!(MESSAGE_BYTES, "transport" => transport, "direction" => direction)
-        .increment(bytes as u64);
+    if let Some(h) = HANDLES.get() {
+        let (t, d) = (index(&TRANSPORTS, transport), index(&DIRECTIONS, direction));
+        h.messages[t][d].increment(1);
+        h.message_bytes[t][d].increment(bytes as u64);
+    }
 }
 
 /// Counts one proxied request, when its answer has been written (or abandoned).
 pub fn proxied(status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
-    metrics::counter!(PROXIED_REQUESTS, "status" => status.to_string()).increment(1);
-    metrics::histogram!(PROXIED_DURATION).record(seconds);
-    metrics::counter!(PROXIED_BYTES, "direction" => "in").increment(bytes_in);
-    metrics::counter!(PROXIED_BYTES, "direction" => "out").increment(bytes_out);
+    if let Some(h) = HANDLES.get() {
+        metrics::counter!(PROXIED_REQUESTS, "status" => status.to_string()).increment(1);
+        h.duration.record(seconds);
+        h.proxied_bytes[0].increment(bytes_in);
+        h.proxied_bytes[1].increment(bytes_out);
+    }
 }
 
-/// Registers every metric's help text with the installed recorder, and starts each at zero
-/// (so a scrape shows it before it first moves).
-pub fn describe() {
+/// Moves the gauge `name` (`SESSIONS` or `CLIENTS`) of `transport` by `delta`.
+pub fn gauge(name: &'static str, transport: &'static str, delta: f64) {
+    if HANDLES.get().is_some() {
+        metrics::gauge!(name, "transport" => transport).increment(delta);
+    }
+}
+
+/// Starts recording into the installed recorder: registers every metric's help text, and
+/// starts each series at zero (so a scrape shows it before it first moves). Call it once,
+/// after installing the recorder; later calls do nothing.
+pub fn enable() {
+    if HANDLES.get().is_some() {
+        return;
+    }
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(SESSIONS, "Open sessions, by transport.");
     describe_gauge!(CLIENTS, "Clients registered with the proxy, by transport.");
@@ -181,4 +220,16 @@ pub fn describe() {
     for reason in ["off", "allow_list", "address"] {
         metrics::counter!(EGRESS_REFUSALS, "reason" => reason).increment(0);
     }
+    let pair = |name: &'static str, t: &'static str| {
+        [
+            metrics::counter!(name, "transport" => t, "direction" => "in"),
+            metrics::counter!(name, "transport" => t, "direction" => "out"),
+        ]
+    };
+    let _ = HANDLES.set(Handles {
+        messages: TRANSPORTS.map(|t| pair(MESSAGES, t)),
+        message_bytes: TRANSPORTS.map(|t| pair(MESSAGE_BYTES, t)),
+        proxied_bytes: DIRECTIONS.map(|d| metrics::counter!(PROXIED_BYTES, "direction" => d)),
+        duration: metrics::histogram!(PROXIED_DURATION),
+    });
 }

@@ -48,9 +48,62 @@ pub struct Entry {
     /// client's answer was cut).
     pub complete: bool,
     /// The request's headers (as the visitor sent them).
-    pub request_headers: Vec<(String, String)>,
+    pub request_headers: Headers,
     /// The answer's headers.
-    pub response_headers: Vec<(String, String)>,
+    pub response_headers: Headers,
+}
+
+/// Headers as the inspector keeps them: at most [`MAX_HEADERS`], values cut at
+/// [`MAX_HEADER_VALUE`] bytes, in one string (`name: value` lines; one allocation per
+/// message, recorded for every proxied request). Serialized as `[[name, value], …]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(String);
+
+impl Headers {
+    /// Keeps `headers` within the bounds.
+    pub fn keep(headers: &http::HeaderMap) -> Headers {
+        let mut s = String::new();
+        for (k, v) in headers.iter().take(MAX_HEADERS) {
+            s.push_str(k.as_str());
+            s.push_str(": ");
+            let value = v.as_bytes();
+            let cut = &value[..value.len().min(MAX_HEADER_VALUE)];
+            // A value cut inside a UTF-8 sequence shows its remains as U+FFFD.
+            s.push_str(&String::from_utf8_lossy(cut));
+            s.push('\n');
+        }
+        Headers(s)
+    }
+
+    /// The kept headers, in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.lines().filter_map(|line| line.split_once(": "))
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.pairs())
+    }
+}
+
+impl Entry {
+    fn empty() -> Entry {
+        Entry {
+            seq: 0,
+            client: String::new(),
+            at_ms: 0,
+            method: String::new(),
+            path: String::new(),
+            status: 0,
+            duration_ms: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            complete: false,
+            request_headers: Headers::default(),
+            response_headers: Headers::default(),
+        }
+    }
 }
 
 /// The request histories of the connected clients.
@@ -115,19 +168,6 @@ impl Inspector {
     }
 }
 
-/// Headers as the inspector keeps them: at most [`MAX_HEADERS`], values cut.
-pub fn kept_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .take(MAX_HEADERS)
-        .map(|(k, v)| {
-            let value = String::from_utf8_lossy(v.as_bytes());
-            let cut: String = value.chars().take(MAX_HEADER_VALUE).collect();
-            (k.as_str().to_string(), cut)
-        })
-        .collect()
-}
-
 /// A proxied request being answered: reported once, when its answer body ends or is dropped.
 #[derive(Debug)]
 pub struct Record {
@@ -166,11 +206,11 @@ impl Record {
                 bytes_out: 0,
                 complete: false,
                 request_headers: if keep {
-                    kept_headers(&parts.headers)
+                    Headers::keep(&parts.headers)
                 } else {
-                    Vec::new()
+                    Headers::default()
                 },
-                response_headers: Vec::new(),
+                response_headers: Headers::default(),
             },
             started: Instant::now(),
             bytes_in,
@@ -183,7 +223,7 @@ impl Record {
     pub fn answered(&mut self, response: &http::response::Parts) {
         self.entry.status = response.status.as_u16();
         if self.inspector.per_client > 0 {
-            self.entry.response_headers = kept_headers(&response.headers);
+            self.entry.response_headers = Headers::keep(&response.headers);
         }
     }
 
@@ -213,7 +253,9 @@ impl Record {
             e.bytes_out,
         );
         if self.inspector.per_client > 0 {
-            self.inspector.record(self.entry.clone());
+            // The last use of the entry: moved, not copied.
+            let entry = std::mem::replace(&mut self.entry, Entry::empty());
+            self.inspector.record(entry);
         }
     }
 }
@@ -375,10 +417,26 @@ mod tests {
             (last.status, last.bytes_in, last.bytes_out, last.complete),
             (201, 5, 3, true)
         );
-        assert_eq!(last.request_headers[0].1.len(), MAX_HEADER_VALUE);
+        let (name, value) = last.request_headers.pairs().next().expect("a header");
+        assert_eq!((name, value.len()), ("x-long", MAX_HEADER_VALUE));
+        let json = serde_json::to_value(last).expect("json");
+        assert_eq!(json["request_headers"][0][0], "x-long");
         assert_eq!(inspector.requests("alice", last.seq - 1).len(), 1, "since");
         inspector.disconnected("alice");
         assert!(inspector.requests("alice", 0).is_empty());
+    }
+
+    #[test]
+    fn at_most_max_headers_are_kept_in_order() {
+        let mut headers = http::HeaderMap::new();
+        for i in 0..100 {
+            let name = http::HeaderName::try_from(format!("x-h{i:03}")).expect("name");
+            headers.insert(name, http::HeaderValue::from_static("a: b"));
+        }
+        let kept = Headers::keep(&headers);
+        let pairs: Vec<_> = kept.pairs().collect();
+        assert_eq!(pairs.len(), MAX_HEADERS);
+        assert_eq!(pairs[0], ("x-h000", "a: b"), "a value may hold ': '");
     }
 
     #[tokio::test]

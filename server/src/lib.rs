@@ -321,14 +321,14 @@ struct Gauge(&'static str, &'static str);
 
 impl Gauge {
     fn up(name: &'static str, transport: &'static str) -> Gauge {
-        metrics::gauge!(name, "transport" => transport).increment(1.0);
+        browserver_runtime::metrics::gauge(name, transport, 1.0);
         Gauge(name, transport)
     }
 }
 
 impl Drop for Gauge {
     fn drop(&mut self) {
-        metrics::gauge!(self.0, "transport" => self.1).decrement(1.0);
+        browserver_runtime::metrics::gauge(self.0, self.1, -1.0);
     }
 }
 

@@ -24,7 +24,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
-    browserver_runtime::metrics::describe();
+    browserver_runtime::metrics::enable();
     Ok(handle)
 }
 
