@@ -111,8 +111,16 @@ impl Entry {
 pub struct Inspector {
     per_client: usize,
     seq: AtomicU64,
-    clients: Mutex<HashMap<String, VecDeque<Entry>>>,
+    /// Each connected client's history, with the connection it belongs to (a client that
+    /// replaced another under the same name starts afresh, and the replaced one leaving does
+    /// not take the new one's history with it).
+    clients: Mutex<HashMap<String, (u64, VecDeque<Entry>)>>,
 }
+
+/// One client's connection, as the inspector knows it: give it back to
+/// [`Inspector::disconnected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection(u64);
 
 impl Inspector {
     /// Keeps the last `per_client` requests of each connected client (0: none, the
@@ -130,26 +138,34 @@ impl Inspector {
         self.per_client
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Entry>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, VecDeque<Entry>)>> {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A client connected under `name`: its history starts (empty).
-    pub fn connected(&self, name: &str) {
+    /// A client connected under `name`: its history starts (empty), replacing that of a
+    /// connection it replaced.
+    pub fn connected(&self, name: &str) -> Connection {
+        let connection = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         if self.per_client > 0 {
-            self.table().insert(name.to_string(), VecDeque::new());
+            self.table()
+                .insert(name.to_string(), (connection, VecDeque::new()));
         }
+        Connection(connection)
     }
 
-    /// The client `name` disconnected: its history goes.
-    pub fn disconnected(&self, name: &str) {
-        self.table().remove(name);
+    /// The connection of `name` ended: its history goes, unless another connection holds
+    /// the name by now.
+    pub fn disconnected(&self, name: &str, connection: Connection) {
+        let mut table = self.table();
+        if table.get(name).is_some_and(|(c, _)| *c == connection.0) {
+            table.remove(name);
+        }
     }
 
     /// Files `entry` under its client, if that client is connected.
     fn record(&self, mut entry: Entry) {
         let mut table = self.table();
-        let Some(history) = table.get_mut(&entry.client) else {
+        let Some((_, history)) = table.get_mut(&entry.client) else {
             return;
         };
         entry.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -163,7 +179,7 @@ impl Inspector {
     pub fn requests(&self, client: &str, since: u64) -> Vec<Entry> {
         self.table()
             .get(client)
-            .map(|h| h.iter().filter(|e| e.seq > since).cloned().collect())
+            .map(|(_, h)| h.iter().filter(|e| e.seq > since).cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -391,7 +407,7 @@ mod tests {
     #[tokio::test]
     async fn a_connected_clients_last_requests_are_kept_with_sizes_and_cut_headers() {
         let inspector = Arc::new(Inspector::new(2));
-        inspector.connected("alice");
+        let connection = inspector.connected("alice");
         for path in ["/1", "/2", "/3"] {
             let bytes_in = Arc::new(AtomicU64::new(0));
             let mut body = Counted::new(Full::new(bytes::Bytes::from("12345")), bytes_in.clone());
@@ -422,7 +438,24 @@ mod tests {
         let json = serde_json::to_value(last).expect("json");
         assert_eq!(json["request_headers"][0][0], "x-long");
         assert_eq!(inspector.requests("alice", last.seq - 1).len(), 1, "since");
-        inspector.disconnected("alice");
+        inspector.disconnected("alice", connection);
+        assert!(inspector.requests("alice", 0).is_empty());
+    }
+
+    #[test]
+    fn a_replaced_connection_leaving_keeps_the_new_holders_history() {
+        let inspector = Arc::new(Inspector::new(5));
+        let old = inspector.connected("alice");
+        let new = inspector.connected("alice");
+        drop(Record::start(
+            inspector.clone(),
+            "alice".into(),
+            &parts("/new"),
+            Arc::default(),
+        ));
+        inspector.disconnected("alice", old);
+        assert_eq!(inspector.requests("alice", 0).len(), 1, "still recorded");
+        inspector.disconnected("alice", new);
         assert!(inspector.requests("alice", 0).is_empty());
     }
 
@@ -443,7 +476,7 @@ mod tests {
     async fn an_answer_dropped_before_its_end_is_recorded_as_cut_and_unknown_clients_are_not_kept()
     {
         let inspector = Arc::new(Inspector::new(10));
-        inspector.connected("bob");
+        let _bob = inspector.connected("bob");
         let record = Record::start(
             inspector.clone(),
             "bob".into(),

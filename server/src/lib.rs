@@ -270,9 +270,7 @@ async fn serve_session(
     let _registered = client
         .as_ref()
         .map(|_| Gauge::up(browserver_runtime::metrics::CLIENTS, transport));
-    if let Some(c) = &client {
-        inspector.connected(&c.name);
-    }
+    let inspected = client.as_ref().map(|c| inspector.connected(&c.name));
     if let Some(c) = &client
         && wire != Wire::Text
     {
@@ -311,7 +309,9 @@ async fn serve_session(
     let reason = session.closed().await;
     if let Some(c) = &client {
         proxy.disconnect(c, &reason);
-        inspector.disconnected(&c.name);
+        if let Some(connection) = inspected {
+            inspector.disconnected(&c.name, connection);
+        }
     }
     log_disconnected(client.as_ref(), &reason);
 }
