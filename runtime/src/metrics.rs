@@ -54,6 +54,9 @@ pub enum Limit {
     MaxConnectionsPerAddress,
     /// `--idle-timeout`: an idle connection closed.
     IdleTimeout,
+    /// `--header-read-timeout`: a request head (or a TLS handshake) too slow; connection
+    /// closed.
+    HeaderReadTimeout,
     /// `--max-sessions`: a session creation refused (503).
     MaxSessions,
     /// `--max-sessions-per-address` (429).
@@ -85,6 +88,7 @@ impl Limit {
             Limit::MaxConnections => "max_connections",
             Limit::MaxConnectionsPerAddress => "max_connections_per_address",
             Limit::IdleTimeout => "idle_timeout",
+            Limit::HeaderReadTimeout => "header_read_timeout",
             Limit::MaxSessions => "max_sessions",
             Limit::MaxSessionsPerAddress => "max_sessions_per_address",
             Limit::SessionRate => "session_rate",
@@ -203,6 +207,7 @@ pub fn enable() {
         Limit::MaxConnections,
         Limit::MaxConnectionsPerAddress,
         Limit::IdleTimeout,
+        Limit::HeaderReadTimeout,
         Limit::MaxSessions,
         Limit::MaxSessionsPerAddress,
         Limit::SessionRate,

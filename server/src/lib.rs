@@ -916,7 +916,12 @@ pub async fn run(
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                browserver_runtime::metrics::limit_hit(
+                                    browserver_runtime::metrics::Limit::HeaderReadTimeout,
+                                );
+                            }
                         }
                     });
                 }
@@ -1021,7 +1026,14 @@ async fn serve_connection<I>(
     let check = (limits.idle_timeout / 4).max(Duration::from_millis(100));
     loop {
         tokio::select! {
-            _ = connection.as_mut() => return,
+            r = connection.as_mut() => {
+                if r.is_err_and(|e| e.is_timeout()) {
+                    browserver_runtime::metrics::limit_hit(
+                        browserver_runtime::metrics::Limit::HeaderReadTimeout,
+                    );
+                }
+                return;
+            }
             _ = tokio::time::sleep(check) => {
                 if activity.is_idle(limits.idle_timeout) {
                     tracing::debug!(%peer, "closing an idle connection");

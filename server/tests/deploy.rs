@@ -891,6 +891,7 @@ async fn the_config_file_sets_flags_the_command_line_overrides_and_unknown_keys_
 async fn a_tls_handshake_that_never_comes_is_cut_at_the_header_read_timeout() {
     let pki = Pki::new("slow-tls");
     let (cert, key, _) = pki.leaf("server", &["localhost"]);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
     let s = Server::start(&[
         "--tls-cert",
         path_str(&cert),
@@ -898,6 +899,8 @@ async fn a_tls_handshake_that_never_comes_is_cut_at_the_header_read_timeout() {
         path_str(&key),
         "--header-read-timeout",
         "1s",
+        "--metrics-listen",
+        &metrics_addr,
     ])
     .await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -936,5 +939,11 @@ async fn a_tls_handshake_that_never_comes_is_cut_at_the_header_read_timeout() {
     )
     .await;
     assert_eq!(r.status(), 404);
+    // Counted: the handshake cut at the deadline.
+    let text = reqwest_free_get(&metrics_addr, "/metrics").await;
+    assert!(
+        text.contains("browserver_limit_hits_total{limit=\"header_read_timeout\"} 1"),
+        "{text}"
+    );
     s.assert_healthy();
 }
