@@ -12,6 +12,16 @@
 //! `Authorization: Bearer TOKEN` (or the query parameter `token`, for pages that cannot set
 //! headers). A refusal is the answer to its connecting request, before any session exists,
 //! so it never disturbs the name's current holder; the right token replaces the holder.
+//!
+//! ```no_run
+//! # fn doc() -> Result<(), String> {
+//! use browserver_server::{Config, names::ReservedNames};
+//!
+//! let names = ReservedNames::load("tokens.toml".as_ref())?;
+//! let config = Config { authenticator: Some(names), ..Config::default() };
+//! # let _ = config;
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

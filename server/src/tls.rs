@@ -1,6 +1,19 @@
 //! HTTPS and WSS on the listener: rustls, with a certificate that is reloaded in place
 //! (SIGHUP in the binary) — new handshakes get the new certificate, open connections and
 //! sessions are untouched.
+//!
+//! ```no_run
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! use browserver_server::{Config, Mode, run, tls::Certificate};
+//!
+//! let certificate = Certificate::load("fullchain.pem".as_ref(), "privkey.pem".as_ref())?;
+//! let config = Config { tls: Some(certificate.clone()), ..Config::default() };
+//! // Later, when the files were renewed (the binary does this on SIGHUP):
+//! certificate.reload()?;
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+//! run(listener, config, Mode::Proxy, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
