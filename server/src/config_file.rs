@@ -1,7 +1,8 @@
 //! `--config FILE.toml`: every key is a long flag's name (`listen = "0.0.0.0:443"`,
 //! `tls-cert = "/etc/browserver/cert.pem"`, `max-sessions = 1000`, `trusted-proxies =
-//! ["10.0.0.0/8"]`). Flags and environment variables override the file; a key that is not
-//! a flag is an error naming it.
+//! ["10.0.0.0/8"]`) — the server's, or those of the subcommand being run (`server`, `name`,
+//! `ca` for `browserver expose`). Flags and environment variables override the file; a key
+//! that is not a flag is an error naming it.
 //!
 //! The file is turned into command-line arguments for the flags the command line and the
 //! environment left unset, and clap parses the whole again: one parser, one set of
@@ -16,8 +17,8 @@ use clap::parser::ValueSource;
 const NOT_IN_FILE: [&str; 3] = ["config", "help", "version"];
 
 /// The arguments `args` (the process's, program name first) extended with the settings in
-/// `file` that `matches` (the parse of `args`) did not get from the command line or the
-/// environment.
+/// `file` that `matches` (a lenient parse of `args`: `command.ignore_errors(true)`, since a
+/// required flag may be in the file) did not get from the command line or the environment.
 pub fn merge(
     command: &clap::Command,
     matches: &clap::ArgMatches,
@@ -28,26 +29,38 @@ pub fn merge(
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("{}: {e}", file.display()))?;
+    let subcommand = matches
+        .subcommand_name()
+        .and_then(|name| command.find_subcommand(name));
     let mut extra = Vec::new();
+    let mut sub_extra = Vec::new();
     for (key, value) in &table {
-        let Some(arg) = command.get_arguments().find(|a| {
+        let is_key = |a: &&clap::Arg| {
             a.get_long() == Some(key.as_str()) && !NOT_IN_FILE.contains(&a.get_id().as_str())
-        }) else {
-            return Err(format!(
-                "{}: unknown key `{key}` (keys are the long flag names, e.g. `listen`)",
-                file.display()
-            ));
+        };
+        let sub_matches = matches.subcommand().map(|(_, m)| m);
+        // Where the flag's value may have come from: a server flag (global) in either parse,
+        // a subcommand's flag only in the subcommand's.
+        let (arg, into, parses) = match command.get_arguments().find(is_key) {
+            Some(arg) => (arg, &mut extra, [Some(matches), sub_matches]),
+            None => match subcommand.and_then(|s| s.get_arguments().find(is_key)) {
+                Some(arg) => (arg, &mut sub_extra, [sub_matches, None]),
+                None => {
+                    return Err(format!(
+                        "{}: unknown key `{key}` (keys are the long flag names, e.g. `listen`)",
+                        file.display()
+                    ));
+                }
+            },
         };
         let id = arg.get_id().as_str();
-        let set = [Some(matches), matches.subcommand().map(|(_, m)| m)]
-            .into_iter()
-            .flatten()
-            .any(|m| {
-                matches!(
+        let set = parses.into_iter().flatten().any(|m| {
+            m.ids().any(|i| i.as_str() == id)
+                && matches!(
                     m.value_source(id),
                     Some(ValueSource::CommandLine | ValueSource::EnvVariable)
                 )
-            });
+        });
         if set {
             continue;
         }
@@ -59,8 +72,8 @@ pub fn merge(
         .map_err(|why| format!("{}: `{key}`: {why}", file.display()))?;
         for v in values {
             match (takes_value, v.as_str()) {
-                (true, _) => extra.push(OsString::from(format!("--{key}={v}"))),
-                (false, "true") => extra.push(OsString::from(format!("--{key}"))),
+                (true, _) => into.push(OsString::from(format!("--{key}={v}"))),
+                (false, "true") => into.push(OsString::from(format!("--{key}"))),
                 (false, "false") => {}
                 (false, _) => {
                     return Err(format!(
@@ -71,10 +84,13 @@ pub fn merge(
             }
         }
     }
-    let mut merged = Vec::with_capacity(args.len() + extra.len());
+    let mut merged = Vec::with_capacity(args.len() + extra.len() + sub_extra.len());
     merged.extend(args.first().cloned());
     merged.extend(extra);
     merged.extend(args.iter().skip(1).cloned());
+    // The subcommand's own flags go last, after its name (and its positional arguments,
+    // which `--flag=value` cannot be mistaken for).
+    merged.extend(sub_extra);
     Ok(merged)
 }
 
@@ -95,7 +111,12 @@ mod tests {
 
     fn command() -> Command {
         Command::new("t")
-            .arg(Arg::new("config").long("config"))
+            .subcommand(
+                Command::new("expose")
+                    .arg(Arg::new("local").required(true))
+                    .arg(Arg::new("server").long("server").required(true)),
+            )
+            .arg(Arg::new("config").long("config").global(true))
             .arg(
                 Arg::new("listen")
                     .long("listen")
@@ -129,7 +150,10 @@ mod tests {
 
     fn merged(args: &[&str], text: &str) -> Result<clap::ArgMatches, String> {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-        let matches = command().try_get_matches_from(&args).expect("parse");
+        let matches = command()
+            .ignore_errors(true)
+            .try_get_matches_from(&args)
+            .expect("parse");
         let merged = merge(&command(), &matches, &args, &file(text))?;
         Ok(command()
             .try_get_matches_from(merged)
@@ -161,6 +185,45 @@ mod tests {
             allow,
             ["c"],
             "a list on the command line replaces the file's"
+        );
+    }
+
+    #[test]
+    fn a_subcommands_flags_are_keys_too_and_may_be_required_ones() {
+        let m = merged(
+            &["t", "expose", "http://x"],
+            "server = \"wss://s\"\nlisten = \"[::1]:2\"",
+        )
+        .expect("ok");
+        let (name, sub) = m.subcommand().expect("expose");
+        assert_eq!(name, "expose");
+        assert_eq!(
+            sub.get_one::<String>("server").map(String::as_str),
+            Some("wss://s")
+        );
+        assert_eq!(
+            sub.get_one::<String>("local").map(String::as_str),
+            Some("http://x")
+        );
+        assert_eq!(
+            m.get_one::<String>("listen").map(String::as_str),
+            Some("[::1]:2")
+        );
+        let m = merged(
+            &["t", "expose", "http://x", "--server", "ws://flag"],
+            "server = \"wss://s\"",
+        )
+        .expect("ok");
+        let sub = m.subcommand().expect("expose").1;
+        assert_eq!(
+            sub.get_one::<String>("server").map(String::as_str),
+            Some("ws://flag")
+        );
+        // Without the subcommand, its flags are unknown.
+        assert!(
+            merged(&["t"], "server = \"x\"")
+                .expect_err("unknown")
+                .contains("unknown key `server`")
         );
     }
 

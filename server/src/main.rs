@@ -472,17 +472,24 @@ fn parse() -> Result<Cli, Parsed> {
     use clap::{CommandFactory, FromArgMatches};
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let command = Cli::command();
-    let matches = command
+    // Leniently first: a required flag (`expose --server`) may be in the file.
+    let lenient = command
         .clone()
+        .ignore_errors(true)
         .try_get_matches_from(&args)
         .map_err(Parsed::Clap)?;
-    let first = Cli::from_arg_matches(&matches).map_err(Parsed::Clap)?;
-    let Some(file) = &first.config else {
-        return Ok(first);
+    let args = match lenient.get_one::<std::path::PathBuf>("config") {
+        Some(file) => {
+            let format = lenient
+                .get_one::<LogFormat>("log_format")
+                .copied()
+                .unwrap_or(LogFormat::Text);
+            browserver_server::config_file::merge(&command, &lenient, &args, file)
+                .map_err(|why| Parsed::File(why, format))?
+        }
+        None => args,
     };
-    let merged = browserver_server::config_file::merge(&command, &matches, &args, file)
-        .map_err(|why| Parsed::File(why, first.log_format))?;
-    let matches = command.try_get_matches_from(merged).map_err(Parsed::Clap)?;
+    let matches = command.try_get_matches_from(args).map_err(Parsed::Clap)?;
     Cli::from_arg_matches(&matches).map_err(Parsed::Clap)
 }
 

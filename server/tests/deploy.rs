@@ -876,6 +876,21 @@ async fn the_config_file_sets_flags_the_command_line_overrides_and_unknown_keys_
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown key `lisen`"), "{err}");
+    // `expose` takes its own flags from the file too, `--server` (required) included.
+    std::fs::write(&config, "server = \"ftp://from-the-file\"\n").expect("write");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserver"))
+        .args([
+            "expose",
+            "http://127.0.0.1:9",
+            "--config",
+            path_str(&config),
+        ])
+        .output()
+        .await
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ftp://from-the-file"), "{err}");
     // A bad value is clap's error, naming the flag.
     std::fs::write(&config, "max-sessions = \"many\"\n").expect("write");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserver"))
