@@ -192,7 +192,15 @@ async fn https_get(
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
         .expect("a certificate");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    (get_over(stream, host, path).await, leaf)
+}
+
+/// One GET with `Host: host` over `io`: the whole response.
+async fn get_over<I>(io: I, host: &str, path: &str) -> http::Response<Bytes>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .expect("handshake");
     tokio::spawn(conn);
@@ -206,27 +214,17 @@ async fn https_get(
         .expect("response");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    (http::Response::from_parts(parts, body), leaf)
+    http::Response::from_parts(parts, body)
 }
 
 /// A plain GET to `addr` with `Host: host`: status and body.
 async fn http_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let r = tokio::time::timeout(WAIT, sender.send_request(req))
-        .await
-        .expect("answered in time")
-        .expect("response");
-    let status = r.status().as_u16();
-    let body = r.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let r = get_over(tcp, host, path).await;
+    (
+        r.status().as_u16(),
+        String::from_utf8_lossy(r.body()).into_owned(),
+    )
 }
 
 fn host_of(public: &str) -> &str {
