@@ -85,8 +85,11 @@ export declare function createServer(handler: Handler): Server;
 
 export interface RequestOptions {
   method?: string;
-  /** Another client's hostname, or a server egress may reach. */
-  host: string;
+  /** The whole target instead of `host` and `path`: `https://…` goes out over TLS (the
+   * proxy's egress), `http://…` as `host` and `path`. */
+  url?: string;
+  /** Another client's hostname, or a server egress may reach (without `url`). */
+  host?: string;
   path?: string;
   headers?: Record<string, string | number>;
   body?: Chunk;

@@ -10,6 +10,7 @@
 //   server.ondisconnect = (reason) => console.log(`disconnected (${reason}), reconnecting`);
 //   await server.listen();                       // resolves to the hostname
 //   const r = await request({ host: 'other-id.localhost:3572', path: '/x' });  // client → client
+//   const s = await request({ url: 'https://api.example.com/v1?q=1' });  // egress, over TLS
 //
 // Requests stream both ways (the proxy's flow-controlled streams): `req.body` is a
 // ReadableStream of the visitor's body as it arrives (`await req.text()`, `req.bytes()`,
@@ -407,8 +408,16 @@ class Connection {
     run(this.handler, req, res, failed);
   }
 
-  request({ method = 'GET', host, path = '/', headers = {}, body }) {
+  request({ method = 'GET', url, host, path = '/', headers = {}, body }) {
     if (!this.socket || this.socket.readyState !== 1) return Promise.reject(new Error('not connected'));
+    let target = path;
+    if (url !== undefined) {
+      // An https:// URL travels whole (the proxy speaks TLS to it); http:// as host and path.
+      const u = new URL(url);
+      if (u.protocol !== 'https:' && u.protocol !== 'http:') return Promise.reject(new Error(`unsupported URL ${url}`));
+      host = u.host;
+      target = u.protocol === 'https:' ? u.href : `${u.pathname}${u.search}`;
+    }
     const id = `b${this.nextId++}`;
     const list = Object.entries({ host, ...headers }).map(([k, v]) => [k.toLowerCase(), String(v)]);
     return new Promise((resolve, reject) => {
@@ -418,7 +427,7 @@ class Connection {
         resolve({ statusCode: m.response.status, headers: headerObject(m.headers), body: decoder.decode(bytes), bodyBytes: bytes });
       });
       this.send({
-        brow: 2, id, request: { method, target: path }, headers: list, body: toBase64(bytesOf(body)),
+        brow: 2, id, request: { method, target }, headers: list, body: toBase64(bytesOf(body)),
       });
     });
   }
