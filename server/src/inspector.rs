@@ -251,10 +251,13 @@ impl Record {
         let elapsed = self.started.elapsed();
         e.duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         e.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        // The log line leaves the query out: it may carry a visitor's secrets (the inspector,
+        // behind the admin token, shows it).
+        let path = e.path.split('?').next().unwrap_or_default();
         tracing::info!(
             client = %e.client,
             method = %e.method,
-            path = %e.path,
+            path,
             status = e.status,
             duration_ms = e.duration_ms,
             bytes_in = e.bytes_in,

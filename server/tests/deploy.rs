@@ -804,7 +804,7 @@ async fn json_logs_are_one_object_per_line_with_a_line_per_proxied_request() {
         .unwrap_or_else(|| panic!("a proxied line in {objects:?}"));
     assert_eq!(proxied["client"], name);
     assert_eq!(proxied["method"], "GET");
-    assert_eq!(proxied["path"], "/logged?x=1");
+    assert_eq!(proxied["path"], "/logged", "the query is left out of logs");
     assert_eq!(proxied["status"], 200);
     assert!(proxied["duration_ms"].is_u64());
     assert_eq!(proxied["bytes_in"], 0);
