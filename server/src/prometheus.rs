@@ -32,7 +32,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 const MAX_CONNECTIONS: usize = 16;
 
 /// Serves `GET /metrics` on `listener` for ever (other paths: 404): at most
-/// [`MAX_CONNECTIONS`] at once, each for at most a minute, a request head within 10 s.
+/// 16 at once, each for at most a minute, a request head within 10 s.
 pub async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
