@@ -1,6 +1,8 @@
-// Egress over HTTPS from a browser tab: `request({ url: 'https://…' })` in browserver.js, the
-// proxy performing it over TLS against a local HTTPS server whose CA it was given
-// (--egress-ca), under the address policy (--egress-allow for loopback).
+// TLS with real browser tabs. The demo page served over HTTPS (--tls-cert) connects over WSS
+// and shows an https:// address that reaches it. Egress over HTTPS from a tab:
+// `request({ url: 'https://…' })` in browserver.js, the proxy performing it over TLS against a
+// local HTTPS server whose CA it was given (--egress-ca), under the address policy
+// (--egress-allow for loopback).
 'use strict';
 
 const { test, before, after } = require('node:test');
@@ -59,6 +61,29 @@ const fetchFrom = (page, url) => page.evaluate(async (u) => {
   const r = await request({ url: u });
   return { status: r.statusCode, body: r.body };
 }, url);
+
+test('chromium: the demo page over https connects over wss and links to an https address that reaches it', async () => {
+  const server = await startBrowserver('127.0.0.1:0', [
+    '--tls-cert', path.join(dir, 'leaf.pem'), '--tls-key', path.join(dir, 'leaf.key'),
+  ]);
+  // The certificate names localhost, not the clients' names: this browser accepts it as is.
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  try {
+    const page = await context.newPage();
+    await page.goto(`https://localhost:${server.port}/`);
+    const link = page.locator('#hostname[data-hostname]');
+    await link.waitFor({ timeout: 15000 });
+    const address = await link.textContent();
+    assert.match(address, new RegExp(`^https://[a-z0-9]+\\.localhost:${server.port}/$`));
+    const visitor = await context.newPage();
+    const response = await visitor.goto(`${address}over-tls`);
+    assert.equal(response.status(), 200);
+    assert.match(await visitor.textContent('body'), /GET \/over-tls/);
+  } finally {
+    await context.close();
+    server.stop();
+  }
+});
 
 test('chromium: a tab sends an https request out through the proxy, which verifies the target', async () => {
   const port = target.address().port;
