@@ -98,9 +98,9 @@ fn scalar(value: &toml::Value) -> Result<String, String> {
     match value {
         toml::Value::String(s) => Ok(s.clone()),
         toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
-        _ => Err("expected a string, a number, a boolean or a list of them".into()),
+        // No flag takes a fraction; durations are strings ("1.5s").
+        _ => Err("expected a string, an integer, a boolean or a list of them".into()),
     }
 }
 
@@ -162,11 +162,12 @@ mod tests {
 
     #[test]
     fn the_file_fills_what_the_command_line_left_unset_and_flags_win() {
-        let text = "listen = \"0.0.0.0:80\"\nhost-pattern = \"*.example.com\"\nallow = [\"a\", \"b\"]\nquiet = true\n";
+        let text = "listen = 8080\nhost-pattern = \"*.example.com\"\nallow = [\"a\", \"b\"]\nquiet = true\n";
         let m = merged(&["t"], text).expect("ok");
         assert_eq!(
             m.get_one::<String>("listen").map(String::as_str),
-            Some("0.0.0.0:80")
+            Some("8080"),
+            "an integer"
         );
         assert_eq!(
             m.get_one::<String>("pattern").map(String::as_str),
@@ -234,6 +235,8 @@ mod tests {
         let err = merged(&["t"], "config = \"x\"").expect_err("config in config");
         assert!(err.contains("unknown key `config`"), "{err}");
         let err = merged(&["t"], "[listen]\na = 1").expect_err("table");
+        assert!(err.contains("`listen`"), "{err}");
+        let err = merged(&["t"], "listen = 1.5").expect_err("a fraction");
         assert!(err.contains("`listen`"), "{err}");
         let err = merged(&["t"], "quiet = \"yes\"").expect_err("switch");
         assert!(err.contains("switch"), "{err}");

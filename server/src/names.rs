@@ -212,6 +212,12 @@ mod tests {
                 .map_err(|r| r.status),
             Err(403)
         );
+        let debug = format!("{names:?}");
+        assert!(debug.contains("names: 1"), "{debug}");
+        assert!(
+            !debug.contains("0123456789abcdef"),
+            "no token in Debug: {debug}"
+        );
     }
 
     #[test]
