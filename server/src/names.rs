@@ -241,6 +241,11 @@ mod tests {
             let err = ReservedNames::load(&file(text)).expect_err(text);
             assert!(err.contains(expect), "{text}: {err}");
         }
+        let two = ReservedNames::load(&file(&format!("{ALICE}bob = \"fedcba9876543210\"\n")))
+            .expect("two");
+        assert_eq!((two.len(), two.is_empty()), (2, false));
+        let none = ReservedNames::load(&file("[names]\n")).expect("none");
+        assert_eq!((none.len(), none.is_empty()), (0, true));
         let path = file(ALICE);
         let names = ReservedNames::load(&path).expect("load");
         std::fs::write(&path, "[names]\nbob = \"x\"\n").expect("write");
