@@ -220,6 +220,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_connecting_client_presents_the_token_as_a_bearer_or_in_the_query() {
+        let names = ReservedNames::load(&file(ALICE)).expect("load");
+        let connecting = |auth: Option<&str>, query: &[(&str, &str)]| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(a) = auth {
+                headers.insert(http::header::AUTHORIZATION, a.parse().expect("value"));
+            }
+            Connecting {
+                transport: "websocket",
+                headers,
+                query: query
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                address: None,
+            }
+        };
+        let bearer = connecting(Some("Bearer 0123456789abcdef"), &[("name", "alice")]);
+        assert_eq!(names.authenticate(&bearer).await, Ok(Some("alice".into())));
+        let query = connecting(None, &[("name", "alice"), ("token", "0123456789abcdef")]);
+        assert_eq!(names.authenticate(&query).await, Ok(Some("alice".into())));
+        let neither = connecting(None, &[("name", "alice")]);
+        assert_eq!(
+            names.authenticate(&neither).await.map_err(|r| r.status),
+            Err(401)
+        );
+        assert_eq!(names.authenticate(&connecting(None, &[])).await, Ok(None));
+    }
+
     #[test]
     fn bad_files_are_refused_naming_the_problem_and_a_failed_reload_keeps_the_names() {
         for (text, expect) in [
