@@ -83,6 +83,7 @@
 // On docs.rs, every feature-gated item is marked with the feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cluster;
 pub mod correlate;
 mod error;
 pub mod id;

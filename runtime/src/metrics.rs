@@ -14,6 +14,8 @@
 //! | `browserver_proxied_bytes_total` | counter | `direction` (`in`: request bodies, `out`: answers) |
 //! | `browserver_egress_refusals_total` | counter | `reason` (`off`, `allow_list`, `address`) |
 //! | `browserver_limit_hits_total` | counter | `limit`: a [`Limit`] |
+//! | `browserver_cluster_hops_total` | counter | `outcome` (`ok`, `failed`): requests forwarded to the node holding their client or session |
+//! | `browserver_cluster_redis_commands_total` | counter | — (commands this node sent to Redis) |
 //!
 //! ```
 //! use browserver_runtime::metrics::{self, Limit};
@@ -44,6 +46,10 @@ pub const PROXIED_BYTES: &str = "browserver_proxied_bytes_total";
 pub const EGRESS_REFUSALS: &str = "browserver_egress_refusals_total";
 /// `browserver_limit_hits_total`.
 pub const LIMIT_HITS: &str = "browserver_limit_hits_total";
+/// `browserver_cluster_hops_total`.
+pub const CLUSTER_HOPS: &str = "browserver_cluster_hops_total";
+/// `browserver_cluster_redis_commands_total`.
+pub const CLUSTER_REDIS_COMMANDS: &str = "browserver_cluster_redis_commands_total";
 
 /// The limits of `docs/security.md`, as `browserver_limit_hits_total`'s `limit` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +163,20 @@ pub fn proxied(status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
     }
 }
 
+/// Counts one request forwarded to another node: `ok` (it answered) or `failed`.
+pub fn hop(ok: bool) {
+    if HANDLES.get().is_some() {
+        metrics::counter!(CLUSTER_HOPS, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
+    }
+}
+
+/// Counts `n` commands sent to Redis.
+pub fn redis_commands(n: u64) {
+    if HANDLES.get().is_some() {
+        metrics::counter!(CLUSTER_REDIS_COMMANDS).increment(n);
+    }
+}
+
 /// Moves the gauge `name` (`SESSIONS` or `CLIENTS`) of `transport` by `delta`.
 pub fn gauge(name: &'static str, transport: &'static str, delta: f64) {
     if HANDLES.get().is_some() {
@@ -222,6 +242,18 @@ pub fn enable() {
     ] {
         metrics::counter!(LIMIT_HITS, "limit" => limit.as_str()).increment(0);
     }
+    describe_counter!(
+        CLUSTER_HOPS,
+        "Requests forwarded to the node holding their client or session, by outcome."
+    );
+    describe_counter!(
+        CLUSTER_REDIS_COMMANDS,
+        "Commands this node sent to Redis (several nodes)."
+    );
+    for outcome in ["ok", "failed"] {
+        metrics::counter!(CLUSTER_HOPS, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(CLUSTER_REDIS_COMMANDS).increment(0);
     for reason in ["off", "allow_list", "address"] {
         metrics::counter!(EGRESS_REFUSALS, "reason" => reason).increment(0);
     }

@@ -37,6 +37,12 @@ impl<E: Entry> SessionTable<E> {
         }
     }
 
+    /// Makes the ids of new sessions with `ids` (a cluster node's
+    /// [`NodeTag`](browserver_core::cluster::NodeTag), an application's own scheme).
+    pub fn set_ids(&self, ids: impl browserver_core::IdGenerator + 'static) {
+        self.lock().set_id_generator(ids);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Registry<E>> {
         // A panic while holding the lock cannot leave the map half-updated; keep serving.
         self.registry.lock().unwrap_or_else(|e| e.into_inner())

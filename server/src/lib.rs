@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod admin;
+pub mod cluster;
 pub mod config_file;
 pub mod conn;
 pub mod expose;
@@ -113,6 +114,9 @@ pub struct Config {
     /// Requests the inspector keeps per connected client, for `/_browserver/inspect` (default
     /// 50; 0: the inspector is off).
     pub inspector_requests: usize,
+    /// Be one node of several sharing clients and sessions through Redis ([`cluster`];
+    /// default: none, a single node). Only [`run`] joins a cluster.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -130,6 +134,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("quota", &self.quota)
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +165,7 @@ impl Default for Config {
             max_in_flight_body_bytes: 256 << 20,
             tls: None,
             inspector_requests: 50,
+            cluster: None,
         }
     }
 }
@@ -176,6 +182,9 @@ pub enum StartError {
     /// An egress certificate authority cannot be used.
     #[error("egress CA: {0}")]
     EgressCa(String),
+    /// The cluster cannot be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A session as a proxy channel. On BrowserChannel every message travels as a JSON string;
@@ -251,6 +260,7 @@ fn transport_name(session: &Session) -> &'static str {
 async fn serve_session(
     proxy: Proxy,
     inspector: Arc<inspector::Inspector>,
+    cluster: Option<cluster::Cluster>,
     mode: Mode,
     session: Session,
 ) {
@@ -266,6 +276,13 @@ async fn serve_session(
         session.close();
         return;
     };
+    // Several nodes: the name is registered before the client learns it.
+    if let (Some(cluster), Some(c)) = (&cluster, &client)
+        && let Err(e) = cluster.claim(&c.name, session.name().is_some()).await
+    {
+        tracing::warn!(client = %c.name, error = %e, "cannot register the name");
+        session.close_with("name taken");
+    }
     log_connected(client.as_ref(), transport, session.address());
     let _registered = client
         .as_ref()
@@ -309,6 +326,12 @@ async fn serve_session(
     let reason = session.closed().await;
     if let Some(c) = &client {
         proxy.disconnect(c, &reason);
+        // Unless a newer connection here holds it now.
+        if let Some(cluster) = &cluster
+            && !proxy.holds(&c.name)
+        {
+            cluster.release(&c.name).await;
+        }
         if let Some(connection) = inspected {
             inspector.disconnected(&c.name, connection);
         }
@@ -475,19 +498,22 @@ struct Shared {
     local: Option<SocketAddr>,
     /// The proxied requests' history, per client.
     inspector: Arc<inspector::Inspector>,
+    /// The other nodes, when this is one of several.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Browserver {
     /// The endpoints and the proxy for `config`; its session tasks run on the current tokio
     /// runtime (call it from within one).
     pub fn new(config: Config, mode: Mode) -> Result<Browserver, StartError> {
-        Browserver::build(config, mode, None)
+        Browserver::build(config, mode, None, None)
     }
 
     fn build(
         config: Config,
         mode: Mode,
         local: Option<SocketAddr>,
+        cluster: Option<cluster::Cluster>,
     ) -> Result<Browserver, StartError> {
         let pattern = HostPattern::parse(&config.host_pattern)?;
         let egress_tls = browserver_transport_http::tls::client_config(
@@ -544,6 +570,7 @@ impl Browserver {
                     Arc::new(move |parts| admit(a.clone(), "browserchannel", parts));
                 admission
             }),
+            node: cluster.as_ref().map(|c| c.tag().clone()),
             ..Default::default()
         });
         let (ws, ws_sessions) = WsEndpoint::new(browserver_transport_ws::Options {
@@ -561,17 +588,20 @@ impl Browserver {
                     Arc::new(move |parts| admit(a.clone(), "websocket", parts));
                 admission
             }),
+            node: cluster.as_ref().map(|c| c.tag().clone()),
             ..Default::default()
         });
         let inspector = Arc::new(inspector::Inspector::new(config.inspector_requests));
         for mut sessions in [bc_sessions, ws_sessions] {
             let proxy = proxy.clone();
             let inspector = inspector.clone();
+            let cluster = cluster.clone();
             tokio::spawn(async move {
                 while let Some(session) = sessions.accept().await {
                     tokio::spawn(serve_session(
                         proxy.clone(),
                         inspector.clone(),
+                        cluster.clone(),
                         mode,
                         session,
                     ));
@@ -587,6 +617,7 @@ impl Browserver {
                 mode,
                 local,
                 inspector,
+                cluster,
             }),
         })
     }
@@ -660,6 +691,15 @@ impl Browserver {
         // The handlers' futures are boxed: hyper keeps room for this function's future on
         // every connection, in use or not, so it is kept small (a hanging back channel's
         // connection would otherwise carry several KiB of it).
+        let req = match &shared.cluster {
+            Some(cluster) if req.extensions().get::<cluster::hop::Hopped>().is_none() => {
+                match Box::pin(self.elsewhere(cluster, req)).await {
+                    Ok(response) => return Ok(response),
+                    Err(req) => req,
+                }
+            }
+            _ => req,
+        };
         if mode == Mode::Proxy
             && let Some(name) = proxy.client_of(&req)
         {
@@ -701,6 +741,98 @@ impl Browserver {
                 Ok(r)
             }
             _ => Err(req),
+        }
+    }
+
+    /// Several nodes: `req` forwarded to the node that holds its client (a public name) or
+    /// its session (a secret made there); given back if it is this node's to answer.
+    async fn elsewhere<B>(
+        &self,
+        cluster: &cluster::Cluster,
+        req: http::Request<B>,
+    ) -> Result<http::Response<Body>, http::Request<B>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let shared = &*self.shared;
+        if shared.mode == Mode::Proxy
+            && let Some(name) = shared.proxy.client_of(&req)
+        {
+            if shared.proxy.holds(&name) {
+                return Err(req);
+            }
+            return match cluster.holder(&name).await {
+                cluster::Holder::Node(node) => Ok(self.hop(cluster, &node, req, Some(&name)).await),
+                cluster::Holder::Unknown => {
+                    let mut r = cluster::hop::refusal(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "Service Unavailable: the cluster's registry cannot be reached",
+                    );
+                    r.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("1"),
+                    );
+                    Ok(r.map(unrecorded))
+                }
+                cluster::Holder::Here | cluster::Holder::Nobody => Err(req),
+            };
+        }
+        let path = req.uri().path();
+        let param = if path == shared.config.ws_path {
+            "resume"
+        } else if shared.bc.owns(path) {
+            "SID"
+        } else {
+            return Err(req);
+        };
+        let secret = form_pairs(req.uri().query().unwrap_or(""))
+            .into_iter()
+            .find(|(k, _)| k == param)
+            .map(|(_, v)| v);
+        if let Some(secret) = secret
+            && let browserver_core::cluster::Route::Node { node, epoch } =
+                browserver_core::cluster::route(cluster.tag(), &secret)
+            && let Some(node) = cluster.node(node, Some(epoch)).await
+        {
+            return Ok(self.hop(cluster, &node, req, None).await);
+        }
+        // Ours, or made by a node that is gone: the endpoint answers (an unknown session).
+        Err(req)
+    }
+
+    /// Forwards `req` to `node`; a 502 if it cannot be reached.
+    async fn hop<B>(
+        &self,
+        cluster: &cluster::Cluster,
+        node: &cluster::NodeInfo,
+        req: http::Request<B>,
+        name: Option<&str>,
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match cluster.hops().forward(node, cluster.key(), req).await {
+            Ok(response) => {
+                browserver_runtime::metrics::hop(true);
+                response.map(unrecorded)
+            }
+            Err(e) => {
+                browserver_runtime::metrics::hop(false);
+                tracing::warn!(node = %node.id, error = %e, "cannot forward to the node holding it");
+                cluster.forget_node(&node.id);
+                if let Some(name) = name {
+                    cluster.forget_holder(name);
+                }
+                cluster::hop::refusal(
+                    http::StatusCode::BAD_GATEWAY,
+                    "Bad Gateway: the node holding this client cannot be reached",
+                )
+                .map(unrecorded)
+            }
         }
     }
 
@@ -858,7 +990,16 @@ pub async fn run(
     let limits = config.limits.clone();
     let read_budget = browserver_transport_http::Budget::new(config.max_in_flight_body_bytes);
     let acceptor = config.tls.as_ref().map(|c| c.acceptor()).transpose()?;
-    let browserver = Browserver::build(config, mode, local)?;
+    let cluster = match config.cluster.clone() {
+        Some(c) => Some(cluster::Cluster::join(c).await?),
+        None => None,
+    };
+    let request_timeout = config.request_timeout;
+    let browserver = Browserver::build(config, mode, local, cluster.clone())?;
+    if let Some(cluster) = &cluster {
+        cluster.hops().set_head_timeout(request_timeout);
+        cluster.start(browserver.clone());
+    }
     let max_connections = match conn::file_limit() {
         Some(files) => {
             let ceiling = usize::try_from(files.saturating_sub(256)).unwrap_or(usize::MAX);
@@ -936,6 +1077,9 @@ pub async fn run(
     // with backoff (to this server once it is back).
     tracing::info!("shutting down: closing every session");
     browserver.shutdown().await;
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     Ok(())
 }
 

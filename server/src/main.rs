@@ -228,6 +228,44 @@ struct Cli {
         global = true
     )]
     inspector_requests: usize,
+    /// Be one node of several: the registry of names and nodes in this Redis
+    /// (`redis://HOST:PORT`). Without it, a single node with nothing shared.
+    #[arg(long, env = "BROWSERVER_REDIS", value_name = "URL", global = true)]
+    redis: Option<String>,
+    /// This node's id in the cluster (1 to 20 of a-z, 0-9; unique; default: random).
+    #[arg(
+        long,
+        env = "BROWSERVER_NODE_ID",
+        requires = "redis",
+        value_name = "ID",
+        global = true
+    )]
+    node_id: Option<String>,
+    /// Where other nodes' forwarded requests arrive (plain HTTP/2 and HTTP/1.1; keep it on
+    /// a private network).
+    #[arg(
+        long,
+        env = "BROWSERVER_CLUSTER_LISTEN",
+        requires = "redis",
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR",
+        global = true
+    )]
+    cluster_listen: SocketAddr,
+    /// How other nodes reach --cluster-listen, `http://HOST:PORT` (default: its address,
+    /// unless it listens on every interface).
+    #[arg(
+        long,
+        env = "BROWSERVER_ADVERTISE",
+        requires = "redis",
+        value_name = "URL",
+        global = true
+    )]
+    advertise: Option<String>,
+    /// How long a node's and a name's registry entries live without a heartbeat (a dead
+    /// node's names come free after it; heartbeats every third of it).
+    #[arg(long, env = "BROWSERVER_CLUSTER_TTL", default_value = "15s", value_parser = humantime::parse_duration, requires = "redis", global = true)]
+    cluster_ttl: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -433,6 +471,15 @@ async fn main() -> std::process::ExitCode {
             a
         }),
         inspector_requests: cli.inspector_requests,
+        cluster: cli
+            .redis
+            .map(|redis| browserver_server::cluster::ClusterConfig {
+                node_id: cli.node_id,
+                listen: cli.cluster_listen,
+                advertise: cli.advertise,
+                ttl: cli.cluster_ttl,
+                ..browserver_server::cluster::ClusterConfig::new(redis)
+            }),
         ..Config::default()
     };
     let mode = match cli.command {

@@ -92,6 +92,10 @@ pub struct Options {
     pub admission: Option<Admission>,
     /// The client script served at `<base>/bcsocket.js`.
     pub client_script: &'static str,
+    /// This node's tag, when it is one of several (`browserver_core::cluster`): every
+    /// session id then names the node that holds it, so any node can route a request for
+    /// it. None by default (random ids).
+    pub node: Option<browserver_core::cluster::NodeTag>,
 }
 
 impl Default for Options {
@@ -120,6 +124,7 @@ impl Default for Options {
             connect_hook: None,
             admission: None,
             client_script: crate::CLIENT_SCRIPT,
+            node: None,
         }
     }
 }

@@ -83,7 +83,13 @@ impl BrowserChannel {
         }
         let (accept, sessions) = Sessions::new();
         let inner = Inner {
-            table: SessionTable::new(options.max_sessions, options.quota.clone()),
+            table: {
+                let table = SessionTable::new(options.max_sessions, options.quota.clone());
+                if let Some(node) = &options.node {
+                    table.set_ids(node.clone());
+                }
+                table
+            },
             options,
             base,
             headers,

@@ -24,6 +24,8 @@ enum Inner {
     Full(Full<Bytes>),
     /// The stream, and the length its sender declared (`content-length`), if any.
     Stream(RecvStream, Option<u64>),
+    /// Relayed from elsewhere (another node of a cluster).
+    Relayed(http_body_util::combinators::UnsyncBoxBody<Bytes, BodyAborted>),
 }
 
 impl ProxyBody {
@@ -31,6 +33,18 @@ impl ProxyBody {
     /// HTTP framing uses it, and a body that disagrees is an error).
     pub fn stream(recv: RecvStream, length: Option<u64>) -> ProxyBody {
         ProxyBody(Inner::Stream(recv, length))
+    }
+
+    /// A body relayed from another server (the node of a cluster that holds the client).
+    pub fn relayed<B>(body: B) -> ProxyBody
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        use http_body_util::BodyExt;
+        ProxyBody(Inner::Relayed(
+            body.map_err(|e| BodyAborted(e.to_string())).boxed_unsync(),
+        ))
     }
 
     /// An empty body.
@@ -63,6 +77,7 @@ impl http_body::Body for ProxyBody {
                         .map_err(|reset| BodyAborted(format!("{:?}", reset.0)))
                 })
             }),
+            Inner::Relayed(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -70,6 +85,7 @@ impl http_body::Body for ProxyBody {
         match &self.0 {
             Inner::Full(full) => full.is_end_stream(),
             Inner::Stream(recv, _) => recv.is_done(),
+            Inner::Relayed(body) => body.is_end_stream(),
         }
     }
 
@@ -78,6 +94,7 @@ impl http_body::Body for ProxyBody {
             Inner::Full(full) => full.size_hint(),
             Inner::Stream(_, Some(length)) => SizeHint::with_exact(*length),
             Inner::Stream(_, None) => SizeHint::default(),
+            Inner::Relayed(body) => body.size_hint(),
         }
     }
 }

@@ -391,6 +391,30 @@ impl Proxy {
         }
     }
 
+    /// Whether a client holds `name` here.
+    pub fn holds(&self, name: &str) -> bool {
+        self.clients().contains_key(name)
+    }
+
+    /// The names held here.
+    pub fn names(&self) -> Vec<String> {
+        self.clients().keys().cloned().collect()
+    }
+
+    /// Ends the hold of whoever holds `name` here, as a newer connection elsewhere took it
+    /// (several nodes: [`Channel::replace`], its waiting requests answer 504). Whether one did.
+    pub fn evict(&self, name: &str) -> bool {
+        let old = self.clients().remove(name);
+        let Some(mut old) = old else { return false };
+        old.channel.replace();
+        if let Some(mux) = &old.mux {
+            mux.close();
+        }
+        old.requests.fail_all(&CloseReason::Replaced);
+        answer_failures(&mut old.requests);
+        true
+    }
+
     /// Connected clients, for the status endpoint.
     pub fn list(&self) -> Vec<ClientInfo> {
         let mut list: Vec<ClientInfo> = self

@@ -82,6 +82,10 @@ pub struct Options {
     pub connect_hook: Option<ConnectHook>,
     /// Admits (or refuses) a client before its session exists. None admits all.
     pub admission: Option<Admission>,
+    /// This node's tag, when it is one of several (`browserver_core::cluster`): every
+    /// session id then names the node that holds it, so any node can route a request for
+    /// it. None by default (random ids).
+    pub node: Option<browserver_core::cluster::NodeTag>,
 }
 
 impl Default for Options {
@@ -103,6 +107,7 @@ impl Default for Options {
             origins: browserver_core::OriginPolicy::default(),
             connect_hook: None,
             admission: None,
+            node: None,
         }
     }
 }
@@ -222,7 +227,13 @@ impl WsEndpoint {
     pub fn new(options: Options) -> (WsEndpoint, Sessions) {
         let (accept, sessions) = Sessions::new();
         let inner = Inner {
-            table: SessionTable::new(options.max_sessions, options.quota.clone()),
+            table: {
+                let table = SessionTable::new(options.max_sessions, options.quota.clone());
+                if let Some(node) = &options.node {
+                    table.set_ids(node.clone());
+                }
+                table
+            },
             options,
             accept,
             next_conn: AtomicU64::new(0),
