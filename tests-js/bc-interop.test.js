@@ -3,6 +3,9 @@
 //    run unmodified in Node;
 //  - node-browserchannel's BCSocket for Node (npm browserchannel@2.1.0).
 // The server is the `bc_echo` example (BC_ECHO_BIN), started per scenario on 127.0.0.1:0.
+// With INTEROP_CLUSTER=l4 or l7, the scenarios that need no server-side control run instead
+// against three `browserver echo` nodes sharing a Redis, behind a round-robin front without
+// stickiness (each connection, or each request, to the next node): docs/scale-out.md.
 'use strict';
 
 const { test } = require('node:test');
@@ -25,7 +28,17 @@ require('google-closure-library');
 goog.require('goog.net.BrowserChannel');
 const { BCSocket } = require('browserchannel');
 
-const { withServer } = require('./support');
+const support = require('./support');
+
+const CLUSTER = process.env.INTEROP_CLUSTER;
+/** The scenario's server: bc_echo, or an echo cluster behind the front. */
+function withServer(env, body) {
+  if (!CLUSTER) return support.withServer(env, body);
+  const args = env.BC_KEEPALIVE_MS ? ['--keepalive-interval', `${env.BC_KEEPALIVE_MS}ms`] : [];
+  return support.withCluster(CLUSTER, body, args);
+}
+/** Scenarios that drive bc_echo's control strings or read its output. */
+const needsBcEcho = { skip: CLUSTER ? 'drives bc_echo itself' : false };
 
 function deadline(ms, what) {
   return new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms).unref());
@@ -125,7 +138,7 @@ test('closure: numbers round-trip exactly as the Closure client writes them', as
   });
 });
 
-test('closure: server close ends the channel with UNKNOWN_SESSION_ID, and a reconnect gets a new session', async () => {
+test('closure: server close ends the channel with UNKNOWN_SESSION_ID, and a reconnect gets a new session', needsBcEcho, async () => {
   await withServer({}, async (base) => {
     const c = closure(base);
     await c.until(() => c.opened, 10000, 'open');
@@ -147,7 +160,7 @@ test('closure: server close ends the channel with UNKNOWN_SESSION_ID, and a reco
   });
 });
 
-test('closure: server stop is reported as STOP', async () => {
+test('closure: server stop is reported as STOP', needsBcEcho, async () => {
   await withServer({}, async (base) => {
     const c = closure(base);
     await c.until(() => c.opened, 10000, 'open');
@@ -159,7 +172,7 @@ test('closure: server stop is reported as STOP', async () => {
   });
 });
 
-test('closure: app version reaches the server', async () => {
+test('closure: app version reaches the server', needsBcEcho, async () => {
   await withServer({}, async (base) => {
     const c = closure(base, { appVersion: '321' });
     await c.until(() => c.opened, 10000, 'open');
@@ -211,7 +224,7 @@ test('bcsocket: strings, unicode, JSON values and a 200 KiB message round-trip e
   });
 });
 
-test('bcsocket: server stop gives "Stopped by server" and no reconnect', async () => {
+test('bcsocket: server stop gives "Stopped by server" and no reconnect', needsBcEcho, async () => {
   await withServer({}, async (base) => {
     const c = bcsocket(base, { reconnect: true, reconnectTime: 100 });
     await c.until(() => c.opens === 1, 10000, 'open');
@@ -224,7 +237,7 @@ test('bcsocket: server stop gives "Stopped by server" and no reconnect', async (
   });
 });
 
-test('bcsocket: server close makes a reconnecting socket open a new session', async () => {
+test('bcsocket: server close makes a reconnecting socket open a new session', needsBcEcho, async () => {
   await withServer({}, async (base) => {
     const c = bcsocket(base, { reconnect: true, reconnectTime: 100 });
     await c.until(() => c.opens === 1, 10000, 'open');
@@ -236,7 +249,7 @@ test('bcsocket: server close makes a reconnecting socket open a new session', as
   });
 });
 
-test('bcsocket: stop on connect arrives with the session and prevents reconnects', async () => {
+test('bcsocket: stop on connect arrives with the session and prevents reconnects', needsBcEcho, async () => {
   await withServer({ BC_STOP_ON_CONNECT: '1' }, async (base) => {
     const c = bcsocket(base, { reconnect: true, reconnectTime: 100 });
     await c.until(() => c.closes.length === 1, 10000, 'close');
@@ -248,7 +261,7 @@ test('bcsocket: stop on connect arrives with the session and prevents reconnects
   });
 });
 
-test('bcsocket: close on connect fails the open with "Request failed"', async () => {
+test('bcsocket: close on connect fails the open with "Request failed"', needsBcEcho, async () => {
   await withServer({ BC_CLOSE_ON_CONNECT: '1' }, async (base) => {
     const c = bcsocket(base);
     await c.until(() => c.closes.length === 1, 10000, 'close');
@@ -257,7 +270,7 @@ test('bcsocket: close on connect fails the open with "Request failed"', async ()
   });
 });
 
-test('bcsocket: app version, extra params, affinity token and extra headers reach the server (items 40-42)', async () => {
+test('bcsocket: app version, extra params, affinity token and extra headers reach the server (items 40-42)', needsBcEcho, async () => {
   await withServer({}, async (base) => {
     const c = bcsocket(base, { appVersion: 321, extraParams: { foo: 'bar' }, extraHeaders: { 'x-style': 'Fabulous' } });
     await c.until(() => c.opens === 1, 10000, 'open');
@@ -305,7 +318,7 @@ test('bcsocket: a socket created with prev ghosts the old session (item 106)', a
   });
 });
 
-test('bcsocket: reconnect with failFast against a server that refuses every session (item 107)', async () => {
+test('bcsocket: reconnect with failFast against a server that refuses every session (item 107)', needsBcEcho, async () => {
   await withServer({ BC_CLOSE_ON_CONNECT: '1' }, async (base) => {
     const c = bcsocket(base, { reconnect: true, failFast: true, reconnectTime: 300 });
     await c.until(() => c.closes.length >= 2, 10000, 'two closes');
@@ -317,7 +330,7 @@ test('bcsocket: reconnect with failFast against a server that refuses every sess
   });
 });
 
-test('bcsocket: client close sends terminate; the server closes Disconnected after every earlier map (item 109)', async () => {
+test('bcsocket: client close sends terminate; the server closes Disconnected after every earlier map (item 109)', needsBcEcho, async () => {
   await withServer({}, async (base, server) => {
     const c = bcsocket(base);
     await c.until(() => c.opens === 1, 10000, 'open');

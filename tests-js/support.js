@@ -52,7 +52,7 @@ const BROWSERVER_BIN =
 function startBrowserver(addr = '127.0.0.1:0', args = []) {
   return new Promise((resolve, reject) => {
     const child = spawn(BROWSERVER_BIN, ['--listen', addr, ...args], {
-      stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' },
+      stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: process.env.SERVER_LOG || 'warn' },
     });
     const exited = new Promise((done) => child.once('exit', done));
     let out = '';
@@ -95,4 +95,63 @@ function launchChromium() {
   });
 }
 
-module.exports = { startServer, withServer, startBrowserver, get, launchChromium };
+/** A free loopback port (bound and released). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = require('node:net').createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+/** A throwaway redis-server on a free loopback port; resolves to { url, port, stop }. */
+async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((done) => child.once('exit', done));
+  await new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; if (/Ready to accept connections/.test(out)) resolve(); });
+    child.on('error', (e) => reject(new Error(`redis-server: ${e.message} (scripts/test installs it)`)));
+    child.on('exit', (code) => reject(new Error(`redis-server exited with ${code}`)));
+  });
+  child.stdout.resume();
+  return { url: `redis://127.0.0.1:${port}`, port, stop: () => { child.kill(); return exited; } };
+}
+
+/** Redis, three `browserver` nodes (`args`: e.g. ['echo']) sharing it, and a round-robin
+ * front (`kind`: 'l4' or 'l7'); resolves to { origin, base, ws, nodes, front, redis, stop }. */
+async function startCluster(kind, args = []) {
+  const { startFront } = require('./front');
+  const redis = await startRedis();
+  const nodes = [];
+  try {
+    for (const id of ['n1', 'n2', 'n3']) {
+      nodes.push(await startBrowserver('127.0.0.1:0', ['--redis', redis.url, '--node-id', id, '--cluster-ttl', '3s', ...args]));
+    }
+  } catch (e) {
+    await Promise.all(nodes.map((n) => n.stop()));
+    await redis.stop();
+    throw e;
+  }
+  const front = await startFront(kind, nodes.map((n) => n.port));
+  const origin = `http://127.0.0.1:${front.port}`;
+  return {
+    origin, base: `${origin}/channel`, ws: `ws://127.0.0.1:${front.port}/ws`, nodes, front, redis,
+    stop: async () => { front.close(); await Promise.all(nodes.map((n) => n.stop())); await redis.stop(); },
+  };
+}
+
+/** Like withServer, on an echo cluster behind a round-robin front (INTEROP_CLUSTER=l4|l7). */
+async function withCluster(kind, body, args = []) {
+  const cluster = await startCluster(kind, ['echo', ...args]);
+  try {
+    await body(cluster.base, cluster);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+module.exports = { startServer, withServer, startBrowserver, get, launchChromium, startRedis, startCluster, withCluster };

@@ -779,18 +779,24 @@ impl Browserver {
                 cluster::Holder::Here | cluster::Holder::Nobody => Err(req),
             };
         }
+        // The secret a request acts with: a WebSocket resume token, a BrowserChannel SID, or
+        // the OSID of a new session replacing an old one (created beside the old one, which
+        // it ends).
         let path = req.uri().path();
-        let param = if path == shared.config.ws_path {
-            "resume"
+        let params: &[&str] = if path == shared.config.ws_path {
+            &["resume"]
         } else if shared.bc.owns(path) {
-            "SID"
+            &["SID", "OSID"]
         } else {
             return Err(req);
         };
-        let secret = form_pairs(req.uri().query().unwrap_or(""))
-            .into_iter()
-            .find(|(k, _)| k == param)
-            .map(|(_, v)| v);
+        let query = form_pairs(req.uri().query().unwrap_or(""));
+        let secret = params.iter().find_map(|p| {
+            query
+                .iter()
+                .find(|(k, v)| k == p && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        });
         if let Some(secret) = secret
             && let browserver_core::cluster::Route::Node { node, epoch } =
                 browserver_core::cluster::route(cluster.tag(), &secret)
