@@ -35,8 +35,17 @@ pub(crate) const EVICT_PATH: &str = "/_browserver/cluster/evict";
 /// Most connections the internal listener holds at once (each HTTP/2 one multiplexes many
 /// requests; each upgraded one is one WebSocket).
 pub const MAX_INTERNAL_CONNECTIONS: usize = 4096;
-/// Most requests at once on one HTTP/2 connection between nodes.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Most requests at once on one HTTP/2 connection between nodes (a BrowserChannel back
+/// channel held elsewhere keeps one open for as long as it hangs).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16_384;
+/// Bytes one request (or answer) may have in flight between two nodes before its reader
+/// takes them: HTTP/2's per-stream window. It bounds what a stalled request holds.
+pub const STREAM_WINDOW: u32 = 256 << 10;
+/// HTTP/2's connection-wide window, at its maximum: only the per-stream windows bound the
+/// hop. A smaller one would let stalled streams (a visitor's upload waiting for its client's
+/// window) hold the whole connection, and with it the requests that would unstall them (that
+/// client's own acknowledgements): a deadlock.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// A node must accept a hop's connection within this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request head from another node must arrive within this long.
@@ -82,7 +91,8 @@ impl Hops {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(10))
             .http2_keep_alive_while_idle(true)
-            .http2_adaptive_window(true)
+            .http2_initial_stream_window_size(STREAM_WINDOW)
+            .http2_initial_connection_window_size(CONNECTION_WINDOW)
             .build(connector);
         Hops {
             h2,
@@ -313,7 +323,8 @@ pub(crate) async fn serve_internal(
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .keep_alive_interval(Some(Duration::from_secs(20)))
-                .adaptive_window(true);
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW);
             let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;

@@ -111,3 +111,62 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
 }
+
+/// `browserver expose` as a process.
+pub struct Expose {
+    pub child: tokio::process::Child,
+    pub lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Expose {
+    pub fn spawn(args: &[&str]) -> Expose {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserver"))
+            .arg("expose")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn expose");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Expose { child, lines }
+    }
+
+    /// The public URL of the first `forwarding PUBLIC -> LOCAL` line.
+    pub async fn public(&mut self) -> String {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a forwarding line in time")
+            .expect("stdout");
+        let Some(line) = line else {
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut err).await;
+            }
+            panic!("expose ended without a forwarding line: {err}");
+        };
+        let rest = line
+            .strip_prefix("forwarding ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        rest.split_once(" -> ")
+            .expect("public -> local")
+            .0
+            .to_string()
+    }
+
+    /// Waits for the process to exit; its status and stderr.
+    pub async fn exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = e.read_to_string(&mut err).await;
+        }
+        (status, err)
+    }
+}

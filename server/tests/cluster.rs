@@ -1,0 +1,595 @@
+//! Several nodes on one Redis, against the real binary and a real `redis-server` on loopback
+//! (scripts/test installs it): three nodes behind a round-robin front without stickiness
+//! (each TCP connection to the next node). Hosts on different nodes are reachable through
+//! every node, bodies and WebSocket upgrades included; a WebSocket session resumes through
+//! whichever node its new connection lands on; killing a node drops only its clients, which
+//! come back through the others; a Redis restart is repaired by the heartbeats; the internal
+//! listener refuses strangers.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Expose, Server, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The registry's time to live in these tests (heartbeats every second).
+const TTL: &str = "3s";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A throwaway `redis-server` on a loopback port, without persistence.
+struct Redis {
+    port: u16,
+    child: tokio::process::Child,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        Redis::on(free_port()).await
+    }
+
+    async fn on(port: u16) -> Redis {
+        let mut child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (scripts/test installs it from apt)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("stdout") {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server ended");
+        })
+        .await
+        .expect("redis-server starts in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Redis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+
+    /// The node registered as holding `name`.
+    async fn holder(&self, name: &str) -> Option<String> {
+        let mut c = self.connection().await;
+        redis::cmd("GET")
+            .arg(format!("browserver:name:{name}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET")
+    }
+
+    /// Stops it and starts an empty one on the same port.
+    async fn restart(mut self) -> Redis {
+        let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+        Redis::on(self.port).await
+    }
+}
+
+/// A node of the cluster: the proxy (or `extra`, e.g. `echo`) on `redis`, with its internal
+/// listener on a known port.
+async fn node(redis: &Redis, id: &str, extra: &[&str]) -> (Server, SocketAddr) {
+    let internal = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (url, listen) = (redis.url(), internal.to_string());
+    let mut args = extra.to_vec();
+    args.extend([
+        "--redis",
+        &url,
+        "--node-id",
+        id,
+        "--cluster-ttl",
+        TTL,
+        "--cluster-listen",
+        &listen,
+    ]);
+    (Server::start(&args).await, internal)
+}
+
+/// A round-robin TCP front without stickiness: each connection to the next node that
+/// accepts. `cut` drops every connection it carries.
+struct Front {
+    addr: SocketAddr,
+    pipes: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Front {
+    async fn start(backends: Vec<SocketAddr>) -> Front {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pipes: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let held = pipes.clone();
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut upstream = None;
+                for _ in 0..backends.len() {
+                    let backend = backends[next % backends.len()];
+                    next += 1;
+                    if let Ok(s) = tokio::net::TcpStream::connect(backend).await {
+                        upstream = Some(s);
+                        break;
+                    }
+                }
+                let Some(mut upstream) = upstream else {
+                    continue;
+                };
+                let pipe = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+                held.lock().expect("lock").push(pipe.abort_handle());
+            }
+        });
+        Front { addr, pipes }
+    }
+
+    fn cut(&self) {
+        for pipe in self.pipes.lock().expect("lock").drain(..) {
+            pipe.abort();
+        }
+    }
+}
+
+/// A local server: `GET` → `<tag> GET <path> xff=<x-forwarded-for>`; `POST` → the body back;
+/// a WebSocket upgrade → an echo of every message prefixed with the tag.
+async fn local_server(tag: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| async move {
+                        if req.headers().contains_key(http::header::UPGRADE) {
+                            let key = req
+                                .headers()
+                                .get("sec-websocket-key")
+                                .cloned()
+                                .expect("key");
+                            let upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let Ok(io) = upgrade.await else { return };
+                                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                                    TokioIo::new(io),
+                                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                                    None,
+                                )
+                                .await;
+                                while let Some(Ok(m)) = ws.next().await {
+                                    if let Ok(text) = m.to_text() {
+                                        let reply = format!("{tag} {text}");
+                                        if ws.send(reply.into()).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                            });
+                            let accept =
+                                tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                                    key.as_bytes(),
+                                );
+                            let response = http::Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "websocket")
+                                .header("sec-websocket-accept", accept)
+                                .body(Full::new(Bytes::new()))
+                                .expect("response");
+                            return Ok::<_, Infallible>(response);
+                        }
+                        let xff = req
+                            .headers()
+                            .get("x-forwarded-for")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        let head = format!("{tag} {} {} xff={xff}", req.method(), req.uri());
+                        let body = if req.method() == http::Method::POST {
+                            req.into_body().collect().await.expect("body").to_bytes()
+                        } else {
+                            Bytes::from(head)
+                        };
+                        Ok(http::Response::new(Full::new(body)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One request with `Host: host` to `addr`: status and body.
+async fn request(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, Bytes) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = tokio::time::timeout(
+        WAIT,
+        sender.send_request(req.body(Full::new(body)).expect("request")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{method} {host}{path} via {addr}: answered in time"))
+    .expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let (status, body) = request(addr, host, "GET", path, &[], Bytes::new()).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Retries `get` until it answers 200 (a client reconnecting, a registry being rewritten).
+async fn eventually_ok(addr: SocketAddr, host: &str, path: &str, within: Duration) -> String {
+    let start = tokio::time::Instant::now();
+    loop {
+        let (status, body) = get(addr, host, path).await;
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{host}{path} via {addr}: still {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The name in a public URL `http://NAME.localhost:PORT`.
+fn name_of(public: &str) -> String {
+    public
+        .trim_start_matches("http://")
+        .split('.')
+        .next()
+        .expect("name")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_on_different_nodes_are_reachable_through_every_node() {
+    let redis = Redis::start().await;
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        nodes.push(node(&redis, id, &[]).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|(n, _)| n.addr).collect();
+    let (a, b) = (local_server("a").await, local_server("b").await);
+    // One host over WebSocket on n1, one over BrowserChannel through the front: its requests
+    // land on every node, each on the next.
+    let front = Front::start(addrs.clone()).await;
+    let mut ws_host = Expose::spawn(&[
+        &format!("http://{a}"),
+        "--server",
+        &format!("ws://{}", addrs[0]),
+        "--transport",
+        "websocket",
+    ]);
+    let mut bc_host = Expose::spawn(&[
+        &format!("http://{b}"),
+        "--server",
+        &format!("http://{}", front.addr),
+        "--transport",
+        "browserchannel",
+    ]);
+    let (ws_name, bc_name) = (
+        name_of(&ws_host.public().await),
+        name_of(&bc_host.public().await),
+    );
+    assert_eq!(redis.holder(&ws_name).await.as_deref(), Some("n1"));
+    assert!(redis.holder(&bc_name).await.is_some());
+    for addr in &addrs {
+        for (name, tag) in [(&ws_name, "a"), (&bc_name, "b")] {
+            let host = format!("{name}.localhost");
+            let (status, body) = get(*addr, &host, "/x?q=1").await;
+            assert_eq!(status, 200, "{host} via {addr}: {body}");
+            // The visitor's address, not a node's, reaches the client.
+            assert_eq!(body, format!("{tag} GET /x?q=1 xff=127.0.0.1"));
+            // A 2 MiB body both ways, byte for byte, through a node that does not hold it.
+            let big: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+            let (status, echoed) =
+                request(*addr, &host, "POST", "/echo", &[], Bytes::from(big.clone())).await;
+            assert_eq!(status, 200);
+            assert!(echoed == big, "the body came back changed via {addr}");
+        }
+    }
+    // A visitor's WebSocket to the client on n1, through n3: upgraded and piped.
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{ws_name}.localhost/socket"),
+        tokio::net::TcpStream::connect(addrs[2])
+            .await
+            .expect("connect"),
+    )
+    .await
+    .expect("the upgrade goes through n3 to the client on n1");
+    ws.send("hello".into()).await.expect("send");
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("in time")
+        .expect("a reply")
+        .expect("ok");
+    assert_eq!(reply.to_text().expect("text"), "a hello");
+    // An unknown name is unknown everywhere.
+    for addr in &addrs {
+        let (status, _) = get(*addr, "nobody.localhost", "/").await;
+        assert_eq!(status, 504);
+    }
+    for (n, _) in &nodes {
+        n.assert_healthy();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_session_resumes_through_whichever_node_its_connection_reaches() {
+    let redis = Redis::start().await;
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        nodes.push(node(&redis, id, &["echo"]).await);
+    }
+    let front = Front::start(nodes.iter().map(|(n, _)| n.addr).collect()).await;
+    let client = browserver_client::connect(
+        &format!("ws://{}/ws", front.addr),
+        browserver_client::Options {
+            transport: browserver_client::Transport::WebSocket,
+            ..Default::default()
+        },
+    );
+    let session = loop {
+        match tokio::time::timeout(WAIT, client.next_event())
+            .await
+            .expect("events")
+        {
+            Some(browserver_client::Event::Open { session_id, .. }) => break session_id,
+            Some(_) => {}
+            None => panic!("client ended"),
+        }
+    };
+    assert!(
+        session.starts_with("n1-"),
+        "{session}: made by the first node"
+    );
+    let mut echoed = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            drop(client.send(&(round * 20 + i)));
+        }
+        while echoed.len() < (round + 1) * 20 {
+            match tokio::time::timeout(WAIT, client.next_event())
+                .await
+                .expect("echoes")
+            {
+                Some(browserver_client::Event::Message(v)) => echoed.push(v),
+                Some(browserver_client::Event::Open { session_id, .. }) => {
+                    assert_eq!(session_id, session, "resumed, not a new session");
+                }
+                Some(browserver_client::Event::Close { reason, .. }) => {
+                    panic!("the session ended: {reason:?}")
+                }
+                Some(_) => {}
+                None => panic!("client ended"),
+            }
+        }
+        // Every connection dropped: the client resumes through the front, on the next node.
+        front.cut();
+    }
+    let expected: Vec<serde_json::Value> = (0..60).map(|i| serde_json::json!(i)).collect();
+    assert_eq!(echoed, expected, "every message once, in order");
+    for (n, _) in &nodes {
+        n.assert_healthy();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_drops_only_its_clients_and_a_redis_restart_is_repaired() {
+    let redis = Redis::start().await;
+    let tokens =
+        std::env::temp_dir().join(format!("browserver-cluster-{}.toml", std::process::id()));
+    std::fs::write(
+        &tokens,
+        "[names]\nalice = \"alice-token-0123456789\"\nbob = \"bob-token-0123456789ab\"\n",
+    )
+    .expect("tokens");
+    let tokens_arg = tokens.to_string_lossy().into_owned();
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        nodes.push(node(&redis, id, &["--tokens", &tokens_arg]).await);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|(n, _)| n.addr).collect();
+    let front = Front::start(addrs.clone()).await;
+    let (a, b) = (local_server("a").await, local_server("b").await);
+    // alice through the front (its first connection: n1), bob straight to n2.
+    let mut alice = Expose::spawn(&[
+        &format!("http://{a}"),
+        "--server",
+        &format!("ws://{}", front.addr),
+        "--transport",
+        "websocket",
+        "--name",
+        "alice",
+        "--token",
+        "alice-token-0123456789",
+    ]);
+    alice.public().await;
+    let mut bob = Expose::spawn(&[
+        &format!("http://{b}"),
+        "--server",
+        &format!("ws://{}", addrs[1]),
+        "--transport",
+        "websocket",
+        "--name",
+        "bob",
+        "--token",
+        "bob-token-0123456789ab",
+    ]);
+    bob.public().await;
+    assert_eq!(redis.holder("alice").await.as_deref(), Some("n1"));
+    assert_eq!(redis.holder("bob").await.as_deref(), Some("n2"));
+    eventually_ok(addrs[2], "alice.localhost", "/", WAIT).await;
+
+    // n1 dies without a word.
+    let (mut n1, _) = nodes.remove(0);
+    n1.child.start_kill().expect("kill");
+    let _ = n1.child.wait().await;
+    // bob never noticed: answered through n3 at once, and still its first connection.
+    let (status, body) = get(addrs[2], "bob.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (200, "b GET / xff=127.0.0.1"));
+    // alice reconnects through the front to a live node; its reserved name moves at once.
+    let body = eventually_ok(addrs[2], "alice.localhost", "/", Duration::from_secs(20)).await;
+    assert_eq!(body, "a GET / xff=127.0.0.1");
+    let holder = redis.holder("alice").await;
+    assert!(
+        matches!(holder.as_deref(), Some("n2" | "n3")),
+        "alice is held by {holder:?}"
+    );
+    eventually_ok(addrs[1], "alice.localhost", "/", WAIT).await;
+    let mut bob_said = Vec::new();
+    while let Some(Ok(Some(line))) = bob.lines.next_line().now_or_never() {
+        bob_said.push(line);
+    }
+    assert!(
+        !bob_said.iter().any(|l| l.starts_with("forwarding")),
+        "bob did not reconnect: {bob_said:?}"
+    );
+
+    // Redis restarts empty: the heartbeats write the registry again within a beat or two.
+    let redis = redis.restart().await;
+    assert_eq!(redis.holder("bob").await, None);
+    let start = tokio::time::Instant::now();
+    while redis.holder("bob").await.is_none() || redis.holder("alice").await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the registry was not rewritten"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis.holder("bob").await.as_deref(), Some("n2"));
+    let (status, _) = get(addrs[2], "bob.localhost", "/").await;
+    assert_eq!(status, 200);
+    eventually_ok(addrs[1], "alice.localhost", "/", WAIT).await;
+    eventually_ok(addrs[2], "alice.localhost", "/", WAIT).await;
+    for (n, _) in &nodes {
+        n.assert_healthy();
+    }
+    let _ = std::fs::remove_file(&tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_listener_refuses_strangers_and_visitors_cannot_pose_as_a_node() {
+    let redis = Redis::start().await;
+    let (n1, internal1) = node(&redis, "n1", &[]).await;
+    let (n2, _) = node(&redis, "n2", &[]).await;
+    let a = local_server("a").await;
+    let mut host = Expose::spawn(&[
+        &format!("http://{a}"),
+        "--server",
+        &format!("ws://{}", n1.addr),
+        "--transport",
+        "websocket",
+    ]);
+    let name = name_of(&host.public().await);
+    let hostname = format!("{name}.localhost");
+    // Straight to n1's internal listener: no key, a wrong key → 403, nothing reaches the client.
+    for headers in [
+        vec![],
+        vec![("x-browserver-hop-key", "not-the-key")],
+        vec![("x-browserver-hop-key", "")],
+    ] {
+        let (status, body) =
+            request(internal1, &hostname, "GET", "/", &headers, Bytes::new()).await;
+        assert_eq!(status, 403, "{headers:?}: {body:?}");
+    }
+    // Through n2 with a visitor's own hop headers: they are replaced, the client sees the
+    // visitor's real address.
+    let (status, body) = request(
+        n2.addr,
+        &hostname,
+        "GET",
+        "/",
+        &[
+            ("x-browserver-hop-key", "guess"),
+            ("x-browserver-hop-client", "203.0.113.9:1"),
+            ("x-browserver-hop-host", "other.localhost"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, "a GET / xff=127.0.0.1")
+    );
+    n1.assert_healthy();
+    n2.assert_healthy();
+}
+
+/// `FutureExt::now_or_never` for a line read: what is already there.
+trait NowOrNever: std::future::Future + Sized {
+    fn now_or_never(self) -> Option<Self::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut fut = std::pin::pin!(self);
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
+
+impl<F: std::future::Future> NowOrNever for F {}
