@@ -72,7 +72,7 @@ async fn gets_to_an_unknown_client_count_as_errors() {
     let addr = server(browserver_server::Mode::Proxy).await;
     let summary = tokio::time::timeout(
         Duration::from_secs(20),
-        load::http::run_gets(addr, vec!["nobody.localhost".into()], "/", 2, 0.5),
+        load::http::run_gets(&[addr], vec!["nobody.localhost".into()], "/", 2, 0.5),
     )
     .await
     .expect("bounded");
@@ -103,7 +103,7 @@ async fn gets_through_the_proxy_reach_a_client_host() {
         .ok()
         .flatten()
         .expect("the host connects");
-    let summary = load::http::run_gets(addr, vec![name], "/", 4, 1.0).await;
+    let summary = load::http::run_gets(&[addr], vec![name], "/", 4, 1.0).await;
     assert!(summary["requests"].as_u64() > Some(50), "{summary}");
     assert_eq!(summary["errors"], 0, "{summary}");
 }

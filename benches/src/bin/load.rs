@@ -83,9 +83,13 @@ enum Command {
     },
     /// GETs through a browserver proxy to client hosts connected to it.
     Proxy {
-        /// The proxy's origin.
-        #[arg(long, default_value = "http://127.0.0.1:3572")]
-        url: String,
+        /// The proxy's origin; several (comma-separated nodes of a cluster): the hosts
+        /// connect to them in turn.
+        #[arg(long, default_value = "http://127.0.0.1:3572", value_delimiter = ',')]
+        url: Vec<String>,
+        /// Where the GETs go, each connection to the next (default: --url).
+        #[arg(long, value_delimiter = ',')]
+        via: Vec<String>,
         /// Client hosts to connect (requests go round-robin to them).
         #[arg(long, default_value_t = 10)]
         hosts: usize,
@@ -191,43 +195,48 @@ async fn run(command: Command) -> Result<serde_json::Value, String> {
         }
         Command::Proxy {
             url,
+            via,
             hosts,
             host_transport,
             connections,
             seconds,
         } => {
-            let (addr, _) = load::http::loopback(&url)?;
-            let origin = url.trim_end_matches('/');
-            let (transport, channel) = match host_transport {
-                HostTransport::Websocket => (
-                    Transport::WebSocket,
-                    format!("{}/ws", origin.replacen("http", "ws", 1)),
-                ),
-                HostTransport::Browserchannel => {
-                    (Transport::BrowserChannel, format!("{origin}/channel"))
-                }
-            };
-            let running: Vec<_> = (0..hosts)
-                .map(|_| {
-                    host::serve(
-                        &channel,
-                        Options {
-                            transport,
-                            ..Options::default()
-                        },
-                        tower::service_fn(hello),
-                    )
-                })
-                .collect();
+            let mut running = Vec::new();
+            for k in 0..hosts {
+                let origin = url[k % url.len()].trim_end_matches('/');
+                load::http::loopback(origin)?;
+                let (transport, channel) = match host_transport {
+                    HostTransport::Websocket => (
+                        Transport::WebSocket,
+                        format!("{}/ws", origin.replacen("http", "ws", 1)),
+                    ),
+                    HostTransport::Browserchannel => {
+                        (Transport::BrowserChannel, format!("{origin}/channel"))
+                    }
+                };
+                let options = Options {
+                    transport,
+                    ..Options::default()
+                };
+                running.push((
+                    channel.clone(),
+                    host::serve(&channel, options, tower::service_fn(hello)),
+                ));
+            }
             let mut names = Vec::new();
-            for h in &running {
+            for (channel, h) in &running {
                 match tokio::time::timeout(Duration::from_secs(10), h.hostname()).await {
                     Ok(Some(name)) => names.push(name),
                     _ => return Err(format!("a host did not connect to {channel}")),
                 }
             }
+            let via = if via.is_empty() { url } else { via };
+            let mut addrs = Vec::new();
+            for v in &via {
+                addrs.push(load::http::loopback(v)?.0);
+            }
             eprintln!("ready {}", names.len());
-            let mut summary = load::http::run_gets(addr, names, "/", connections, seconds).await;
+            let mut summary = load::http::run_gets(&addrs, names, "/", connections, seconds).await;
             summary["host_transport"] = host_transport
                 .to_possible_value()
                 .map_or(String::new(), |v| v.get_name().to_string())
@@ -242,7 +251,7 @@ async fn run(command: Command) -> Result<serde_json::Value, String> {
         } => {
             let (addr, path) = load::http::loopback(&url)?;
             let host = host.unwrap_or_else(|| addr.to_string());
-            Ok(load::http::run_gets(addr, vec![host], &path, connections, seconds).await)
+            Ok(load::http::run_gets(&[addr], vec![host], &path, connections, seconds).await)
         }
         Command::Transfer {
             url,

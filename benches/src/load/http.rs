@@ -126,7 +126,7 @@ pub async fn get_loop(
 
 /// Runs `connections` GET loops for `seconds` and sums up as JSON.
 pub async fn run_gets(
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     hosts: Vec<String>,
     path: &str,
     connections: usize,
@@ -138,7 +138,7 @@ pub async fn run_gets(
     let tasks: Vec<_> = (0..connections)
         .map(|k| {
             tokio::spawn(get_loop(
-                addr,
+                addrs[k % addrs.len()],
                 hosts.clone(),
                 k,
                 path.to_string(),
