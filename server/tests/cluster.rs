@@ -307,10 +307,13 @@ fn name_of(public: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_on_different_nodes_are_reachable_through_every_node() {
     let redis = Redis::start().await;
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics_arg = metrics.to_string();
     let mut nodes = Vec::new();
-    for id in ["n1", "n2", "n3"] {
+    for id in ["n1", "n2"] {
         nodes.push(node(&redis, id, &[]).await);
     }
+    nodes.push(node(&redis, "n3", &["--metrics-listen", &metrics_arg]).await);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|(n, _)| n.addr).collect();
     let (a, b) = (local_server("a").await, local_server("b").await);
     // One host over WebSocket on n1, one over BrowserChannel through the front: its requests
@@ -367,6 +370,27 @@ async fn hosts_on_different_nodes_are_reachable_through_every_node() {
         .expect("a reply")
         .expect("ok");
     assert_eq!(reply.to_text().expect("text"), "a hello");
+    // Every request above through n3 to a host held elsewhere hopped: a's three (GET, POST,
+    // the upgrade), and b's two unless b is on n3.
+    let (status, scrape) = get(metrics, "localhost", "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |series: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{scrape}"))
+    };
+    let b_on_n3 = redis.holder(&bc_name).await.as_deref() == Some("n3");
+    let hopped = if b_on_n3 { 3.0 } else { 5.0 };
+    assert!(
+        value("browserver_cluster_hops_total{outcome=\"ok\"}") >= hopped,
+        "{scrape}"
+    );
+    assert_eq!(
+        value("browserver_cluster_hops_total{outcome=\"failed\"}"),
+        0.0
+    );
+    assert!(value("browserver_cluster_redis_commands_total") >= 1.0);
     // An unknown name is unknown everywhere.
     for addr in &addrs {
         let (status, _) = get(*addr, "nobody.localhost", "/").await;

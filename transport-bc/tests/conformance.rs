@@ -1312,3 +1312,23 @@ async fn json_values_round_trip_exactly_as_the_client_wrote_them_numbers_include
     let expected = written.replace('é', "\\u00e9");
     assert!(data.contains(&format!("[1,{expected}]")), "{data}");
 }
+
+#[tokio::test]
+async fn a_node_of_a_cluster_names_itself_in_every_sid() {
+    let tag = browserver_core::cluster::NodeTag::new("n7", "e1").expect("tag");
+    let mut s = common::start(browserver_transport_bc::Options {
+        node: Some(tag),
+        ..browserver_transport_bc::Options::default()
+    })
+    .await;
+    let (session, body) = s.connect().await;
+    assert!(session.id().starts_with("n7-e1-"), "{}", session.id());
+    assert!(
+        body.contains(session.id()),
+        "the client gets it as its SID: {body}"
+    );
+    assert_eq!(
+        browserver_core::cluster::owner_of(session.id()),
+        Some(("n7", "e1"))
+    );
+}

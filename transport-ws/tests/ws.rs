@@ -487,3 +487,28 @@ async fn an_application_that_reads_keeps_its_session_however_much_arrives() {
         .expect("task");
     assert_eq!((read, reason), (100_000, None));
 }
+
+#[tokio::test]
+async fn a_node_of_a_cluster_names_itself_in_every_session_secret() {
+    let tag = browserver_core::cluster::NodeTag::new("n7", "e1").expect("tag");
+    let (url, _, mut sessions) = start(Options {
+        node: Some(tag),
+        ..Options::default()
+    })
+    .await;
+    let mut c = session_client(&url).await;
+    let s = accept(&mut sessions).await;
+    assert!(s.id().starts_with("n7-e1-"), "{}", s.id());
+    match next_frame(&mut c).await {
+        Frame::Hello {
+            token: Some(token), ..
+        } => {
+            assert_eq!(
+                browserver_core::cluster::owner_of(&token),
+                Some(("n7", "e1")),
+                "the resume token routes to its node"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -27,7 +27,7 @@ use redis::aio::ConnectionManager;
 pub mod hop;
 
 /// Where the registry lives and how this node is reached.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// `redis://HOST:PORT` (or `rediss://`, `redis://:PASSWORD@HOST:PORT/DB`).
     pub redis: String,
@@ -43,6 +43,30 @@ pub struct ClusterConfig {
     /// How long a node's and a name's registry keys live without a heartbeat (default 15 s;
     /// heartbeats come every third of it). A dead node's names come free after it.
     pub ttl: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &redacted(&self.redis))
+            .field("node_id", &self.node_id)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// The Redis URL without its password (for logs).
+fn redacted(redis: &str) -> String {
+    match url::Url::parse(redis) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("…"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "(unparsable)".into(),
+    }
 }
 
 impl ClusterConfig {
@@ -638,6 +662,15 @@ mod tests {
         ] {
             assert!(advertised_address(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_redis_password_never_shows() {
+        let config = ClusterConfig::new("redis://:s3cret@10.0.0.9:6379/2");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("10.0.0.9:6379"), "{shown}");
+        assert!(!format!("{:?}", ClusterConfig::new("not a url")).contains("not a url"));
     }
 
     #[test]
