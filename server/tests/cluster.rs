@@ -88,11 +88,11 @@ impl Redis {
             .expect("GET")
     }
 
-    /// Stops it and starts an empty one on the same port.
-    async fn restart(mut self) -> Redis {
+    /// Stops it; `on(port)` starts an empty one again.
+    async fn stop(mut self) -> u16 {
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
-        Redis::on(self.port).await
+        self.port
     }
 }
 
@@ -533,8 +533,21 @@ async fn killing_a_node_drops_only_its_clients_and_a_redis_restart_is_repaired()
         "bob did not reconnect: {bob_said:?}"
     );
 
+    // Redis goes away: what was looked up before keeps working; a name never looked up on
+    // this node cannot be found, and says so (503, retry).
+    let port = redis.stop().await;
+    let (status, _) = get(addrs[2], "bob.localhost", "/").await;
+    assert_eq!(status, 200, "bob, looked up before, through n3");
+    let started = tokio::time::Instant::now();
+    let (status, body) = get(addrs[2], "nobody.localhost", "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("registry"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered without a long wait"
+    );
     // Redis restarts empty: the heartbeats write the registry again within a beat or two.
-    let redis = redis.restart().await;
+    let redis = Redis::on(port).await;
     assert_eq!(redis.holder("bob").await, None);
     let start = tokio::time::Instant::now();
     while redis.holder("bob").await.is_none() || redis.holder("alice").await.is_none() {

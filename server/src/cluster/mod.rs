@@ -259,8 +259,10 @@ impl Cluster {
         };
         let client = redis::Client::open(config.redis.as_str())?;
         let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
+            // Redis is on the local network: a lookup that waits longer than this while it
+            // is away holds a visitor for nothing (the request gets 503 instead).
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let mut redis = client.get_connection_manager_with_config(manager).await?;
@@ -301,7 +303,13 @@ impl Cluster {
                 },
             }),
         };
-        cluster.register_node().await?;
+        if let Some(previous) = cluster.register_node().await? {
+            tracing::warn!(
+                node = cluster.inner.tag.node(),
+                previous = %previous,
+                "replaced the entry of an earlier start with this node id (if that node still runs, give each node its own --node-id)"
+            );
+        }
         tracing::info!(
             node = cluster.inner.tag.node(),
             epoch = cluster.inner.tag.epoch(),
@@ -355,37 +363,47 @@ impl Cluster {
         });
     }
 
-    async fn register_node(&self) -> Result<(), redis::RedisError> {
+    /// Writes this node's entry (and the cluster's key, if Redis lost it); the entry it
+    /// replaced, if it was not this start's own.
+    async fn register_node(&self) -> Result<Option<String>, redis::RedisError> {
         let mut redis = self.inner.redis.clone();
-        counted(
+        let ours = format!("{} {}", self.inner.tag.epoch(), self.inner.advertise);
+        let (previous,): (Option<String>,) = counted(
             2,
             redis::pipe()
                 .cmd("SET")
                 .arg(format!("{NODE}{}", self.inner.tag.node()))
-                .arg(format!(
-                    "{} {}",
-                    self.inner.tag.epoch(),
-                    self.inner.advertise
-                ))
+                .arg(&ours)
                 .arg("PX")
                 .arg(millis(self.inner.ttl))
-                .ignore()
+                .arg("GET")
                 .cmd("SET")
                 .arg(KEY)
                 .arg(&self.inner.key)
                 .arg("NX")
                 .ignore()
-                .query_async::<()>(&mut redis)
+                .query_async(&mut redis)
                 .await,
-        )
+        )?;
+        Ok(previous.filter(|p| *p != ours))
     }
 
     /// One heartbeat: this node's entry, then its names; names another node took are
     /// evicted here.
     async fn beat(&self, proxy: &browserver_transport_http::Proxy) {
-        if let Err(e) = self.register_node().await {
-            tracing::warn!(error = %e, "heartbeat: cannot reach Redis");
-            return;
+        match self.register_node().await {
+            Ok(None) => {}
+            // Another process rewrote our entry since the last beat: two nodes share an id,
+            // and requests for each go astray half the time.
+            Ok(Some(other)) => tracing::error!(
+                node = self.inner.tag.node(),
+                other = %other,
+                "another running node uses this node id: give each node its own --node-id"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat: cannot reach Redis");
+                return;
+            }
         }
         let names: Vec<String> = lock(&self.inner.claimed).iter().cloned().collect();
         for batch in names.chunks(BEAT_BATCH) {
