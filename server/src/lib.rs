@@ -842,6 +842,23 @@ impl Browserver {
         }
     }
 
+    /// Whether `req`'s body passes through without being held here: a client that speaks
+    /// streams takes it as it arrives (its stream's window bounds it), and a client on
+    /// another node gets it over the hop (HTTP/2's window bounds it). Other bodies count
+    /// against the read budget.
+    fn passes_body_through<B>(&self, req: &http::Request<B>) -> bool {
+        let shared = &*self.shared;
+        if shared.mode != Mode::Proxy {
+            return false;
+        }
+        match shared.proxy.client_of(req) {
+            Some(name) if shared.proxy.holds(&name) => shared.proxy.streams_to(req),
+            // Forwarded to the node that holds it, or refused unread.
+            Some(_) => shared.cluster.is_some(),
+            None => false,
+        }
+    }
+
     /// A request for client `name`: proxied, and recorded (log line, metrics, inspector) once
     /// its answer is written.
     async fn proxied<B>(&self, name: String, req: http::Request<B>) -> http::Response<Body>
@@ -1153,8 +1170,7 @@ async fn serve_connection<I>(
             let limits = &server.limits;
             // A body streamed to a client is not held here (its stream's window bounds it):
             // only bodies read whole count against the read budget.
-            let streamed = server.browserver.shared.mode == Mode::Proxy
-                && server.browserver.shared.proxy.streams_to(&req);
+            let streamed = server.browserver.passes_body_through(&req);
             let budget = (!streamed).then_some(&server.read_budget);
             let mut req = req.map(|body| {
                 conn::RequestBody::new(body, limits.body_min_rate, limits.body_grace, budget)

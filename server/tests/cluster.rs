@@ -571,8 +571,10 @@ async fn killing_a_node_drops_only_its_clients_and_a_redis_restart_is_repaired()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_listener_refuses_strangers_and_visitors_cannot_pose_as_a_node() {
     let redis = Redis::start().await;
-    let (n1, internal1) = node(&redis, "n1", &[]).await;
-    let (n2, _) = node(&redis, "n2", &[]).await;
+    // A small read budget: bodies that pass through a node must not count against it.
+    let budget = ["--max-in-flight-body-bytes", "1048576"];
+    let (n1, internal1) = node(&redis, "n1", &budget).await;
+    let (n2, _) = node(&redis, "n2", &budget).await;
     let a = local_server("a").await;
     let mut host = Expose::spawn(&[
         &format!("http://{a}"),
@@ -612,6 +614,19 @@ async fn the_internal_listener_refuses_strangers_and_visitors_cannot_pose_as_a_n
         (status, String::from_utf8_lossy(&body).as_ref()),
         (200, "a GET / xff=127.0.0.1")
     );
+    // An upload four times n2's read budget streams through it to the client on n1.
+    let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+    let (status, echoed) = request(
+        n2.addr,
+        &hostname,
+        "POST",
+        "/echo",
+        &[],
+        Bytes::from(big.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&echoed));
+    assert!(echoed == big, "the upload came back changed");
     n1.assert_healthy();
     n2.assert_healthy();
 }

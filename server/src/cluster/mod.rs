@@ -454,7 +454,7 @@ impl Cluster {
             // `SET … NX` answers OK when it set, nil when the key exists.
             Ok(None) if !reserved => return Err(ClaimError::Taken),
             Ok(Some(previous)) if reserved && previous != me => {
-                self.inner.names.lock().map(|mut c| c.forget(name)).ok();
+                lock(&self.inner.names).forget(name);
                 let cluster = self.clone();
                 let name = name.to_string();
                 tokio::spawn(async move { cluster.tell_to_evict(&previous, &name).await });
