@@ -245,32 +245,8 @@ async fn request(
     body: Bytes,
 ) -> (u16, Bytes) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let response = tokio::time::timeout(
-        WAIT,
-        sender.send_request(req.body(Full::new(body)).expect("request")),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{method} {host}{path} via {addr}: answered in time"))
-    .expect("response");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
+    let r = common::request_over(tcp, host, method, path, headers, body, WAIT).await;
+    (r.status().as_u16(), r.into_body())
 }
 
 async fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {

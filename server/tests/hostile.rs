@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use browserver_client::{Options, Transport, host};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -74,29 +74,12 @@ async fn request(
     body: impl Into<Bytes>,
 ) -> Reply {
     let stream = connect_from(source, addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = tokio::time::timeout(
-        WAIT,
-        sender.send_request(req.body(Full::new(body.into())).expect("request")),
-    )
-    .await
-    .expect("answered in time")
-    .expect("response");
+    let r = common::request_over(stream, host, method, path, headers, body.into(), WAIT).await;
     let (parts, body) = r.into_parts();
     Reply {
         status: parts.status.as_u16(),
         headers: parts.headers,
-        body: body.collect().await.expect("body").to_bytes(),
+        body,
     }
 }
 

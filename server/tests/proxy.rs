@@ -1,6 +1,8 @@
 //! The proxy end to end over loopback: HTTP requests to `<id>.localhost:PORT` answered by a
 //! Rust client host, over WebSocket and over BrowserChannel.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -74,26 +76,7 @@ async fn request(
     body: Bytes,
 ) -> http::Response<Bytes> {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = tokio::time::timeout(
-        WAIT * 2,
-        sender.send_request(req.body(Full::new(body)).expect("req")),
-    )
-    .await
-    .expect("answer in time")
-    .expect("response");
-    let (parts, body) = r.into_parts();
-    http::Response::from_parts(parts, body.collect().await.expect("body").to_bytes())
+    common::request_over(stream, host, method, path, headers, body, WAIT * 2).await
 }
 
 async fn round_trips_over(transport: Transport) {

@@ -7,6 +7,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -169,4 +172,37 @@ impl Expose {
         }
         (status, err)
     }
+}
+
+/// One HTTP/1.1 request over `stream`, with `Host: host`: the whole response, which must
+/// come `within` this long.
+pub async fn request_over(
+    stream: tokio::net::TcpStream,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    within: Duration,
+) -> http::Response<Bytes> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = tokio::time::timeout(
+        within,
+        sender.send_request(req.body(Full::new(body)).expect("request")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{method} {host}{path}: answered in time"))
+    .expect("response");
+    let (parts, body) = response.into_parts();
+    http::Response::from_parts(parts, body.collect().await.expect("body").to_bytes())
 }
