@@ -1,10 +1,11 @@
 //! Several nodes on one Redis, against the real binary and a real `redis-server` on loopback
-//! (scripts/test installs it): three nodes behind a round-robin front without stickiness
-//! (each TCP connection to the next node). Hosts on different nodes are reachable through
-//! every node, bodies and WebSocket upgrades included; a WebSocket session resumes through
-//! whichever node its new connection lands on; killing a node drops only its clients, which
-//! come back through the others; a Redis restart is repaired by the heartbeats; the internal
-//! listener refuses strangers.
+//! (scripts/test installs it), behind round-robin fronts without stickiness: per TCP
+//! connection (L4) and per request (L7). Hosts on different nodes are reachable through every
+//! node, bodies and WebSocket upgrades included, a BrowserChannel host whose every request
+//! lands on the next node among them; a WebSocket session resumes through whichever node its
+//! new connection lands on; killing a node drops only its clients, which come back through
+//! the others; Redis going away and restarting empty is survived and repaired by the
+//! heartbeats; the internal listener refuses strangers; bodies pass through unheld.
 
 mod common;
 
@@ -161,6 +162,64 @@ impl Front {
     }
 }
 
+/// A round-robin HTTP front without stickiness: each request to the next node that accepts
+/// a connection, on a connection of its own (an upgrade is piped once switched).
+async fn l7_front(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (backends, next) = (backends.clone(), next.clone());
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    let (backends, next) = (backends.clone(), next.clone());
+                    async move {
+                        let mut upstream = None;
+                        for _ in 0..backends.len() {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Ok(s) =
+                                tokio::net::TcpStream::connect(backends[k % backends.len()]).await
+                            {
+                                upstream = Some(s);
+                                break;
+                            }
+                        }
+                        let upstream = upstream.expect("a node accepts");
+                        let (mut sender, conn) =
+                            hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+                                .await
+                                .expect("handshake");
+                        tokio::spawn(conn.with_upgrades());
+                        let downstream = hyper::upgrade::on(&mut req);
+                        let mut response = sender.send_request(req).await?;
+                        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                            let up = hyper::upgrade::on(&mut response);
+                            tokio::spawn(async move {
+                                if let (Ok(down), Ok(up)) = tokio::join!(downstream, up) {
+                                    let _ = tokio::io::copy_bidirectional(
+                                        &mut TokioIo::new(down),
+                                        &mut TokioIo::new(up),
+                                    )
+                                    .await;
+                                }
+                            });
+                        }
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    addr
+}
+
 /// A local server: `GET` → `<tag> GET <path> xff=<x-forwarded-for>`; `POST` → the body back;
 /// a WebSocket upgrade → an echo of every message prefixed with the tag.
 async fn local_server(tag: &'static str) -> SocketAddr {
@@ -292,9 +351,9 @@ async fn hosts_on_different_nodes_are_reachable_through_every_node() {
     nodes.push(node(&redis, "n3", &["--metrics-listen", &metrics_arg]).await);
     let addrs: Vec<SocketAddr> = nodes.iter().map(|(n, _)| n.addr).collect();
     let (a, b) = (local_server("a").await, local_server("b").await);
-    // One host over WebSocket on n1, one over BrowserChannel through the front: its requests
-    // land on every node, each on the next.
-    let front = Front::start(addrs.clone()).await;
+    // One host over WebSocket on n1, one over BrowserChannel through an L7 front: each of
+    // its requests lands on the next node.
+    let front = l7_front(addrs.clone()).await;
     let mut ws_host = Expose::spawn(&[
         &format!("http://{a}"),
         "--server",
@@ -305,7 +364,7 @@ async fn hosts_on_different_nodes_are_reachable_through_every_node() {
     let mut bc_host = Expose::spawn(&[
         &format!("http://{b}"),
         "--server",
-        &format!("http://{}", front.addr),
+        &format!("http://{front}"),
         "--transport",
         "browserchannel",
     ]);
