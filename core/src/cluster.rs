@@ -311,6 +311,7 @@ mod tests {
         let mut cache = OwnerCache::new(Duration::from_secs(1), 10);
         assert!(cache.is_empty());
         cache.put("alice", "a".to_string(), t0);
+        assert!(!cache.is_empty());
         assert_eq!(cache.get("alice", t0), Some("a".into()));
         assert_eq!(
             cache.get("alice", t0 + Duration::from_millis(999)),
@@ -335,10 +336,10 @@ mod tests {
         cache.put("d", 3, t0);
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.get("d", t0), Some(3));
-        // Full with expired entries: only those go.
+        // Full with expired entries (a time to live old is expired): only those go.
         let mut cache = OwnerCache::new(Duration::from_secs(1), 3);
         cache.put("old", 0, t0);
-        let t1 = t0 + Duration::from_secs(2);
+        let t1 = t0 + Duration::from_secs(1);
         cache.put("b", 1, t1);
         cache.put("c", 2, t1);
         cache.put("d", 3, t1);

@@ -7,7 +7,7 @@
 //!   the time to live (a Redis that restarted empty is whole again within one beat). Bodies
 //!   never go through Redis.
 //! - **Secrets name their node.** Session ids are made by the node's
-//!   [`NodeTag`](browserver_core::cluster::NodeTag): a BrowserChannel `SID` or a WebSocket
+//!   [`NodeTag`]: a BrowserChannel `SID` or a WebSocket
 //!   resume token is routed to its node with no lookup ([`browserver_core::cluster::route`]).
 //! - **The data plane is a direct hop** ([`hop`]): a request for a name or a session held
 //!   elsewhere is forwarded to its node's internal listener, over pooled HTTP/2 connections
@@ -232,7 +232,7 @@ fn counted<T>(n: u64, r: T) -> T {
 
 impl Cluster {
     /// Opens the internal listener, connects to Redis, reads (or makes) the cluster's key,
-    /// and registers this node. Serving starts with [`start`](Self::start).
+    /// and registers this node. [`run`](crate::run) then serves other nodes' hops and beats.
     pub async fn join(config: ClusterConfig) -> Result<Cluster, ClusterError> {
         if config.ttl < Duration::from_secs(3) {
             return Err(ClusterError::Ttl);
