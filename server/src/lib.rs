@@ -630,6 +630,11 @@ impl Browserver {
         }
     }
 
+    /// Whether this is the proxy (not the echo server).
+    pub(crate) fn is_proxy(&self) -> bool {
+        self.shared.mode == Mode::Proxy
+    }
+
     /// The proxy (its connected clients: [`Proxy::list`]).
     pub fn proxy(&self) -> &Proxy {
         &self.shared.proxy
@@ -764,7 +769,9 @@ impl Browserver {
                 return Err(req);
             }
             return match cluster.holder(&name).await {
-                cluster::Holder::Node(node) => Ok(self.hop(cluster, &node, req, Some(&name)).await),
+                cluster::Holder::Node(node) => {
+                    Ok(self.hop_to_client(cluster, &node, req, &name).await)
+                }
                 cluster::Holder::Unknown => {
                     let mut r = cluster::hop::refusal(
                         http::StatusCode::SERVICE_UNAVAILABLE,
@@ -806,6 +813,55 @@ impl Browserver {
         }
         // Ours, or made by a node that is gone: the endpoint answers (an unknown session).
         Err(req)
+    }
+
+    /// Forwards a request for client `name` to `node`, which held it a moment ago. If the
+    /// name has moved since (the node answers that it does not hold it), the holder is looked
+    /// up again and a request without a body is sent there; one with a body, already spent,
+    /// gets a 503 to retry.
+    async fn hop_to_client<B>(
+        &self,
+        cluster: &cluster::Cluster,
+        node: &cluster::NodeInfo,
+        req: http::Request<B>,
+        name: &str,
+    ) -> http::Response<Body>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let again = (req.body().is_end_stream()
+            && !req.headers().contains_key(http::header::UPGRADE))
+        .then(|| {
+            let mut copy = http::Request::new(http_body_util::Empty::<Bytes>::new());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.headers_mut() = req.headers().clone();
+            if let Some(address) = req.extensions().get::<ClientAddr>() {
+                copy.extensions_mut().insert(*address);
+            }
+            copy
+        });
+        let response = self.hop(cluster, node, req, Some(name)).await;
+        if !cluster::hop::is_not_here(&response) {
+            return response;
+        }
+        cluster.forget_holder(name);
+        if let (Some(again), cluster::Holder::Node(moved)) = (again, cluster.holder(name).await)
+            && moved.id != node.id
+        {
+            return self.hop(cluster, &moved, again, Some(name)).await;
+        }
+        let mut r = cluster::hop::refusal(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable: the client moved to another node; try again",
+        );
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        r.map(unrecorded)
     }
 
     /// Forwards `req` to `node`; a 502 if it cannot be reached.

@@ -610,6 +610,121 @@ async fn killing_a_node_drops_only_its_clients_and_a_redis_restart_is_repaired()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_name_taken_on_another_node_is_let_go_at_once() {
+    let redis = Redis::start().await;
+    let tokens =
+        std::env::temp_dir().join(format!("browserver-takeover-{}.toml", std::process::id()));
+    std::fs::write(&tokens, "[names]\nalice = \"alice-token-0123456789\"\n").expect("tokens");
+    let tokens_arg = tokens.to_string_lossy().into_owned();
+    // Heartbeats every 10 s: what happens within 3 s is the takeover's own doing.
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2", "n3"] {
+        let (url, listen) = (
+            redis.url(),
+            SocketAddr::from(([127, 0, 0, 1], free_port())).to_string(),
+        );
+        nodes.push(
+            Server::start(&[
+                "--tokens",
+                &tokens_arg,
+                "--redis",
+                &url,
+                "--node-id",
+                id,
+                "--cluster-ttl",
+                "30s",
+                "--cluster-listen",
+                &listen,
+            ])
+            .await,
+        );
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let alice = |local: SocketAddr, node: SocketAddr| {
+        Expose::spawn(&[
+            &format!("http://{local}"),
+            "--server",
+            &format!("ws://{node}"),
+            "--transport",
+            "websocket",
+            "--name",
+            "alice",
+            "--token",
+            "alice-token-0123456789",
+        ])
+    };
+    let (first, second, third) = (
+        local_server("first").await,
+        local_server("second").await,
+        local_server("third").await,
+    );
+    let mut on_n1 = alice(first, addrs[0]);
+    on_n1.public().await;
+    eventually_ok(addrs[2], "alice.localhost", "/", WAIT).await;
+    // alice again, on n2: n1 is told, and its holder stops well before a heartbeat.
+    let mut on_n2 = alice(second, addrs[1]);
+    on_n2.public().await;
+    let stopped = tokio::time::timeout(Duration::from_secs(3), on_n1.child.wait())
+        .await
+        .expect("the holder on n1 is let go at once")
+        .expect("wait");
+    assert!(!stopped.success(), "the replaced holder stops");
+    assert_eq!(redis.holder("alice").await.as_deref(), Some("n2"));
+    for addr in &addrs {
+        assert_eq!(
+            get(*addr, "alice.localhost", "/").await,
+            (200, "second GET / xff=127.0.0.1".into())
+        );
+    }
+    // alice once more, on n2 itself: the new holder stays (n2 does not let itself go).
+    let mut on_n2_again = alice(third, addrs[1]);
+    on_n2_again.public().await;
+    let stopped = tokio::time::timeout(WAIT, on_n2.child.wait())
+        .await
+        .expect("the holder it replaced stops")
+        .expect("wait");
+    assert!(!stopped.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for addr in &addrs {
+        assert_eq!(
+            get(*addr, "alice.localhost", "/").await,
+            (200, "third GET / xff=127.0.0.1".into())
+        );
+    }
+    for n in &nodes {
+        n.assert_healthy();
+    }
+    let _ = std::fs::remove_file(&tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_name_held_elsewhere_is_never_taken() {
+    let redis = Redis::start().await;
+    let mut config = browserver_server::cluster::ClusterConfig::new(redis.url());
+    config.node_id = Some("me".into());
+    let cluster = browserver_server::cluster::Cluster::join(config)
+        .await
+        .expect("join");
+    let mut c = redis.connection().await;
+    let () = redis::cmd("SET")
+        .arg("browserver:name:taken")
+        .arg("other")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    assert_eq!(
+        cluster.claim("taken", false).await,
+        Err(browserver_server::cluster::ClaimError::Taken)
+    );
+    assert_eq!(redis.holder("taken").await.as_deref(), Some("other"));
+    assert_eq!(cluster.claim("free", false).await, Ok(()));
+    assert_eq!(redis.holder("free").await.as_deref(), Some("me"));
+    // A reserved name is taken whoever holds it.
+    assert_eq!(cluster.claim("taken", true).await, Ok(()));
+    assert_eq!(redis.holder("taken").await.as_deref(), Some("me"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_listener_refuses_strangers_and_visitors_cannot_pose_as_a_node() {
     let redis = Redis::start().await;
     // A small read budget: bodies that pass through a node must not count against it.

@@ -29,6 +29,9 @@ pub(crate) const HOP_KEY: HeaderName = HeaderName::from_static("x-browserver-hop
 pub(crate) const HOP_HOST: HeaderName = HeaderName::from_static("x-browserver-hop-host");
 /// The visitor's address.
 pub(crate) const HOP_CLIENT: HeaderName = HeaderName::from_static("x-browserver-hop-client");
+/// Set on a hopped request's answer when this node does not hold the client it names (it
+/// moved): the sender looks it up again.
+pub(crate) const HOP_NOT_HERE: HeaderName = HeaderName::from_static("x-browserver-hop-not-here");
 /// Where a node that took a reserved name tells the previous holder to let it go.
 pub(crate) const EVICT_PATH: &str = "/_browserver/cluster/evict";
 
@@ -272,6 +275,12 @@ impl Hops {
     }
 }
 
+/// Whether a hop's answer says the node does not hold the client (it moved).
+pub(crate) fn is_not_here<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::MISDIRECTED_REQUEST
+        && response.headers().contains_key(HOP_NOT_HERE)
+}
+
 /// A plain-text answer to a request that could not be forwarded, or a refused hop.
 pub(crate) fn refusal(status: StatusCode, why: &str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::from(http_body_util::Full::new(Bytes::from(
@@ -377,6 +386,20 @@ async fn internal(
         }
         let mut r = refusal(StatusCode::NO_CONTENT, "");
         *r.body_mut() = ProxyBody::empty();
+        return r.map(crate::unrecorded);
+    }
+    // A client that moved away since the sender looked it up: answered before its body is
+    // read, so the sender can look again.
+    if let Some(name) = browserver.proxy().client_of(&req)
+        && !browserver.proxy().holds(&name)
+        && browserver.is_proxy()
+    {
+        let mut r = refusal(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Misdirected Request: the client is not on this node",
+        );
+        r.headers_mut()
+            .insert(HOP_NOT_HERE, HeaderValue::from_static("1"));
         return r.map(crate::unrecorded);
     }
     match browserver.route(req).await {
